@@ -1,0 +1,275 @@
+// Package api holds the wire types of agentd's control API and a client for
+// it. agentd serves it and hctl uses it; nothing else crosses the socket.
+//
+// The API is HTTP/1.1 with JSON bodies on a unix socket. Every path is under
+// /v1/. Errors are an [Error] body with a fitting status code. Operations
+// that change what runs (deploy, rollback, restart, scale, config changes)
+// answer with a stream of newline-delimited [Event] values whose last one has
+// Type "result" and carries an [OpResult].
+//
+// Routes:
+//
+//	GET    /v1/status                          Status
+//	GET    /v1/apps                            []App
+//	POST   /v1/apps                            AppCreate -> App
+//	GET    /v1/apps/{app}                      AppInfo
+//	DELETE /v1/apps/{app}?confirm={app}        -> {}
+//	POST   /v1/apps/{app}/deploys?message=&skip_release_phase=1&release_id=
+//	                                           body: the artifact as .tar.gz -> event stream
+//	POST   /v1/apps/{app}/release-phase        body: the artifact as .tar.gz -> event stream
+//	GET    /v1/apps/{app}/releases             []Release
+//	GET    /v1/apps/{app}/releases/{vN}        Release
+//	POST   /v1/apps/{app}/rollback             RollbackRequest -> event stream
+//	GET    /v1/ps?app={app}                    []Process (all apps without app=)
+//	POST   /v1/apps/{app}/scale                ScaleRequest -> event stream
+//	POST   /v1/apps/{app}/restart              RestartRequest -> event stream
+//	GET    /v1/apps/{app}/config               map[string]string
+//	PATCH  /v1/apps/{app}/config               ConfigRequest -> event stream
+//	GET    /v1/apps/{app}/logs?n=&follow=1&process=&release=
+//	                                           newline-delimited LogLine
+//	GET    /metrics                            Prometheus text format
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Release statuses.
+const (
+	StatusPending   = "pending"
+	StatusReleasing = "releasing"
+	StatusActive    = "active"
+	StatusFailed    = "failed"
+	StatusRetired   = "retired"
+)
+
+// Process states.
+const (
+	StateStarting = "starting"
+	StateReady    = "ready"
+	StateDraining = "draining"
+	StateExited   = "exited"
+	StateCrashed  = "crashed"
+)
+
+// Deploy phases, in order.
+const (
+	PhasePrepare   = "prepare"
+	PhaseRelease   = "release"
+	PhasePreboot   = "preboot"
+	PhaseReadiness = "readiness"
+	PhaseCutover   = "cutover"
+	PhaseDrain     = "drain"
+)
+
+// Error codes carried in [Error].Code.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeNotFound     = "not_found"
+	CodeConflict     = "conflict"
+	CodeForbidden    = "forbidden"
+	CodeDeployFailed = "deploy_failed"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
+)
+
+// Error is the body of every failed request, and the error the client
+// returns for one.
+type Error struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Duration is a time.Duration that travels as a Go duration string ("60s").
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string such as "1m30s".
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON accepts a duration string ("30s") or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("bad duration %q: %w", s, err)
+		}
+		*d = Duration(v)
+		return nil
+	}
+	var secs float64
+	if err := json.Unmarshal(b, &secs); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\" or a number of seconds")
+	}
+	*d = Duration(secs * float64(time.Second))
+	return nil
+}
+
+// Status answers GET /v1/status.
+type Status struct {
+	Version       string    `json:"version"`
+	PID           int       `json:"pid"`
+	Mode          string    `json:"mode"` // "embedded" or "systemd"
+	StartedAt     time.Time `json:"started_at"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	StateDir      string    `json:"state_dir"`
+	ControlSocket string    `json:"control_socket"`
+	Apps          int       `json:"apps"`
+	Processes     int       `json:"processes"`
+	Sockets       []Socket  `json:"sockets"`
+}
+
+// Socket is a listening socket that agentd holds for an app.
+type Socket struct {
+	App   string `json:"app,omitempty"`
+	Type  string `json:"type"` // process type that receives it
+	Name  string `json:"name"`
+	Addr  string `json:"addr"`  // as configured: tcp://127.0.0.1:8080
+	Bound string `json:"bound"` // what the kernel bound: 127.0.0.1:8080
+}
+
+// AppCreate is the body of POST /v1/apps.
+type AppCreate struct {
+	Name string `json:"name"`
+	// Sockets are specs "[TYPE/]NAME=ADDR", ADDR one of tcp://HOST:PORT,
+	// tcp6://[HOST]:PORT, unix:///path.
+	Sockets []string `json:"sockets"`
+	// Readiness maps a process type to a readiness kind: notify,
+	// http:PATH, tcp, exec:CMD, uptime:DURATION.
+	Readiness    map[string]string `json:"readiness,omitempty"`
+	BootTimeout  Duration          `json:"boot_timeout,omitempty"`
+	DrainTimeout Duration          `json:"drain_timeout,omitempty"`
+	User         string            `json:"user,omitempty"`
+}
+
+// App is an app's host-level settings.
+type App struct {
+	Name          string            `json:"name"`
+	Sockets       []Socket          `json:"sockets"`
+	Formation     map[string]int    `json:"formation"`
+	Readiness     map[string]string `json:"readiness"`
+	BootTimeout   Duration          `json:"boot_timeout"`
+	DrainTimeout  Duration          `json:"drain_timeout"`
+	User          string            `json:"user,omitempty"`
+	ActiveRelease string            `json:"active_release,omitempty"` // "v3"
+	Deploying     bool              `json:"deploying"`
+	CreatedAt     time.Time         `json:"created_at"`
+}
+
+// AppInfo answers GET /v1/apps/{app}.
+type AppInfo struct {
+	App
+	Release   *Release  `json:"release,omitempty"` // the active one
+	Processes []Process `json:"processes"`
+}
+
+// Phase is how long one deploy phase took.
+type Phase struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Release is one immutable, numbered release of an app.
+type Release struct {
+	App        string            `json:"app"`
+	Version    int               `json:"version"`
+	Name       string            `json:"name"` // "v3"
+	Status     string            `json:"status"`
+	Message    string            `json:"message,omitempty"`
+	Source     string            `json:"source"` // deploy, config, rollback, restart
+	Digest     string            `json:"digest"` // content digest of the artifact
+	ReleaseID  string            `json:"release_id,omitempty"`
+	Procfile   map[string]string `json:"procfile"`
+	ConfigKeys []string          `json:"config_keys"`
+	CreatedAt  time.Time         `json:"created_at"`
+	DeployedBy string            `json:"deployed_by,omitempty"`
+	Error      string            `json:"error,omitempty"`
+	Phases     []Phase           `json:"phases,omitempty"`
+}
+
+// Process is one running (or recently ended) instance of a process type.
+type Process struct {
+	App       string    `json:"app"`
+	Name      string    `json:"name"` // web.1
+	Type      string    `json:"type"`
+	Index     int       `json:"index"`
+	Release   string    `json:"release"` // v3
+	State     string    `json:"state"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+	ReadyAt   time.Time `json:"ready_at,omitzero"`
+	Restarts  int       `json:"restarts"`
+	Status    string    `json:"status,omitempty"` // last STATUS= from sd_notify
+	ExitCode  *int      `json:"exit_code,omitempty"`
+	// KillAt is when a draining process will be SIGKILLed.
+	KillAt time.Time `json:"kill_at,omitzero"`
+}
+
+// RollbackRequest is the body of POST /v1/apps/{app}/rollback. An empty
+// Version means the release before the active one.
+type RollbackRequest struct {
+	Version string `json:"version,omitempty"` // "v3" or "3"
+}
+
+// ScaleRequest is the body of POST /v1/apps/{app}/scale.
+type ScaleRequest struct {
+	Formation map[string]int `json:"formation"`
+}
+
+// RestartRequest is the body of POST /v1/apps/{app}/restart. An empty Type
+// restarts every type.
+type RestartRequest struct {
+	Type string `json:"type,omitempty"`
+}
+
+// ConfigRequest is the body of PATCH /v1/apps/{app}/config.
+type ConfigRequest struct {
+	Set   map[string]string `json:"set,omitempty"`
+	Unset []string          `json:"unset,omitempty"`
+}
+
+// Event is one line of an operation's progress stream.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"` // phase, process, output, info, result
+	Phase   string    `json:"phase,omitempty"`
+	Process string    `json:"process,omitempty"`
+	Message string    `json:"message"`
+	Result  *OpResult `json:"result,omitempty"`
+}
+
+// OpResult is the outcome of an operation: the last event of its stream.
+type OpResult struct {
+	App      string `json:"app"`
+	OK       bool   `json:"ok"`
+	Changed  bool   `json:"changed"`
+	Release  string `json:"release,omitempty"`  // the release serving now
+	Previous string `json:"previous,omitempty"` // the release that served before
+	Error    string `json:"error,omitempty"`
+	Code     string `json:"code,omitempty"`
+	// Phases lists how long each phase took.
+	Phases []Phase `json:"phases,omitempty"`
+	// SwitchSeconds is the time from the start of preboot to cutover: how
+	// long the new release took to become ready beside the old one.
+	SwitchSeconds float64 `json:"switch_seconds"`
+	// DrainSeconds is how long the old processes took to exit.
+	DrainSeconds float64 `json:"drain_seconds"`
+	// Killed names the old processes SIGKILLed at the drain timeout.
+	Killed []string `json:"killed,omitempty"`
+}
+
+// LogLine is one line of app output.
+type LogLine struct {
+	// Time is when the line was written, when known (journald keeps it);
+	// left out when zero. hctl logs shows it when present.
+	Time    time.Time `json:"time,omitzero"`
+	Release string    `json:"release"`
+	Process string    `json:"process"`
+	Line    string    `json:"line"`
+}

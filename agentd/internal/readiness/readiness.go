@@ -1,0 +1,262 @@
+// Package readiness decides when a new process may take over from the old
+// ones. Kinds (per process type):
+//
+//	notify          READY=1 on the process's own NOTIFY_SOCKET
+//	http:PATH       GET PATH answers 2xx or 3xx on the private probe socket
+//	tcp             a connection to the probe socket is accepted by the app
+//	exec:CMD        CMD (run with bash -c in the release directory) exits 0
+//	uptime:DURATION the process stayed alive that long (default uptime:5s)
+//
+// http and tcp are probed on a socket of the process's own (passed as an
+// extra fd named "probe"), never on the shared app socket: a probe sent to
+// the shared socket could be answered by an old process.
+package readiness
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind is a parsed readiness kind.
+type Kind struct {
+	Name   string // notify, http, tcp, exec, uptime
+	Path   string // http
+	Cmd    string // exec
+	Uptime time.Duration
+}
+
+// Default is the kind used when a process type has none: uptime:5s, as
+// Dokku's default check.
+var Default = Kind{Name: "uptime", Uptime: 5 * time.Second}
+
+func (k Kind) String() string {
+	switch k.Name {
+	case "http":
+		return "http:" + k.Path
+	case "exec":
+		return "exec:" + k.Cmd
+	case "uptime":
+		return "uptime:" + k.Uptime.String()
+	}
+	return k.Name
+}
+
+// NeedsProbe reports whether the kind probes a private socket.
+func (k Kind) NeedsProbe() bool { return k.Name == "http" || k.Name == "tcp" }
+
+// Parse parses a readiness kind.
+func Parse(s string) (Kind, error) {
+	name, arg, hasArg := strings.Cut(s, ":")
+	switch name {
+	case "notify", "tcp":
+		if hasArg {
+			return Kind{}, fmt.Errorf("readiness %q: %s takes no argument", s, name)
+		}
+		return Kind{Name: name}, nil
+	case "http":
+		if !strings.HasPrefix(arg, "/") || strings.ContainsAny(arg, " \r\n\t") {
+			return Kind{}, fmt.Errorf("readiness %q: want http:/PATH, e.g. http:/healthz", s)
+		}
+		return Kind{Name: "http", Path: arg}, nil
+	case "exec":
+		if strings.TrimSpace(arg) == "" {
+			return Kind{}, fmt.Errorf("readiness %q: want exec:COMMAND", s)
+		}
+		return Kind{Name: "exec", Cmd: arg}, nil
+	case "uptime":
+		if !hasArg {
+			return Default, nil
+		}
+		d, err := time.ParseDuration(arg)
+		if err != nil || d < 0 {
+			return Kind{}, fmt.Errorf("readiness %q: want uptime:DURATION, e.g. uptime:5s", s)
+		}
+		return Kind{Name: "uptime", Uptime: d}, nil
+	}
+	return Kind{}, fmt.Errorf("readiness %q: unknown kind (notify, http:PATH, tcp, exec:CMD, uptime:DURATION)", s)
+}
+
+// Probe is a private listening socket for one process's http/tcp check.
+type Probe struct {
+	File *os.File // passed to the process as the fd named "probe"
+	Addr string   // where agentd connects
+}
+
+// NewProbe binds a private loopback socket for one process.
+func NewProbe() (*Probe, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("probe socket: %w", err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	addr := ln.Addr().String()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("probe socket: %w", err)
+	}
+	return &Probe{File: f, Addr: addr}, nil
+}
+
+// Close closes agentd's copy; the process keeps its own.
+func (p *Probe) Close() error { return p.File.Close() }
+
+// Target is what a check watches.
+type Target struct {
+	Probe *Probe
+	// Notified is closed when READY=1 arrived.
+	Notified <-chan struct{}
+	// Exited is closed when the process has ended.
+	Exited <-chan struct{}
+	// StartedAt is when the process started (for uptime).
+	StartedAt time.Time
+	// Dir and Env run exec checks.
+	Dir string
+	Env []string
+}
+
+// ErrExited is returned when the process ended before it was ready.
+var ErrExited = errors.New("process exited before it was ready")
+
+// Wait blocks until t is ready by k, the process exits (ErrExited), or ctx
+// ends (its error). Polling kinds back off from 20 ms to 500 ms: fast for
+// apps that boot fast, cheap for those that do not.
+func Wait(ctx context.Context, k Kind, t Target) error {
+	switch k.Name {
+	case "notify":
+		select {
+		case <-t.Notified:
+			return nil
+		case <-t.Exited:
+			return ErrExited
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	case "uptime":
+		tm := time.NewTimer(time.Until(t.StartedAt.Add(k.Uptime)))
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+			return nil
+		case <-t.Exited:
+			return ErrExited
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	check := func(ctx context.Context) error { return errors.New("unknown readiness kind " + k.Name) }
+	switch k.Name {
+	case "http":
+		check = func(ctx context.Context) error { return checkHTTP(ctx, t.Probe.Addr, k.Path) }
+	case "tcp":
+		check = func(ctx context.Context) error { return checkTCP(ctx, t.Probe) }
+	case "exec":
+		check = func(ctx context.Context) error { return checkExec(ctx, k.Cmd, t.Dir, t.Env) }
+	}
+	delay := 20 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := check(cctx)
+		cancel()
+		if err == nil {
+			// A process that died while the check ran is not ready.
+			select {
+			case <-t.Exited:
+				return ErrExited
+			default:
+				return nil
+			}
+		}
+		tm := time.NewTimer(delay)
+		select {
+		case <-tm.C:
+		case <-t.Exited:
+			tm.Stop()
+			return ErrExited
+		case <-ctx.Done():
+			tm.Stop()
+			return ctx.Err()
+		}
+		delay = min(delay*2, 500*time.Millisecond)
+	}
+}
+
+func checkHTTP(ctx context.Context, addr, path string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	// One request on its own connection, closed after: the probe never
+	// holds a kept-alive connection that the app would have to drain.
+	req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+	req.Close = true
+	req.Header.Set("User-Agent", "agentd-readiness")
+	if err := req.Write(c); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return nil
+}
+
+// checkTCP connects to the probe socket and then waits until the app has
+// accepted the connection. A bare connect is no proof: the kernel completes
+// the handshake into the listen queue whether or not the app ever calls
+// accept. TCP_INFO on agentd's copy of the listening socket reports the
+// accept queue's length in tcpi_unacked; 0 after our connect means the app
+// took it.
+func checkTCP(ctx context.Context, p *Probe) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", p.Addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	delay := 5 * time.Millisecond
+	for {
+		info, err := unix.GetsockoptTCPInfo(int(p.File.Fd()), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return err
+		}
+		if info.Unacked == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("tcp probe: connection not accepted: %w", ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 200*time.Millisecond)
+	}
+}
+
+func checkExec(ctx context.Context, command, dir string, env []string) error {
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.Dir, cmd.Env = dir, env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Kill the check's whole group on timeout, not only the shell.
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	return cmd.Run()
+}

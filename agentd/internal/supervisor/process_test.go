@@ -1,0 +1,126 @@
+package supervisor
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentd/agentd/sockets"
+)
+
+// TestMain makes the test binary the exec shim and the child processes.
+func TestMain(m *testing.M) {
+	if sockets.IsShim(os.Args) {
+		fmt.Fprintln(os.Stderr, sockets.RunShim(os.Args))
+		os.Exit(127)
+	}
+	switch os.Getenv("SUPERVISOR_CHILD") {
+	case "stubborn":
+		// Ignore SIGTERM, fork a grandchild that ignores it too, and say
+		// both PIDs once both run.
+		signal.Ignore(syscall.SIGTERM)
+		gc := exec.Command(os.Args[0], "-test.run=^$")
+		gc.Env = append(os.Environ(), "SUPERVISOR_CHILD=grandchild")
+		out, _ := gc.StdoutPipe()
+		gc.Start()
+		bufio.NewReader(out).ReadString('\n')
+		fmt.Printf("%d %d\n", os.Getpid(), gc.Process.Pid)
+		select {}
+	case "grandchild":
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("up")
+		select {}
+	case "polite":
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM)
+		fmt.Println("up")
+		<-c
+		os.Exit(0)
+	case "exit3":
+		os.Exit(3)
+	}
+	os.Exit(m.Run())
+}
+
+func start(t *testing.T, mode string) (*Process, *bufio.Reader) {
+	t.Helper()
+	exe, _ := os.Executable()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(Spec{Shim: exe, Argv: []string{exe, "-test.run=^$"}, Env: append(os.Environ(), "SUPERVISOR_CHILD="+mode), Output: w})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Signal(syscall.SIGKILL)
+		<-p.Done()
+		r.Close()
+	})
+	return p, bufio.NewReader(r)
+}
+
+func TestStopKillsGroupAfterTimeout(t *testing.T) {
+	p, out := start(t, "stubborn")
+	line, err := out.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid, gc int
+	fmt.Sscan(line, &pid, &gc)
+	if pid != p.PID() {
+		t.Fatalf("child pid %d, supervisor says %d: the shim must keep the PID", pid, p.PID())
+	}
+	start := time.Now()
+	if !p.Stop(300 * time.Millisecond) {
+		t.Fatal("a process that ignores SIGTERM was not reported killed")
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("killed after %s, before the timeout", d)
+	}
+	if ex := p.Exit(); ex.Signal != syscall.SIGKILL {
+		t.Fatalf("exit %v, want killed by SIGKILL", ex)
+	}
+	// The grandchild was in the group: it is gone too (reaped by init or
+	// a zombie of ours at most, so check its state).
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", gc)); err == nil && !zombie(b) {
+		t.Fatalf("grandchild %d survived the group SIGKILL", gc)
+	}
+}
+
+func zombie(stat []byte) bool {
+	for i := len(stat) - 1; i > 0; i-- {
+		if stat[i] == ')' {
+			return i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X')
+		}
+	}
+	return false
+}
+
+func TestStopPolite(t *testing.T) {
+	p, out := start(t, "polite")
+	if _, err := out.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if p.Stop(10 * time.Second) {
+		t.Fatal("a process that exits on SIGTERM was killed")
+	}
+	if ex := p.Exit(); ex.Code != 0 || ex.Signal != 0 {
+		t.Fatalf("exit %v, want status 0", ex)
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	p, _ := start(t, "exit3")
+	<-p.Done()
+	if ex := p.Exit(); ex.Code != 3 || ex.String() != "exited with status 3" {
+		t.Fatalf("exit %+v %q", ex, ex)
+	}
+}
