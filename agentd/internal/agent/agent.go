@@ -1,0 +1,559 @@
+// Package agent is agentd's core: apps, their releases and processes, and
+// the deploy state machine (prepare, release phase, preboot, readiness,
+// cutover, drain). It knows nothing of HTTP or the CLI: the control API
+// calls its methods and streams the events they emit.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/state"
+	"github.com/agentd/agentd/sockets"
+)
+
+// Config configures an Agent.
+type Config struct {
+	StateDir   string
+	RuntimeDir string // notify sockets live here; keep the path short
+	// Shim is the agentd binary used as the exec shim.
+	Shim    string
+	Version string
+	Log     *slog.Logger
+	// KeepReleases is how many releases per app are kept (default 10).
+	KeepReleases int
+	// ReleaseTimeout bounds the release phase (default 15m).
+	ReleaseTimeout time.Duration
+	// Metrics, if set, observes what the agent does.
+	Metrics Observer
+}
+
+// Observer is told about events worth counting. It keeps the agent free of
+// any metrics library.
+type Observer interface {
+	DeployDone(app, kind, result string, phases []api.Phase)
+	ProcessReady(app, typ string, boot time.Duration)
+	DrainDone(app string, d time.Duration, killed int)
+	CrashRestart(app, typ string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) DeployDone(string, string, string, []api.Phase) {}
+func (nopObserver) ProcessReady(string, string, time.Duration)     {}
+func (nopObserver) DrainDone(string, time.Duration, int)           {}
+func (nopObserver) CrashRestart(string, string)                    {}
+
+// Agent owns every app on the host.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	obs     Observer
+	started time.Time
+
+	mu   sync.Mutex
+	apps map[string]*app
+}
+
+// Errors with a code the control API maps to a status.
+type Error struct {
+	Code string
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func errf(code, format string, args ...any) error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// New loads the state under cfg.StateDir, binds every app's sockets, and
+// starts each app's active release. An app whose sockets cannot be bound is
+// reported and left stopped; the others run.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.KeepReleases <= 0 {
+		cfg.KeepReleases = 10
+	}
+	if cfg.ReleaseTimeout <= 0 {
+		cfg.ReleaseTimeout = 15 * time.Minute
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopObserver{}
+	}
+	for _, d := range []string{cfg.appsDir(), cfg.slugsDir(), cfg.logsDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+	}
+	if err := os.MkdirAll(cfg.notifyDir(), 0o711); err != nil {
+		return nil, fmt.Errorf("runtime directory: %w", err)
+	}
+	// Unpacks a crash interrupted leave a tmp- directory behind.
+	if tmps, err := filepath.Glob(filepath.Join(cfg.slugsDir(), "tmp-*")); err == nil {
+		for _, t := range tmps {
+			os.RemoveAll(t)
+		}
+	}
+	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}}
+	if err := ag.load(); err != nil {
+		return nil, err
+	}
+	return ag, nil
+}
+
+func (c Config) appsDir() string   { return filepath.Join(c.StateDir, "apps") }
+func (c Config) slugsDir() string  { return filepath.Join(c.StateDir, "slugs") }
+func (c Config) logsDir() string   { return filepath.Join(c.StateDir, "logs") }
+func (c Config) notifyDir() string { return filepath.Join(c.RuntimeDir, "notify") }
+func (c Config) appFile(name string) string {
+	return filepath.Join(c.appsDir(), name+".json")
+}
+func (c Config) slugDir(digest string) string {
+	return filepath.Join(c.slugsDir(), strings.ReplaceAll(digest, ":", "-"))
+}
+
+// save persists a's state. Callers hold a.mu.
+func (ag *Agent) save(a *app) error {
+	a.st.Processes = a.st.Processes[:0]
+	for _, p := range a.procs {
+		if !p.p.Exited() {
+			a.st.Processes = append(a.st.Processes, procRecord{Name: p.name(), Release: p.release, PID: p.p.PID(), StartedAt: p.p.StartedAt()})
+		}
+	}
+	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {
+		ag.log.Error("saving state", "app", a.st.Name, "err", err)
+		return err
+	}
+	return nil
+}
+
+func (ag *Agent) load() error {
+	state.CleanTemp(ag.cfg.appsDir())
+	entries, err := os.ReadDir(ag.cfg.appsDir())
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		a := &app{op: make(chan struct{}, 1), backoff: map[string]*time.Timer{}}
+		if err := state.ReadJSON(ag.cfg.appFile(name), &a.st); err != nil {
+			return fmt.Errorf("state of app %s: %w", name, err)
+		}
+		ag.apps[name] = a
+		ag.recover(a)
+	}
+	return nil
+}
+
+// recover brings a loaded app to one consistent state after agentd
+// (re)started: an operation that was in progress is reported interrupted,
+// processes a previous agentd left running are stopped, the sockets are
+// bound again and the active release is started in its formation.
+func (ag *Agent) recover(a *app) {
+	if op := a.st.Op; op != nil {
+		if r := a.release(op.Release); r != nil && r.Status != api.StatusActive {
+			r.Status = api.StatusFailed
+			r.Error = fmt.Sprintf("interrupted: agentd stopped during the %s phase of %s", op.Phase, op.Kind)
+		}
+		ag.log.Warn("operation interrupted by an agentd restart", "app", a.st.Name, "op", op.Kind, "phase", op.Phase)
+		a.st.Op = nil
+	}
+	stopOrphans(a.st.Processes, time.Duration(a.st.DrainTimeout), ag.log)
+	a.st.Processes = nil
+	for _, spec := range a.st.Sockets {
+		h, err := sockets.Listen(spec)
+		if err != nil {
+			ag.log.Error("binding socket", "app", a.st.Name, "err", err)
+			continue
+		}
+		a.held = append(a.held, h)
+	}
+	if a.st.Active != 0 && len(a.held) == len(a.st.Sockets) {
+		go func() {
+			a.op <- struct{}{}
+			defer func() { <-a.op }()
+			r := a.release(a.st.Active)
+			if r == nil {
+				return
+			}
+			o := ag.newOp(a, "boot", func(api.Event) {})
+			if err := o.bootRelease(r); err != nil {
+				ag.log.Error("starting active release", "app", a.st.Name, "release", vname(r.Version), "err", err)
+			}
+		}()
+	}
+	a.mu.Lock()
+	ag.save(a)
+	a.mu.Unlock()
+}
+
+func (ag *Agent) get(name string) (*app, error) {
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	a, ok := ag.apps[name]
+	if !ok {
+		return nil, errf(api.CodeNotFound, "no app named %q (see `hctl apps`)", name)
+	}
+	return a, nil
+}
+
+// CreateApp validates req, binds the app's sockets and persists it. Bad
+// input changes nothing.
+func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
+	if !appNameRe.MatchString(req.Name) {
+		return api.App{}, errf(api.CodeBadRequest, "bad app name %q: want lowercase letters, digits and '-', starting with a letter, at most 30", req.Name)
+	}
+	if len(req.Sockets) == 0 {
+		return api.App{}, errf(api.CodeBadRequest, "app %s: at least one --socket [TYPE/]NAME=ADDR is needed", req.Name)
+	}
+	st := appState{
+		Name: req.Name, Formation: map[string]int{}, Readiness: map[string]string{},
+		BootTimeout: req.BootTimeout, DrainTimeout: req.DrainTimeout, User: req.User,
+		CreatedAt: time.Now().UTC(), Config: map[string]string{},
+	}
+	if st.BootTimeout <= 0 {
+		st.BootTimeout = api.Duration(DefaultBootTimeout)
+	}
+	if st.DrainTimeout <= 0 {
+		st.DrainTimeout = api.Duration(DefaultDrainTimeout)
+	}
+	names := map[string]bool{}
+	for _, s := range req.Sockets {
+		spec, err := sockets.ParseSpec(s)
+		if err != nil {
+			return api.App{}, errf(api.CodeBadRequest, "%v", err)
+		}
+		if names[spec.Name] {
+			return api.App{}, errf(api.CodeBadRequest, "socket name %q given twice", spec.Name)
+		}
+		names[spec.Name] = true
+		st.Sockets = append(st.Sockets, spec)
+	}
+	for typ, kind := range req.Readiness {
+		if _, err := readiness.Parse(kind); err != nil {
+			return api.App{}, errf(api.CodeBadRequest, "readiness for %s: %v", typ, err)
+		}
+		st.Readiness[typ] = kind
+	}
+	if req.User != "" {
+		if _, err := lookupUser(req.User); err != nil {
+			return api.App{}, errf(api.CodeBadRequest, "%v", err)
+		}
+	}
+
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	if _, ok := ag.apps[req.Name]; ok {
+		return api.App{}, errf(api.CodeConflict, "app %s already exists", req.Name)
+	}
+	for _, other := range ag.apps {
+		for _, h := range other.held {
+			for _, spec := range st.Sockets {
+				if h.Spec.Network == "unix" && spec.Network == "unix" && h.Spec.Address == spec.Address {
+					return api.App{}, errf(api.CodeConflict, "socket %s: %s is app %s's socket", spec.Name, spec.Addr, other.st.Name)
+				}
+			}
+		}
+	}
+	a := &app{op: make(chan struct{}, 1), st: st, backoff: map[string]*time.Timer{}}
+	for _, spec := range st.Sockets {
+		h, err := sockets.Listen(spec)
+		if err != nil {
+			for _, h := range a.held {
+				h.Close()
+			}
+			code := api.CodeBadRequest
+			if errors.Is(err, sockets.ErrInUse) {
+				code = api.CodeConflict
+			}
+			return api.App{}, errf(code, "%v", err)
+		}
+		a.held = append(a.held, h)
+	}
+	if err := ag.save(a); err != nil {
+		for _, h := range a.held {
+			h.Close()
+		}
+		return api.App{}, errf(api.CodeInternal, "saving app %s: %v", req.Name, err)
+	}
+	ag.apps[req.Name] = a
+	ag.log.Info("app created", "app", req.Name, "sockets", len(a.held))
+	return ag.appAPI(a), nil
+}
+
+func lookupUser(name string) (*user.User, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: %w", name, err)
+	}
+	if os.Geteuid() != 0 && u.Uid != strconv.Itoa(os.Geteuid()) {
+		return nil, fmt.Errorf("user %q: agentd runs as uid %d and can only run apps as another user when it runs as root", name, os.Geteuid())
+	}
+	return u, nil
+}
+
+// DestroyApp stops every process of the app (draining them), closes its
+// sockets and removes its state. confirm must repeat the name.
+func (ag *Agent) DestroyApp(name, confirm string) error {
+	a, err := ag.get(name)
+	if err != nil {
+		return err
+	}
+	if confirm != name {
+		return errf(api.CodeBadRequest, "destroying %s stops it and deletes its releases: confirm with --confirm %s", name, name)
+	}
+	a.op <- struct{}{}
+	defer func() { <-a.op }()
+	a.mu.Lock()
+	procs := a.liveProcs(0, nil)
+	for _, p := range procs {
+		p.retired = true
+	}
+	for _, t := range a.backoff {
+		t.Stop()
+	}
+	a.mu.Unlock()
+	ag.drain(a, procs, nil)
+	a.mu.Lock()
+	a.gone = true
+	for _, h := range a.held {
+		h.Close()
+	}
+	a.held = nil
+	a.mu.Unlock()
+	ag.mu.Lock()
+	delete(ag.apps, name)
+	ag.mu.Unlock()
+	if err := os.Remove(ag.cfg.appFile(name)); err != nil {
+		return errf(api.CodeInternal, "removing state of %s: %v", name, err)
+	}
+	state.SyncDir(ag.cfg.appsDir())
+	os.RemoveAll(filepath.Join(ag.cfg.logsDir(), name))
+	ag.pruneSlugs()
+	ag.log.Info("app destroyed", "app", name)
+	return nil
+}
+
+func (ag *Agent) appAPI(a *app) api.App {
+	out := api.App{
+		Name: a.st.Name, Formation: map[string]int{}, Readiness: maps.Clone(a.st.Readiness),
+		BootTimeout: a.st.BootTimeout, DrainTimeout: a.st.DrainTimeout, User: a.st.User,
+		CreatedAt: a.st.CreatedAt, Deploying: a.st.Op != nil,
+	}
+	if a.st.Active != 0 {
+		out.ActiveRelease = vname(a.st.Active)
+		if r := a.release(a.st.Active); r != nil {
+			for _, t := range r.Order {
+				out.Formation[t] = a.count(t)
+			}
+		}
+	}
+	maps.Copy(out.Formation, a.st.Formation)
+	for i, spec := range a.st.Sockets {
+		s := api.Socket{App: a.st.Name, Type: spec.Type, Name: spec.Name, Addr: spec.Addr}
+		if i < len(a.held) {
+			s.Bound = a.held[i].Bound()
+		}
+		out.Sockets = append(out.Sockets, s)
+	}
+	return out
+}
+
+// Apps lists every app, sorted by name.
+func (ag *Agent) Apps() []api.App {
+	ag.mu.Lock()
+	apps := slices.Collect(maps.Values(ag.apps))
+	ag.mu.Unlock()
+	out := make([]api.App, 0, len(apps))
+	for _, a := range apps {
+		a.mu.Lock()
+		out = append(out, ag.appAPI(a))
+		a.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// AppInfo describes one app with its active release and processes.
+func (ag *Agent) AppInfo(name string) (api.AppInfo, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return api.AppInfo{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	info := api.AppInfo{App: ag.appAPI(a), Processes: ag.procsAPI(a)}
+	if r := a.release(a.st.Active); r != nil {
+		rel := r.api(name)
+		info.Release = &rel
+	}
+	return info, nil
+}
+
+// procsAPI lists a's processes that are running or draining. Callers hold
+// a.mu.
+func (ag *Agent) procsAPI(a *app) []api.Process {
+	out := []api.Process{}
+	for _, p := range a.procs {
+		if p.p.Exited() && p.state != api.StateCrashed {
+			continue
+		}
+		out = append(out, p.api(a.st.Name))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].Release < out[j].Release
+	})
+	return out
+}
+
+// Ps lists processes of one app, or of all apps when name is "".
+func (ag *Agent) Ps(name string) ([]api.Process, error) {
+	var apps []*app
+	if name != "" {
+		a, err := ag.get(name)
+		if err != nil {
+			return nil, err
+		}
+		apps = []*app{a}
+	} else {
+		ag.mu.Lock()
+		apps = slices.Collect(maps.Values(ag.apps))
+		ag.mu.Unlock()
+	}
+	out := []api.Process{}
+	for _, a := range apps {
+		a.mu.Lock()
+		out = append(out, ag.procsAPI(a)...)
+		a.mu.Unlock()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].App < out[j].App })
+	return out, nil
+}
+
+// Releases lists an app's releases, newest first.
+func (ag *Agent) Releases(name string) ([]api.Release, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []api.Release{}
+	for i := len(a.st.Releases) - 1; i >= 0; i-- {
+		out = append(out, a.st.Releases[i].api(name))
+	}
+	return out, nil
+}
+
+// Release describes one release.
+func (ag *Agent) Release(name, version string) (api.Release, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return api.Release{}, err
+	}
+	v, err := parseVersion(version)
+	if err != nil {
+		return api.Release{}, errf(api.CodeBadRequest, "%v", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.release(v)
+	if r == nil {
+		return api.Release{}, errf(api.CodeNotFound, "app %s has no release %s", name, vname(v))
+	}
+	return r.api(name), nil
+}
+
+// ConfigVars returns the app's current config vars.
+func (ag *Agent) ConfigVars(name string) (map[string]string, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.st.Config), nil
+}
+
+// Status summarises the agent.
+func (ag *Agent) Status() api.Status {
+	st := api.Status{
+		Version: ag.cfg.Version, PID: os.Getpid(), Mode: "embedded", StartedAt: ag.started,
+		UptimeSeconds: time.Since(ag.started).Seconds(), StateDir: ag.cfg.StateDir, Sockets: []api.Socket{},
+	}
+	for _, a := range ag.Apps() {
+		st.Apps++
+		st.Sockets = append(st.Sockets, a.Sockets...)
+	}
+	ps, _ := ag.Ps("")
+	st.Processes = len(ps)
+	return st
+}
+
+// LogDir is where an app's process output is written.
+func (ag *Agent) LogDir(name string) (string, error) {
+	if _, err := ag.get(name); err != nil {
+		return "", err
+	}
+	return filepath.Join(ag.cfg.logsDir(), name), nil
+}
+
+// Close releases agentd's resources without stopping app processes: the
+// apps keep serving on the sockets they inherited while agentd is away.
+// With stopApps, every app's processes are drained and stopped first.
+func (ag *Agent) Close(stopApps bool) {
+	ag.mu.Lock()
+	apps := slices.Collect(maps.Values(ag.apps))
+	ag.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, a := range apps {
+		a.mu.Lock()
+		for _, t := range a.backoff {
+			t.Stop()
+		}
+		procs := a.liveProcs(0, nil)
+		if stopApps {
+			for _, p := range procs {
+				p.retired = true
+			}
+		}
+		a.mu.Unlock()
+		if stopApps {
+			wg.Go(func() { ag.drain(a, procs, nil) })
+		}
+	}
+	wg.Wait()
+	for _, a := range apps {
+		a.mu.Lock()
+		ag.save(a)
+		for _, h := range a.held {
+			h.File.Close()
+		}
+		for _, p := range a.procs {
+			p.closeFiles()
+		}
+		a.mu.Unlock()
+	}
+}

@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/notify"
+	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/sockets"
+)
+
+// appNameRe is the app name rule of DESIGN.md. It also keeps names safe as
+// path components: no '/', no '..'.
+var appNameRe = regexp.MustCompile(`^[a-z][a-z0-9-]{0,29}$`)
+
+// Defaults of DESIGN.md: Heroku's R10 boot timeout and its drain timeout.
+const (
+	DefaultBootTimeout  = 60 * time.Second
+	DefaultDrainTimeout = 30 * time.Second
+)
+
+// appState is what agentd persists of an app, one JSON file per app.
+type appState struct {
+	Name         string            `json:"name"`
+	Sockets      []sockets.Spec    `json:"sockets"`
+	Formation    map[string]int    `json:"formation"`
+	Readiness    map[string]string `json:"readiness"`
+	BootTimeout  api.Duration      `json:"boot_timeout"`
+	DrainTimeout api.Duration      `json:"drain_timeout"`
+	User         string            `json:"user,omitempty"`
+	CreatedAt    time.Time         `json:"created_at"`
+	// Config is the config of the newest release (what `config set` edits).
+	Config      map[string]string `json:"config"`
+	Releases    []*releaseState   `json:"releases"`
+	Active      int               `json:"active"` // version, 0 for none
+	LastVersion int               `json:"last_version"`
+	// Processes records the running processes, so a restarted agentd can
+	// find them.
+	Processes []procRecord `json:"processes"`
+	// Op is the operation in progress, so a restarted agentd can report it
+	// as interrupted.
+	Op *opRecord `json:"op,omitempty"`
+}
+
+type releaseState struct {
+	Version    int               `json:"version"`
+	Status     string            `json:"status"`
+	Message    string            `json:"message,omitempty"`
+	Source     string            `json:"source"`
+	Digest     string            `json:"digest"`
+	ReleaseID  string            `json:"release_id,omitempty"`
+	Procfile   map[string]string `json:"procfile"`
+	Order      []string          `json:"order"` // process types in Procfile order
+	Config     map[string]string `json:"config"`
+	CreatedAt  time.Time         `json:"created_at"`
+	DeployedBy string            `json:"deployed_by,omitempty"`
+	Error      string            `json:"error,omitempty"`
+	Phases     []api.Phase       `json:"phases,omitempty"`
+}
+
+type procRecord struct {
+	Name      string    `json:"name"`
+	Release   int       `json:"release"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+type opRecord struct {
+	Kind    string    `json:"kind"`
+	Release int       `json:"release"`
+	Phase   string    `json:"phase"`
+	Started time.Time `json:"started"`
+}
+
+func vname(v int) string { return fmt.Sprintf("v%d", v) }
+
+// parseVersion accepts "v3" or "3".
+func parseVersion(s string) (int, error) {
+	var v int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(s, "v"), "%d", &v); err != nil || v <= 0 || vname(v) != "v"+strings.TrimPrefix(s, "v") {
+		return 0, fmt.Errorf("bad release %q: want vN, e.g. v3", s)
+	}
+	return v, nil
+}
+
+func (r *releaseState) api(app string) api.Release {
+	keys := make([]string, 0, len(r.Config))
+	for k := range r.Config {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return api.Release{
+		App: app, Version: r.Version, Name: vname(r.Version), Status: r.Status,
+		Message: r.Message, Source: r.Source, Digest: r.Digest, ReleaseID: r.ReleaseID,
+		Procfile: r.Procfile, ConfigKeys: keys, CreatedAt: r.CreatedAt,
+		DeployedBy: r.DeployedBy, Error: r.Error, Phases: r.Phases,
+	}
+}
+
+// app is an app in memory: its persisted state, the sockets agentd holds
+// for it, and its processes.
+type app struct {
+	// op serialises operations that change what runs: one at a time per app.
+	op chan struct{}
+
+	mu      sync.Mutex // guards everything below
+	st      appState
+	held    []*sockets.Held
+	procs   []*proc
+	backoff map[string]*time.Timer // pending crash restarts by process name
+	gone    bool                   // destroyed
+}
+
+func (a *app) release(v int) *releaseState {
+	for _, r := range a.st.Releases {
+		if r.Version == v {
+			return r
+		}
+	}
+	return nil
+}
+
+// count is how many processes of typ the formation wants. A type with no
+// entry runs one process if it is "web" and none otherwise, as on Heroku.
+func (a *app) count(typ string) int {
+	if n, ok := a.st.Formation[typ]; ok {
+		return n
+	}
+	if typ == sockets.DefaultType {
+		return 1
+	}
+	return 0
+}
+
+func (a *app) readinessOf(typ string) readiness.Kind {
+	if s, ok := a.st.Readiness[typ]; ok {
+		if k, err := readiness.Parse(s); err == nil {
+			return k
+		}
+	}
+	return readiness.Default
+}
+
+// proc is one process of the app.
+type proc struct {
+	typ     string
+	index   int
+	release int
+
+	p      *supervisor.Process
+	ns     *notify.Socket
+	probe  *readiness.Probe
+	extend chan time.Duration // EXTEND_TIMEOUT_USEC while booting
+	log    string
+
+	// Guarded by app.mu.
+	state    string
+	readyAt  time.Time
+	restarts int
+	killAt   time.Time
+	retired  bool // being replaced or stopped: never restarted
+	status   string
+}
+
+func (p *proc) name() string { return fmt.Sprintf("%s.%d", p.typ, p.index) }
+
+func (p *proc) api(app string) api.Process {
+	ap := api.Process{
+		App: app, Name: p.name(), Type: p.typ, Index: p.index, Release: vname(p.release),
+		State: p.state, PID: p.p.PID(), StartedAt: p.p.StartedAt(), ReadyAt: p.readyAt,
+		Restarts: p.restarts, Status: p.status, KillAt: p.killAt,
+	}
+	if p.p.Exited() {
+		c := p.p.Exit().Code
+		ap.ExitCode = &c
+	}
+	return ap
+}
+
+// liveProcs returns the app's processes that are not ended, of release v
+// (0 for any) and of types (nil for all), sorted by name.
+func (a *app) liveProcs(v int, types []string) []*proc {
+	var out []*proc
+	for _, p := range a.procs {
+		if p.p.Exited() || p.retired {
+			continue
+		}
+		if v != 0 && p.release != v {
+			continue
+		}
+		if types != nil && !slices.Contains(types, p.typ) {
+			continue
+		}
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].typ != out[j].typ {
+			return out[i].typ < out[j].typ
+		}
+		return out[i].index < out[j].index
+	})
+	return out
+}

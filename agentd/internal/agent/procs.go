@@ -1,0 +1,406 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/notify"
+	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/sockets"
+)
+
+// procEnv builds a process's environment: a minimal base, the release's
+// config vars, then agentd's own variables, which config cannot override.
+func (ag *Agent) procEnv(a *app, r *releaseState, name string) ([]string, error) {
+	env := map[string]string{
+		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"LANG": "C.UTF-8",
+	}
+	if v := os.Getenv("PATH"); v != "" {
+		env["PATH"] = v
+	}
+	home := os.Getenv("HOME")
+	if a.st.User != "" {
+		u, err := lookupUser(a.st.User)
+		if err != nil {
+			return nil, err
+		}
+		home = u.HomeDir
+		env["USER"], env["LOGNAME"] = u.Username, u.Username
+	}
+	if home != "" {
+		env["HOME"] = home
+	}
+	for k, v := range r.Config {
+		env[k] = v
+	}
+	for _, h := range a.held {
+		if p := h.Port(); p != 0 {
+			env["PORT"] = strconv.Itoa(p)
+			break
+		}
+	}
+	env["AGENTD_APP"] = a.st.Name
+	env["AGENTD_RELEASE"] = vname(r.Version)
+	env["AGENTD_PROCESS"] = name
+	// Only the shim may set LISTEN_PID; stale activation variables from
+	// agentd's own environment must not leak into apps.
+	for _, k := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"} {
+		delete(env, k)
+	}
+	out := make([]string, 0, len(env)+1)
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out, nil
+}
+
+func credential(userName string) (*syscall.Credential, error) {
+	if userName == "" {
+		return nil, nil
+	}
+	u, err := lookupUser(userName)
+	if err != nil {
+		return nil, err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if uid == os.Geteuid() {
+		return nil, nil
+	}
+	// Groups empty: the supplementary groups are reset, not inherited from
+	// agentd (root's groups).
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+func randomID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startProc starts process typ.index of release r. It does not wait for
+// readiness. Callers must not hold a.mu.
+func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*proc, error) {
+	command, ok := r.Procfile[typ]
+	if !ok {
+		return nil, fmt.Errorf("release %s has no process type %q", vname(r.Version), typ)
+	}
+	pr := &proc{typ: typ, index: index, release: r.Version, state: api.StateStarting, extend: make(chan time.Duration, 1)}
+	name := pr.name()
+	a.mu.Lock()
+	env, err := ag.procEnv(a, r, name)
+	var files []*os.File
+	var names []string
+	for _, h := range a.held {
+		if h.Spec.Type == typ {
+			files = append(files, h.File)
+			names = append(names, h.Spec.Name)
+		}
+	}
+	kind := a.readinessOf(typ)
+	userName := a.st.User
+	a.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	cred, err := credential(userName)
+	if err != nil {
+		return nil, err
+	}
+	if kind.NeedsProbe() {
+		if pr.probe, err = readiness.NewProbe(); err != nil {
+			return nil, err
+		}
+		files = append(files, pr.probe.File)
+		names = append(names, "probe")
+	}
+	pr.ns, err = notify.Listen(filepath.Join(ag.cfg.notifyDir(), a.st.Name+"-"+randomID()))
+	if err != nil {
+		pr.closeFiles()
+		return nil, fmt.Errorf("notify socket for %s: %w", name, err)
+	}
+	if cred != nil {
+		// The app's user must be able to send to its notify socket.
+		os.Chown(pr.ns.Path(), int(cred.Uid), int(cred.Gid))
+	}
+	env = append(env, "NOTIFY_SOCKET="+pr.ns.Path())
+	logDir := filepath.Join(ag.cfg.logsDir(), a.st.Name)
+	os.MkdirAll(logDir, 0o750)
+	pr.log = filepath.Join(logDir, vname(r.Version)+"."+name+".log")
+	out, err := os.OpenFile(pr.log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		pr.closeFiles()
+		return nil, fmt.Errorf("log file for %s: %w", name, err)
+	}
+	defer out.Close()
+	pr.p, err = supervisor.Start(supervisor.Spec{
+		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
+		Env: env, Files: files, Names: names, Output: out, Credential: cred,
+	})
+	if err != nil {
+		pr.closeFiles()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	ag.log.Info("process started", "app", a.st.Name, "release", vname(r.Version), "process", name, "pid", pr.p.PID())
+	a.mu.Lock()
+	a.procs = append(a.procs, pr)
+	a.mu.Unlock()
+	go ag.watchNotify(a, pr)
+	go ag.watchExit(a, pr, r)
+	return pr, nil
+}
+
+func (p *proc) closeFiles() {
+	if p.ns != nil {
+		p.ns.Close()
+	}
+	if p.probe != nil {
+		p.probe.Close()
+	}
+}
+
+// watchNotify keeps the process's STATUS= and forwards EXTEND_TIMEOUT_USEC
+// to a readiness wait. It ends when the notify socket is closed.
+func (ag *Agent) watchNotify(a *app, p *proc) {
+	for m := range p.ns.C() {
+		a.mu.Lock()
+		if m.Status != "" {
+			p.status = m.Status
+		}
+		a.mu.Unlock()
+		if m.ExtendTimeout > 0 {
+			select {
+			case p.extend <- m.ExtendTimeout:
+			default:
+			}
+		}
+	}
+}
+
+// watchExit records a process's end and restarts it with backoff if it
+// crashed while serving the active release.
+func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
+	<-p.p.Done()
+	ex := p.p.Exit()
+	p.closeFiles()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	wasReady := p.state == api.StateReady
+	if p.retired || p.state == api.StateDraining {
+		p.state = api.StateExited
+		ag.save(a)
+		return
+	}
+	p.state = api.StateCrashed
+	ag.log.Warn("process ended", "app", a.st.Name, "release", vname(p.release), "process", p.name(), "pid", p.p.PID(), "how", ex.String())
+	if !wasReady || a.gone || p.release != a.st.Active || a.st.Formation == nil {
+		ag.save(a)
+		return
+	}
+	// Crash restart with exponential backoff: 1s, 2s, 4s … 5 min. A new
+	// release starts new processes with a fresh count.
+	delay := min(time.Second<<min(p.restarts, 9), 5*time.Minute)
+	name := p.name()
+	ag.log.Info("restarting crashed process", "app", a.st.Name, "process", name, "in", delay)
+	a.backoff[name] = time.AfterFunc(delay, func() { ag.restartCrashed(a, p, r) })
+	ag.save(a)
+}
+
+func (ag *Agent) restartCrashed(a *app, old *proc, r *releaseState) {
+	a.mu.Lock()
+	delete(a.backoff, old.name())
+	still := !a.gone && !old.retired && old.release == a.st.Active && old.index <= a.count(old.typ)
+	if still {
+		old.retired = true
+	}
+	a.mu.Unlock()
+	if !still {
+		return
+	}
+	ag.obs.CrashRestart(a.st.Name, old.typ)
+	np, err := ag.startProc(a, r, old.typ, old.index)
+	if err != nil {
+		ag.log.Error("crash restart failed", "app", a.st.Name, "process", old.name(), "err", err)
+		return
+	}
+	a.mu.Lock()
+	np.restarts = old.restarts + 1
+	boot := time.Duration(a.st.BootTimeout)
+	kind := a.readinessOf(np.typ)
+	a.mu.Unlock()
+	if err := ag.waitReady(a, np, kind, boot); err != nil {
+		ag.log.Warn("restarted process not ready", "app", a.st.Name, "process", np.name(), "err", err)
+	}
+}
+
+var errBootTimeout = errors.New("not ready within the boot timeout")
+
+// waitReady waits for p to become ready by kind within boot, which the
+// process may extend with EXTEND_TIMEOUT_USEC.
+func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	a.mu.Lock()
+	r := a.release(p.release)
+	a.mu.Unlock()
+	env, _ := ag.procEnv(a, r, p.name())
+	go func() {
+		done <- readiness.Wait(ctx, kind, readiness.Target{
+			Probe: p.probe, Notified: p.ns.Ready(), Exited: p.p.Done(), StartedAt: p.p.StartedAt(),
+			Dir: ag.cfg.slugDir(r.Digest), Env: env,
+		})
+	}()
+	deadline := p.p.StartedAt().Add(boot)
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err == nil {
+				a.mu.Lock()
+				if p.state == api.StateStarting {
+					p.state = api.StateReady
+				}
+				p.readyAt = time.Now()
+				a.mu.Unlock()
+				// The probe socket has done its job; the app keeps its copy.
+				if p.probe != nil {
+					p.probe.Close()
+				}
+				ag.obs.ProcessReady(a.st.Name, p.typ, p.readyAt.Sub(p.p.StartedAt()))
+			}
+			return err
+		case d := <-p.extend:
+			if nd := time.Now().Add(d); nd.After(deadline) {
+				deadline = nd
+				timer.Reset(time.Until(deadline))
+			}
+		case <-timer.C:
+			cancel()
+			<-done
+			return errBootTimeout
+		}
+	}
+}
+
+// drain stops procs: SIGTERM to each process group at once, then SIGKILL to
+// the groups still alive at the drain timeout. It reports how long it took
+// and which processes had to be killed.
+func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
+	if len(procs) == 0 {
+		return 0, nil
+	}
+	start := time.Now()
+	a.mu.Lock()
+	timeout := time.Duration(a.st.DrainTimeout)
+	killAt := start.Add(timeout)
+	for _, p := range procs {
+		p.retired = true
+		p.state = api.StateDraining
+		p.killAt = killAt
+		if t, ok := a.backoff[p.name()]; ok && p.release == a.st.Active {
+			t.Stop()
+		}
+	}
+	ag.save(a)
+	a.mu.Unlock()
+	for _, p := range procs {
+		if err := p.p.Signal(syscall.SIGTERM); err != nil {
+			ag.log.Warn("SIGTERM", "app", a.st.Name, "process", p.name(), "err", err)
+		}
+	}
+	var killed []string
+	for _, p := range procs {
+		if p.p.KillAfter(time.Until(killAt)) {
+			killed = append(killed, vname(p.release)+" "+p.name())
+			if o != nil {
+				o.event("process", p.name(), fmt.Sprintf("%s %s (pid %d) outlived the %s drain timeout: SIGKILLed", vname(p.release), p.name(), p.p.PID(), timeout))
+			}
+		}
+	}
+	d := time.Since(start)
+	ag.obs.DrainDone(a.st.Name, d, len(killed))
+	return d, killed
+}
+
+// stopOrphans stops processes that a previous agentd left running: their
+// PID is checked against the recorded start time so that a recycled PID is
+// never signalled.
+func stopOrphans(recs []procRecord, timeout time.Duration, log *slog.Logger) {
+	var live []int
+	for _, r := range recs {
+		if procAlive(r.PID, r.StartedAt) {
+			log.Warn("stopping a process left by a previous agentd", "process", r.Name, "pid", r.PID)
+			unix.Kill(-r.PID, unix.SIGTERM)
+			live = append(live, r.PID)
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for _, pid := range live {
+		for unix.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		unix.Kill(-pid, unix.SIGKILL)
+	}
+}
+
+// procAlive reports whether pid runs and was started at startedAt (within
+// the clock-tick precision of /proc), so a recycled PID does not match.
+func procAlive(pid int, startedAt time.Time) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// Field 22 (starttime, in clock ticks since boot) follows the
+	// parenthesised command name, which may itself contain spaces.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return false
+	}
+	ticks, err := strconv.ParseInt(f[19], 10, 64)
+	if err != nil {
+		return false
+	}
+	boot, err := bootTime()
+	if err != nil {
+		return false
+	}
+	st := boot.Add(time.Duration(ticks) * time.Second / 100)
+	diff := st.Sub(startedAt)
+	return diff > -2*time.Second && diff < 2*time.Second
+}
+
+func bootTime() (time.Time, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return time.Unix(n, 0), err
+		}
+	}
+	return time.Time{}, errors.New("no btime in /proc/stat")
+}

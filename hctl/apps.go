@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/urfave/cli/v3"
+)
+
+func (h *hctl) statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show agentd's version, mode, state and sockets",
+		UsageText: "hctl status",
+		Description: "Examples:\n" +
+			"  hctl status\n" +
+			"  hctl --json status | jq .version",
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if _, err := needArgs(cmd, 0, 0); err != nil {
+				return err
+			}
+			ctx, cancel := h.withTimeout(ctx, queryTimeout)
+			defer cancel()
+			st, err := h.client().Status(ctx)
+			if err != nil {
+				return err
+			}
+			if h.jsonMode() {
+				h.writeJSON(st)
+				return nil
+			}
+			writeStatus(h.stdout, st)
+			return nil
+		},
+	}
+}
+
+func (h *hctl) appsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "apps",
+		Usage:     "list apps; create, inspect and destroy them",
+		UsageText: "hctl apps [create|info|destroy] ...",
+		Description: "With no subcommand, lists the apps.\n\n" +
+			"Examples:\n" +
+			"  hctl apps\n" +
+			"  hctl apps create myapp --socket web=tcp://0.0.0.0:8080\n" +
+			"  hctl apps info myapp\n" +
+			"  hctl apps destroy myapp --confirm myapp",
+		Commands: []*cli.Command{
+			h.appsCreateCommand(),
+			h.appsInfoCommand(),
+			h.appsDestroyCommand(),
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if cmd.NArg() > 0 {
+				return usagef(cmd, "unknown apps command %q: want create, info or destroy", cmd.Args().First())
+			}
+			ctx, cancel := h.withTimeout(ctx, queryTimeout)
+			defer cancel()
+			apps, err := h.client().Apps(ctx)
+			if err != nil {
+				return err
+			}
+			if h.jsonMode() {
+				if apps == nil {
+					apps = []api.App{}
+				}
+				h.writeJSON(apps)
+				return nil
+			}
+			writeApps(h.stdout, apps)
+			return nil
+		},
+	}
+}
+
+func (h *hctl) appsCreateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "create",
+		Usage: "create an app and bind its listening sockets",
+		UsageText: "hctl apps create APP --socket [TYPE/]NAME=ADDR ... [--readiness TYPE=KIND ...] " +
+			"[--boot-timeout D] [--drain-timeout D] [--user U]",
+		Description: "ADDR is tcp://HOST:PORT, tcp6://[HOST]:PORT or unix:///path. TYPE is the process type\n" +
+			"that receives the socket (web by default). KIND is notify, http:PATH, tcp, exec:CMD or\n" +
+			"uptime:DURATION (the default, uptime:5s).\n\n" +
+			"Here --socket is the app's socket. To reach another agentd, set HCTL_SOCKET, or put the\n" +
+			"global --socket before the command: hctl --socket /x apps create ...\n\n" +
+			"Examples:\n" +
+			"  hctl apps create myapp --socket web=tcp://0.0.0.0:8080\n" +
+			"  hctl apps create api --socket http=tcp://127.0.0.1:9000 --socket admin=unix:///run/api/admin.sock \\\n" +
+			"      --readiness web=http:/healthz --boot-timeout 2m --drain-timeout 45s --user api\n" +
+			"  HCTL_SOCKET=/tmp/agentd.sock hctl apps create worker-only",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{
+				Name:  "socket",
+				Usage: "a listening socket of the app, `SPEC` = [TYPE/]NAME=ADDR (repeatable)",
+				Local: true,
+			},
+			&cli.StringSliceFlag{
+				Name:  "readiness",
+				Usage: "how a process type shows it is ready, `TYPE=KIND` (repeatable)",
+				Local: true,
+			},
+			&cli.DurationFlag{
+				Name:        "boot-timeout",
+				Usage:       "how long new processes may take to become ready, a `DURATION` (agentd's default: 60s)",
+				Local:       true,
+				HideDefault: true,
+			},
+			&cli.DurationFlag{
+				Name:        "drain-timeout",
+				Usage:       "how long old processes may take to exit after SIGTERM, a `DURATION` (agentd's default: 30s)",
+				Local:       true,
+				HideDefault: true,
+			},
+			&cli.StringFlag{
+				Name:  "user",
+				Usage: "run the app's processes as `USER`",
+				Local: true,
+			},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			a, err := needArgs(cmd, 1, 1, "APP")
+			if err != nil {
+				return err
+			}
+			req := api.AppCreate{Name: a[0], Sockets: cmd.StringSlice("socket"), User: cmd.String("user")}
+			if err := checkAppName(cmd, req.Name); err != nil {
+				return err
+			}
+			for _, s := range req.Sockets {
+				if err := checkSocketSpec(cmd, s); err != nil {
+					return err
+				}
+			}
+			if req.Readiness, err = parseReadiness(cmd, cmd.StringSlice("readiness")); err != nil {
+				return err
+			}
+			for _, name := range []string{"boot-timeout", "drain-timeout"} {
+				if cmd.IsSet(name) && cmd.Duration(name) <= 0 {
+					return usagef(cmd, "--%s must be more than 0", name)
+				}
+			}
+			req.BootTimeout = api.Duration(cmd.Duration("boot-timeout"))
+			req.DrainTimeout = api.Duration(cmd.Duration("drain-timeout"))
+			if req.Sockets == nil {
+				req.Sockets = []string{}
+			}
+
+			ctx, cancel := h.withTimeout(ctx, queryTimeout)
+			defer cancel()
+			app, err := h.client().CreateApp(ctx, req)
+			if err != nil {
+				return err
+			}
+			if h.jsonMode() {
+				h.writeJSON(app)
+				return nil
+			}
+			fmt.Fprintf(h.stdout, "created %s\n", app.Name)
+			if len(app.Sockets) > 0 {
+				writeSockets(h.stdout, app.Sockets, false)
+			}
+			fmt.Fprintf(h.stderr, "next: hctl deploy %s PATH\n", app.Name)
+			return nil
+		},
+	}
+}
+
+func (h *hctl) appsInfoCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "info",
+		Usage:     "show an app's settings, active release and processes",
+		UsageText: "hctl apps info APP",
+		Description: "Examples:\n" +
+			"  hctl apps info myapp\n" +
+			"  hctl --json apps info myapp | jq .active_release",
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			a, err := needArgs(cmd, 1, 1, "APP")
+			if err != nil {
+				return err
+			}
+			if err := checkAppName(cmd, a[0]); err != nil {
+				return err
+			}
+			ctx, cancel := h.withTimeout(ctx, queryTimeout)
+			defer cancel()
+			info, err := h.client().AppInfo(ctx, a[0])
+			if err != nil {
+				return err
+			}
+			if h.jsonMode() {
+				h.writeJSON(info)
+				return nil
+			}
+			writeAppInfo(h.stdout, info)
+			return nil
+		},
+	}
+}
+
+func (h *hctl) appsDestroyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "destroy",
+		Usage:     "stop an app's processes, close its sockets and forget it",
+		UsageText: "hctl apps destroy APP --confirm APP",
+		Description: "There is no prompt: --confirm must repeat the app's name.\n\n" +
+			"Examples:\n" +
+			"  hctl apps destroy myapp --confirm myapp",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "confirm", Usage: "the app's name again, to confirm", Local: true},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			a, err := needArgs(cmd, 1, 1, "APP")
+			if err != nil {
+				return err
+			}
+			app := a[0]
+			if err := checkAppName(cmd, app); err != nil {
+				return err
+			}
+			if confirm := cmd.String("confirm"); confirm != app {
+				what := "missing --confirm"
+				if confirm != "" {
+					what = fmt.Sprintf("--confirm %s does not match %s", confirm, app)
+				}
+				return &usageError{msg: fmt.Sprintf("%s: destroying %s stops its processes and closes its sockets for good; "+
+					"repeat its name to go ahead: hctl apps destroy %s --confirm %s", what, app, app, app)}
+			}
+			ctx, cancel := h.withTimeout(ctx, 0)
+			defer cancel()
+			if err := h.client().DestroyApp(ctx, app, cmd.String("confirm")); err != nil {
+				return err
+			}
+			if h.jsonMode() {
+				h.writeJSON(map[string]any{"app": app, "destroyed": true})
+				return nil
+			}
+			fmt.Fprintf(h.stdout, "destroyed %s\n", strings.TrimSpace(app))
+			return nil
+		},
+	}
+}

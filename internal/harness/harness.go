@@ -1,0 +1,239 @@
+// Package harness builds agentd, hctl and the example apps, starts a real
+// agentd on private directories and drives it through the real hctl. The
+// end-to-end tests, `make demo` and `make bench` share it, so what they
+// exercise is exactly what a user runs.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Bins are the built binaries.
+type Bins struct {
+	Agentd, Hctl, TestApp, GoApp string
+}
+
+// ModuleRoot finds the repository root (the directory with go.mod).
+func ModuleRoot() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("cannot locate the module root")
+	}
+	return filepath.Abs(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Build compiles the binaries into dir.
+func Build(dir string) (Bins, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return Bins{}, err
+	}
+	b := Bins{
+		Agentd:  filepath.Join(dir, "agentd"),
+		Hctl:    filepath.Join(dir, "hctl"),
+		TestApp: filepath.Join(dir, "testapp"),
+		GoApp:   filepath.Join(dir, "goapp"),
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
+		"./agentd", "./hctl", "./internal/testapp", "./examples/goapp")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Bins{}, fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return b, nil
+}
+
+// Agentd is a running agentd.
+type Agentd struct {
+	Bins     Bins
+	Dir      string
+	Socket   string
+	StateDir string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	mu       sync.Mutex
+	log      bytes.Buffer
+}
+
+// Start starts agentd with its state and control socket under dir, and
+// returns once it announced it is ready (its log line, not a sleep).
+func Start(bins Bins, dir string, args ...string) (*Agentd, error) {
+	a := &Agentd{Bins: bins, Dir: dir, Socket: filepath.Join(dir, "agentd.sock"), StateDir: filepath.Join(dir, "state"), done: make(chan struct{})}
+	if err := a.start(args...); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agentd) start(args ...string) error {
+	a.done = make(chan struct{})
+	argv := append([]string{"--state-dir", a.StateDir, "--control-socket", a.Socket, "--stop-apps-on-exit", "--log-level", "debug"}, args...)
+	a.cmd = exec.Command(a.Bins.Agentd, argv...)
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := a.cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := a.cmd.Start(); err != nil {
+		return err
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.OnceFunc(func() { close(ready) })
+		for sc.Scan() {
+			a.mu.Lock()
+			a.log.WriteString(sc.Text() + "\n")
+			a.mu.Unlock()
+			if strings.Contains(sc.Text(), "agentd ready") {
+				once()
+			}
+		}
+		a.cmd.Wait()
+		close(a.done)
+	}()
+	select {
+	case <-ready:
+		return nil
+	case <-a.done:
+		return fmt.Errorf("agentd exited at start:\n%s", a.Log())
+	case <-time.After(60 * time.Second):
+		a.Kill()
+		return fmt.Errorf("agentd did not become ready within 60s:\n%s", a.Log())
+	}
+}
+
+// Restart stops agentd (SIGTERM) and starts it again on the same state.
+func (a *Agentd) Restart(args ...string) error {
+	a.Stop()
+	return a.start(args...)
+}
+
+// Log returns what agentd has logged so far.
+func (a *Agentd) Log() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.log.String()
+}
+
+// PID is agentd's PID.
+func (a *Agentd) PID() int { return a.cmd.Process.Pid }
+
+// Stop sends SIGTERM and waits for agentd to exit. It was started with
+// --stop-apps-on-exit, so it drains and stops every app process first.
+func (a *Agentd) Stop() {
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(90 * time.Second):
+		a.Kill()
+	}
+}
+
+// Kill kills agentd with SIGKILL (its app processes are not in its process
+// group and live on).
+func (a *Agentd) Kill() {
+	a.cmd.Process.Kill()
+	<-a.done
+}
+
+// Result is what an hctl run gave.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("exit %d\nstdout: %s\nstderr: %s", r.Code, r.Stdout, r.Stderr)
+}
+
+// Hctl runs hctl against this agentd.
+func (a *Agentd) Hctl(args ...string) Result {
+	return a.HctlContext(context.Background(), args...)
+}
+
+// HctlContext runs hctl with a context.
+func (a *Agentd) HctlContext(ctx context.Context, args ...string) Result {
+	cmd := exec.CommandContext(ctx, a.Bins.Hctl, args...)
+	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+a.Socket)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		errb.WriteString(err.Error())
+	}
+	return Result{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
+// HctlJSON runs hctl --json and decodes its stdout into v.
+func (a *Agentd) HctlJSON(v any, args ...string) Result {
+	r := a.Hctl(append([]string{"--json"}, args...)...)
+	if r.Code == 0 && v != nil {
+		if err := json.Unmarshal([]byte(r.Stdout), v); err != nil {
+			r.Code = -1
+			r.Stderr += "\ndecoding --json output: " + err.Error()
+		}
+	}
+	return r
+}
+
+// Release writes a release directory: a Procfile and extra files.
+func Release(dir, procfile string, files map[string]string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "Procfile"), []byte(procfile), 0o644); err != nil {
+		return "", err
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// CopyFile copies a file (e.g. a binary into a release directory).
+func CopyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
