@@ -64,9 +64,10 @@ func RunShim(args []string) error {
 }
 
 // ShellArgv returns the argv that runs a Procfile command line. bash is
-// preferred, as on Heroku, because it execs the last simple command of
-// "-c" in place (dash forks it), which keeps LISTEN_PID equal to the app's
-// PID for commands like "cd web && ./server".
+// preferred, as on Heroku, because it execs a lone simple command of "-c"
+// in place (dash forks it), which keeps LISTEN_PID equal to the app's PID
+// for "./server --port $PORT". Compound lines should end in "exec ./server"
+// (docs/app-contract.md).
 func ShellArgv(command string) []string {
 	for _, sh := range []string{"/bin/bash", "/usr/bin/bash"} {
 		if _, err := os.Stat(sh); err == nil {

@@ -95,8 +95,7 @@ func run(log *slog.Logger) error {
 }
 
 // listen returns the inherited listeners, or a listener on :$PORT (default
-// 8080) when the process was started without any, and a "name=addr" label
-// for each.
+// 8080) when run by hand without any, and a "name=addr" label for each.
 func listen() ([]net.Listener, []string, error) {
 	if os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
 		// The activation protocol says to ignore such fds: they were meant
@@ -120,6 +119,11 @@ func listen() ([]net.Listener, []string, error) {
 	}
 	if len(ls) > 0 {
 		return ls, names, nil
+	}
+	if p := os.Getenv("AGENTD_PROCESS"); p != "" {
+		// Under agentd $PORT is the web socket's port, which agentd holds:
+		// binding it would fail with a less helpful message.
+		return nil, nil, fmt.Errorf("agentd passed %s no socket: goapp is a web process; give its type a socket (hctl apps create --socket TYPE/NAME=ADDR)", p)
 	}
 	port := os.Getenv("PORT")
 	if port == "" {

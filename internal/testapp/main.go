@@ -18,6 +18,10 @@
 //	                  default 0, if set)
 //	child-sleep       internal: the fork-child child
 //
+// Without inherited sockets it serves nothing under agentd (a process type
+// without sockets, such as a worker: PORT is the web socket's, held by
+// agentd) and listens on a free 127.0.0.1 port when run by hand.
+//
 // Endpoints: GET /env (the contract as seen by the process, JSON), GET /
 // ("release=... process=..."), POST / (200, the body's length), GET
 // /healthz, GET /slow?ms=N.
@@ -183,7 +187,8 @@ func run() int {
 	done := make(chan error, 1)
 	go func() {
 		if len(serveOn) == 0 {
-			// never-ready was given only a probe socket: nothing to serve.
+			// A worker under agentd, or never-ready given only a probe
+			// socket: nothing to serve, only SIGTERM to wait for.
 			<-ctx.Done()
 			done <- nil
 			return
@@ -273,8 +278,7 @@ func listen(c *contract, withholdProbe bool) (serveOn, probe []net.Listener, err
 	if os.Getenv("AGENTD_APP") != "" {
 		return nil, nil, nil
 	}
-	addr := "127.0.0.1:0"
-	l, err := net.Listen("tcp", addr)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -108,6 +108,7 @@ type appOpts struct {
 	env       []string
 	noSockets bool // start without LISTEN_* (and without the shim)
 	noShim    bool // pass sockets and LISTEN_* but not through the shim
+	byHand    bool // no AGENTD_* variables, as when run by hand
 }
 
 // startApp starts testapp with a web and a probe socket as fds 3 and 4,
@@ -142,8 +143,10 @@ func startApp(t *testing.T, o appOpts) *app {
 	} else {
 		cmd = exec.Command("/bin/sh", "-c", `LISTEN_PID=$$; export LISTEN_PID; exec "$0"`, self)
 	}
-	cmd.Env = append(os.Environ(), runMainEnv+"=1", "NOTIFY_SOCKET="+a.notify.path,
-		"AGENTD_APP=demo", "AGENTD_RELEASE=v3", "AGENTD_PROCESS=web.1", "TESTX=y")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1", "NOTIFY_SOCKET="+a.notify.path, "TESTX=y")
+	if !o.byHand {
+		cmd.Env = append(cmd.Env, "AGENTD_APP=demo", "AGENTD_RELEASE=v3", "AGENTD_PROCESS=web.1")
+	}
 	if !o.noSockets {
 		web, webFile := tcpSocket(t)
 		probe, probeFile := tcpSocket(t)
@@ -456,21 +459,37 @@ func TestExitAfterReady(t *testing.T) {
 	}
 }
 
-// TestNoSockets: started by hand, it listens on its own.
+// TestNoSockets: run by hand, without sockets, it listens on its own.
 func TestNoSockets(t *testing.T) {
-	a := startApp(t, appOpts{noSockets: true})
+	a := startApp(t, appOpts{noSockets: true, byHand: true})
 	a.notify.until(t, "READY=1")
-	var c contract
 	b, _ := os.ReadFile(a.stderr)
 	_, addr, ok := strings.Cut(string(b), "listening on ")
 	if !ok {
 		t.Fatalf("stderr %q does not say where it listens", b)
 	}
 	addr = strings.TrimSpace(strings.SplitN(addr, "\n", 2)[0])
+	var c contract
 	if err := json.Unmarshal([]byte(get(t, addr, "/env")), &c); err != nil {
 		t.Fatal(err)
 	}
 	if c.ListenFDs != "" || len(c.Listeners) != 1 || c.Listeners[0].Name != "port" {
 		t.Errorf("/env = %+v", c)
+	}
+}
+
+// TestWorker: under agentd without sockets (a worker type) it binds
+// nothing, is ready, and stops on SIGTERM.
+func TestWorker(t *testing.T) {
+	a := startApp(t, appOpts{noSockets: true, env: []string{"PORT=1"}})
+	a.notify.until(t, "READY=1")
+	if b, _ := os.ReadFile(a.stderr); strings.Contains(string(b), "listening on") {
+		t.Errorf("a worker listens: %q", b)
+	}
+	if err := syscall.Kill(a.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.exitCode(t); code != 0 {
+		t.Errorf("exit status = %d, want 0", code)
 	}
 }

@@ -4,7 +4,7 @@
 //	notify          READY=1 on the process's own NOTIFY_SOCKET
 //	http:PATH       GET PATH answers 2xx or 3xx on the private probe socket
 //	tcp             a connection to the probe socket is accepted by the app
-//	exec:CMD        CMD (run with bash -c in the release directory) exits 0
+//	exec:CMD        CMD (run with /bin/sh -c in the release directory) exits 0
 //	uptime:DURATION the process stayed alive that long (default uptime:5s)
 //
 // http and tcp are probed on a socket of the process's own (passed as an
