@@ -14,8 +14,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cloudflare/tableflip"
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/agent"
@@ -60,6 +63,7 @@ Flags:
 	stopApps := fs.Bool("stop-apps-on-exit", false, "drain and stop every app process when agentd exits (by default apps keep serving)")
 	keep := fs.Int("keep-releases", 10, "releases kept per app")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	pidFile := fs.String("pid-file", "", "write agentd's PID here (and the new PID after an upgrade)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -92,11 +96,26 @@ Flags:
 	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
 		return fmt.Errorf("runtime directory: %w", err)
 	}
-	ln, err := server.Listen(sp, *group)
+	// tableflip passes the control socket and every app socket to a new
+	// agentd on SIGHUP (or `hctl agent upgrade`): the sockets never close,
+	// and the app processes, adopted by the new agentd, never stop.
+	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: 2 * time.Minute, PIDFile: *pidFile})
+	if err != nil {
+		return fmt.Errorf("upgrader: %w", err)
+	}
+	defer upg.Stop()
+	ln, err := upg.Fds.ListenWithCallback("unix", sp, func(string, string) (net.Listener, error) {
+		return server.Listen(sp, *group)
+	})
 	if err != nil {
 		return err
 	}
-	defer os.Remove(sp)
+	upgraded := false
+	defer func() {
+		if !upgraded {
+			os.Remove(sp)
+		}
+	}()
 
 	var ag *agent.Agent
 	m := metrics.New(version, func() []api.Process {
@@ -106,12 +125,39 @@ Flags:
 	ag, err = agent.New(agent.Config{
 		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: exe, Version: version, Log: log,
 		KeepReleases: *keep, Metrics: m,
+		Inherit: func(key string) *os.File {
+			f, err := upg.Fds.File(key)
+			if err != nil {
+				log.Warn("inherited socket", "key", key, "err", err)
+			}
+			return f
+		},
+		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),
 	})
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	srv := &server.Server{Agent: ag, Log: log, Metrics: m.Handler(), AdminGroup: *group}
+	var upgradeMu sync.Mutex
+	upgrade := func() error {
+		upgradeMu.Lock()
+		defer upgradeMu.Unlock()
+		log.Info("upgrade: waiting for operations in progress, then starting a new agentd")
+		files, thaw := ag.Freeze()
+		for key, f := range files {
+			if err := upg.Fds.AddFile(key, f); err != nil {
+				thaw()
+				return fmt.Errorf("passing socket %s: %w", key, err)
+			}
+		}
+		if err := upg.Upgrade(); err != nil {
+			thaw()
+			log.Error("upgrade failed; this agentd carries on", "err", err)
+			return err
+		}
+		return nil
+	}
+	srv := &server.Server{Agent: ag, Log: log, Metrics: m.Handler(), AdminGroup: *group, Upgrade: upgrade}
 	hs := &http.Server{Handler: srv.Handler(), ConnContext: server.ConnContext, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(ln) }()
@@ -127,13 +173,29 @@ Flags:
 		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- ms.Serve(mln) }()
 	}
-	log.Info("agentd ready", "version", version, "control", sp, "state", *stateDir, "pid", os.Getpid())
+	if err := upg.Ready(); err != nil {
+		return fmt.Errorf("upgrader: %w", err)
+	}
+	log.Info("agentd ready", "version", version, "control", sp, "state", *stateDir, "pid", os.Getpid(), "upgraded_from_parent", upg.HasParent())
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			upgrade()
+		}
+	}()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case s := <-sig:
 		log.Info("stopping", "signal", s.String(), "stop_apps", *stopApps)
+	case <-upg.Exit():
+		// The new agentd is ready and owns the state and sockets: leave
+		// the apps running, serving, for it.
+		upgraded = true
+		*stopApps = false
+		log.Info("handed over to the new agentd; exiting")
 	case err := <-errc:
 		log.Error("server failed", "err", err)
 	}

@@ -12,14 +12,26 @@ import (
 func (h *hctl) statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
-		Usage:     "show agentd's version, mode, state and sockets",
-		UsageText: "hctl status",
-		Description: "Examples:\n" +
+		Usage:     "show agentd's version, mode, state and sockets; or whether one app is healthy",
+		UsageText: "hctl status [APP]",
+		Description: "With APP: its active release (version, release id, digest), how many of its processes\n" +
+			"are ready out of how many the formation wants, whether an operation is running, and\n" +
+			"\"healthy\": all of that in order. Exit status 0 whenever agentd answered, healthy or not.\n\n" +
+			"Examples:\n" +
 			"  hctl status\n" +
-			"  hctl --json status | jq .version",
+			"  hctl --json status | jq .version\n" +
+			"  hctl status myapp\n" +
+			"  hctl --json status myapp | jq -e .healthy",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			if _, err := needArgs(cmd, 0, 0); err != nil {
+			a, err := needArgs(cmd, 0, 1)
+			if err != nil {
 				return err
+			}
+			if len(a) == 1 {
+				if err := checkAppName(cmd, a[0]); err != nil {
+					return err
+				}
+				return h.appStatusAction(ctx, a[0])
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()

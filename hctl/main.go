@@ -117,6 +117,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.restartCommand(),
 			h.configCommand(),
 			h.logsCommand(),
+			h.agentCommand(),
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.NArg() == 0 {
@@ -131,7 +132,11 @@ func (h *hctl) rootCommand() *cli.Command {
 		ErrWriter: h.stderr,
 		// hctl maps errors to exit statuses itself, in finish.
 		ExitErrHandler: func(context.Context, *cli.Command, error) {},
+		// Adds the hidden `hctl completion bash|zsh|fish` (the packages ship
+		// its scripts) and the --generate-shell-completion those scripts call.
+		EnableShellCompletion: true,
 	}
+	root.Commands = append(root.Commands, h.docTreeCommand())
 	_ = root.Walk(func(c *cli.Command) error {
 		c.OnUsageError = onUsageError
 		// Values of repeatable flags (readiness exec:CMD) may hold commas.

@@ -242,7 +242,8 @@ func TestUsageErrorsSendNothing(t *testing.T) {
 		{"logs", "myapp", "-n", "-1"},
 		{"logs", "myapp", "--release", "latest"},
 		{"ps", "a", "b"},
-		{"status", "extra"},
+		{"status", "myapp", "extra"},
+		{"status", "Bad_App"},
 		{"restart", "myapp", "web", "extra"},
 	}
 	for _, args := range cases {

@@ -21,7 +21,7 @@ type Held struct {
 // Bound reports the address the kernel bound, e.g. "127.0.0.1:8080" (useful
 // when the spec asked for port 0).
 func (h *Held) Bound() string {
-	sa, err := unix.Getsockname(int(h.File.Fd()))
+	sa, err := unix.Getsockname(Fd(h.File))
 	if err != nil {
 		return ""
 	}
@@ -38,7 +38,7 @@ func (h *Held) Bound() string {
 
 // Port returns the bound TCP port, or 0 for a unix socket.
 func (h *Held) Port() int {
-	sa, err := unix.Getsockname(int(h.File.Fd()))
+	sa, err := unix.Getsockname(Fd(h.File))
 	if err != nil {
 		return 0
 	}
@@ -106,7 +106,7 @@ func Listen(spec Spec) (*Held, error) {
 // running process) after checking that it is a listening socket; it marks it
 // close-on-exec, which activated fds are not.
 func FromFile(spec Spec, f *os.File) (*Held, error) {
-	fd := int(f.Fd())
+	fd := Fd(f)
 	unix.CloseOnExec(fd)
 	acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 	if err != nil {

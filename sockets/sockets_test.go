@@ -122,7 +122,7 @@ func TestListenInUse(t *testing.T) {
 	if _, err := Listen(spec2); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second Listen on %s: %v, want ErrInUse", h.Bound(), err)
 	}
-	flags, err := unix.FcntlInt(h.File.Fd(), unix.F_GETFD, 0)
+	flags, err := unix.FcntlInt(uintptr(Fd(h.File)), unix.F_GETFD, 0)
 	if err != nil || flags&unix.FD_CLOEXEC == 0 {
 		t.Fatalf("held socket is not close-on-exec (flags %d, %v)", flags, err)
 	}
@@ -203,5 +203,74 @@ func TestShimSetsListenPID(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("child: %v", err)
+	}
+}
+
+// TestTakeFrom takes a listening socket back from a running process that
+// holds it under another fd number, as a restarted agentd does.
+func TestTakeFrom(t *testing.T) {
+	spec, _ := ParseSpec("web=tcp://127.0.0.1:0")
+	h, err := Listen(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := h.Bound()
+	// A child holds the socket at fd 3 and runs until the test ends.
+	cmd := exec.Command("sleep", "60")
+	cmd.ExtraFiles = []*os.File{h.File}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	h.File.Close() // only the child holds it now
+
+	got, err := TakeFrom(cmd.Process.Pid, spec, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.File.Close()
+	if got.Bound() != bound {
+		t.Fatalf("took %s, want %s", got.Bound(), bound)
+	}
+	// It is the very same socket: a connection queues on it and we can
+	// accept it here.
+	ln, err := net.FileListener(got.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if _, err := TakeFrom(cmd.Process.Pid, spec, "127.0.0.1:1"); err == nil {
+		t.Fatal("TakeFrom found a socket the process does not hold")
+	}
+}
+
+// TestStaysNonBlocking: nothing agentd does with a held socket may switch
+// it to blocking mode, a flag every process holding it shares: an app would
+// then block in accept(2) and never notice its listener closing on SIGTERM.
+func TestStaysNonBlocking(t *testing.T) {
+	spec, _ := ParseSpec("web=tcp://127.0.0.1:0")
+	h, err := Listen(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	h.Bound()
+	h.Port()
+	if _, err := FromFile(spec, h.File); err != nil {
+		t.Fatal(err)
+	}
+	fl, err := unix.FcntlInt(uintptr(Fd(h.File)), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_NONBLOCK == 0 {
+		t.Fatalf("held socket flags %#x (%v): O_NONBLOCK was cleared", fl, err)
 	}
 }

@@ -502,3 +502,20 @@ func drainClose(rc io.ReadCloser) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(rc, 64<<10))
 	_ = rc.Close()
 }
+
+// UpgradeResult answers POST /v1/agent/upgrade.
+type UpgradeResult struct {
+	OK      bool   `json:"ok"`
+	Message string `json:"message"`
+}
+
+// AgentUpgrade asks agentd to hand over to a new agentd started from its
+// binary on disk (tableflip), as SIGHUP does. It returns once the new agentd
+// is ready, or with why the upgrade failed (the old agentd then carries on).
+func (c *Client) AgentUpgrade(ctx context.Context) (*UpgradeResult, error) {
+	var out UpgradeResult
+	if err := c.sendJSON(ctx, http.MethodPost, "/v1/agent/upgrade", struct{}{}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

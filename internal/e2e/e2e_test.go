@@ -563,3 +563,8 @@ func TestScaleRestartCrashLogs(t *testing.T) {
 		t.Errorf("logs show nothing of web.1:\n%s", r.Stdout)
 	}
 }
+
+// killGroup stops a process group the test knows by its leader's PID.
+func killGroup(pid int) {
+	syscall.Kill(-pid, syscall.SIGKILL)
+}

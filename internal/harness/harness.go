@@ -20,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bins are the built binaries.
@@ -58,14 +60,16 @@ func Build(dir string) (Bins, error) {
 	return b, nil
 }
 
-// Agentd is a running agentd.
+// Agentd is a running agentd. After an upgrade (tableflip) it is another
+// process, which Agentd follows through `hctl status`.
 type Agentd struct {
 	Bins     Bins
 	Dir      string
 	Socket   string
 	StateDir string
+	Env      []string // extra environment for agentd
 	cmd      *exec.Cmd
-	done     chan struct{}
+	pid      int
 	mu       sync.Mutex
 	log      bytes.Buffer
 }
@@ -73,7 +77,12 @@ type Agentd struct {
 // Start starts agentd with its state and control socket under dir, and
 // returns once it announced it is ready (its log line, not a sleep).
 func Start(bins Bins, dir string, args ...string) (*Agentd, error) {
-	a := &Agentd{Bins: bins, Dir: dir, Socket: filepath.Join(dir, "agentd.sock"), StateDir: filepath.Join(dir, "state"), done: make(chan struct{})}
+	return StartEnv(bins, dir, nil, args...)
+}
+
+// StartEnv is Start with extra environment variables for agentd.
+func StartEnv(bins Bins, dir string, env []string, args ...string) (*Agentd, error) {
+	a := &Agentd{Bins: bins, Dir: dir, Socket: filepath.Join(dir, "agentd.sock"), StateDir: filepath.Join(dir, "state"), Env: env}
 	if err := a.start(args...); err != nil {
 		return nil, err
 	}
@@ -81,20 +90,33 @@ func Start(bins Bins, dir string, args ...string) (*Agentd, error) {
 }
 
 func (a *Agentd) start(args ...string) error {
-	a.done = make(chan struct{})
 	argv := append([]string{"--state-dir", a.StateDir, "--control-socket", a.Socket, "--stop-apps-on-exit", "--log-level", "debug"}, args...)
 	a.cmd = exec.Command(a.Bins.Agentd, argv...)
+	a.cmd.Env = append(os.Environ(), a.Env...)
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := a.cmd.StderrPipe()
+	// A pipe of our own, not StderrPipe: Wait would close the read end
+	// when the first agentd exits, and an upgraded agentd writing to it
+	// would die of SIGPIPE.
+	r, w, err := os.Pipe()
 	if err != nil {
 		return err
 	}
+	a.cmd.Stdout, a.cmd.Stderr = w, w
 	if err := a.cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
 		return err
 	}
+	w.Close()
+	a.pid = a.cmd.Process.Pid
+	exited := make(chan struct{})
+	go func() {
+		a.cmd.Wait()
+		close(exited)
+	}()
 	ready := make(chan struct{})
 	go func() {
-		sc := bufio.NewScanner(stderr)
+		sc := bufio.NewScanner(r)
 		once := sync.OnceFunc(func() { close(ready) })
 		for sc.Scan() {
 			a.mu.Lock()
@@ -104,13 +126,12 @@ func (a *Agentd) start(args ...string) error {
 				once()
 			}
 		}
-		a.cmd.Wait()
-		close(a.done)
+		r.Close()
 	}()
 	select {
 	case <-ready:
 		return nil
-	case <-a.done:
+	case <-exited:
 		return fmt.Errorf("agentd exited at start:\n%s", a.Log())
 	case <-time.After(60 * time.Second):
 		a.Kill()
@@ -124,6 +145,11 @@ func (a *Agentd) Restart(args ...string) error {
 	return a.start(args...)
 }
 
+// StartAgain starts agentd on the same state after it was killed.
+func (a *Agentd) StartAgain(args ...string) error {
+	return a.start(args...)
+}
+
 // Log returns what agentd has logged so far.
 func (a *Agentd) Log() string {
 	a.mu.Lock()
@@ -131,30 +157,58 @@ func (a *Agentd) Log() string {
 	return a.log.String()
 }
 
-// PID is agentd's PID.
-func (a *Agentd) PID() int { return a.cmd.Process.Pid }
-
-// Stop sends SIGTERM and waits for agentd to exit. It was started with
-// --stop-apps-on-exit, so it drains and stops every app process first.
-func (a *Agentd) Stop() {
-	select {
-	case <-a.done:
-		return
-	default:
+// PID is the PID of the agentd serving now (it changes on upgrade).
+func (a *Agentd) PID() int {
+	var st struct {
+		PID int `json:"pid"`
 	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(90 * time.Second):
+	if r := a.HctlJSON(&st, "status"); r.Code == 0 && st.PID != 0 {
+		a.pid = st.PID
+	}
+	return a.pid
+}
+
+// Stop sends SIGTERM to the agentd serving now and waits for it to exit.
+// It was started with --stop-apps-on-exit, so it drains and stops every
+// app process first.
+func (a *Agentd) Stop() {
+	pid := a.PID()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return
+	}
+	if !waitGone(pid, 90*time.Second) {
 		a.Kill()
 	}
 }
 
-// Kill kills agentd with SIGKILL (its app processes are not in its process
-// group and live on).
+// Kill kills the agentd serving now with SIGKILL; its app processes are
+// not in its process group and live on.
 func (a *Agentd) Kill() {
-	a.cmd.Process.Kill()
-	<-a.done
+	pid := a.pid
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitGone(pid, 30*time.Second)
+}
+
+// waitGone waits until pid has exited, through a pidfd (agentd after an
+// upgrade is not our child).
+func waitGone(pid int, timeout time.Duration) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return true // already gone
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		n, err := unix.Poll(fds, int(time.Until(deadline)/time.Millisecond)+1)
+		if n > 0 {
+			return true
+		}
+		if err != nil && err != unix.EINTR {
+			return false
+		}
+	}
+	return false
 }
 
 // Result is what an hctl run gave.

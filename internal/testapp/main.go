@@ -193,8 +193,12 @@ func run() int {
 			done <- nil
 			return
 		}
+		grace := 500 * time.Millisecond
+		if g, err := time.ParseDuration(os.Getenv("TESTAPP_GRACE")); err == nil {
+			grace = g // a slow but correct drain
+		}
 		done <- graceful.Serve(ctx, serveOn, handler(&c), graceful.Options{
-			Grace: 500 * time.Millisecond,
+			Grace: grace,
 			OnDrainStart: func() {
 				fmt.Fprintln(os.Stderr, "testapp: draining")
 				notify("STOPPING=1\nSTATUS=draining")

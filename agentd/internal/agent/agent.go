@@ -17,11 +17,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/readiness"
 	"github.com/agentd/agentd/agentd/internal/state"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -39,6 +41,12 @@ type Config struct {
 	ReleaseTimeout time.Duration
 	// Metrics, if set, observes what the agent does.
 	Metrics Observer
+	// Inherit, if set, returns a socket passed by the previous agentd
+	// (tableflip) by its key, or nil.
+	Inherit func(key string) *os.File
+	// TestPause, a test-only hook, blocks an operation at the named point
+	// (prepare, preboot, cutover, drain) so tests can kill agentd there.
+	TestPause string
 }
 
 // Observer is told about events worth counting. It keeps the agent free of
@@ -66,6 +74,9 @@ type Agent struct {
 
 	mu   sync.Mutex
 	apps map[string]*app
+
+	// frozen is set while a new agentd takes over (an upgrade).
+	frozen atomic.Bool
 }
 
 // Errors with a code the control API maps to a status.
@@ -128,13 +139,22 @@ func (c Config) slugDir(digest string) string {
 	return filepath.Join(c.slugsDir(), strings.ReplaceAll(digest, ":", "-"))
 }
 
-// save persists a's state. Callers hold a.mu.
+// save persists a's state. Callers hold a.mu. While agentd is frozen for
+// an upgrade, the new agentd owns the state and nothing is written.
 func (ag *Agent) save(a *app) error {
+	if ag.frozen.Load() {
+		return nil
+	}
 	a.st.Processes = a.st.Processes[:0]
 	for _, p := range a.procs {
-		if !p.p.Exited() {
-			a.st.Processes = append(a.st.Processes, procRecord{Name: p.name(), Release: p.release, PID: p.p.PID(), StartedAt: p.p.StartedAt()})
+		if p.p.Exited() {
+			continue
 		}
+		a.st.Processes = append(a.st.Processes, procRecord{
+			Name: p.name(), Type: p.typ, Index: p.index, Release: p.release, PID: p.p.PID(),
+			StartedAt: p.p.KernelStart(), State: p.state, Restarts: p.restarts, ReadyAt: p.readyAt,
+			Notify: p.notifyPath, Log: p.log,
+		})
 	}
 	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {
 		ag.log.Error("saving state", "app", a.st.Name, "err", err)
@@ -165,41 +185,152 @@ func (ag *Agent) load() error {
 }
 
 // recover brings a loaded app to one consistent state after agentd
-// (re)started: an operation that was in progress is reported interrupted,
-// processes a previous agentd left running are stopped, the sockets are
-// bound again and the active release is started in its formation.
+// (re)started, whether after an upgrade, a restart, a crash or a reboot:
+// processes a previous agentd started are adopted, the sockets are taken
+// back (inherited, or from the processes that hold them, or bound again),
+// an operation that was in progress is reported interrupted, and the app is
+// reconciled with its active release and formation in the background.
 func (ag *Agent) recover(a *app) {
-	if op := a.st.Op; op != nil {
-		if r := a.release(op.Release); r != nil && r.Status != api.StatusActive {
-			r.Status = api.StatusFailed
-			r.Error = fmt.Sprintf("interrupted: agentd stopped during the %s phase of %s", op.Phase, op.Kind)
-		}
-		ag.log.Warn("operation interrupted by an agentd restart", "app", a.st.Name, "op", op.Kind, "phase", op.Phase)
-		a.st.Op = nil
-	}
-	stopOrphans(a.st.Processes, time.Duration(a.st.DrainTimeout), ag.log)
-	a.st.Processes = nil
-	for _, spec := range a.st.Sockets {
-		h, err := sockets.Listen(spec)
+	for _, rec := range a.st.Processes {
+		sp, err := supervisor.Adopt(rec.PID, rec.StartedAt)
 		if err != nil {
-			ag.log.Error("binding socket", "app", a.st.Name, "err", err)
+			ag.log.Info("process from before is gone", "app", a.st.Name, "process", rec.Name, "pid", rec.PID)
+			continue
+		}
+		pr := &proc{typ: rec.Type, index: rec.Index, release: rec.Release, p: sp, state: rec.State,
+			restarts: rec.Restarts, readyAt: rec.ReadyAt, log: rec.Log, notifyPath: rec.Notify,
+			extend: make(chan time.Duration, 1)}
+		a.procs = append(a.procs, pr)
+		ag.log.Info("adopted process", "app", a.st.Name, "release", vname(rec.Release), "process", rec.Name, "pid", rec.PID, "state", rec.State)
+	}
+	for i, spec := range a.st.Sockets {
+		h, err := ag.reclaimSocket(a, i, spec)
+		if err != nil {
+			ag.log.Error("socket not available", "app", a.st.Name, "socket", spec.Name, "err", err)
 			continue
 		}
 		a.held = append(a.held, h)
 	}
-	if a.st.Active != 0 && len(a.held) == len(a.st.Sockets) {
-		go func() {
-			a.op <- struct{}{}
-			defer func() { <-a.op }()
-			r := a.release(a.st.Active)
-			if r == nil {
-				return
+	if op := a.st.Op; op != nil {
+		if r := a.release(op.Release); r != nil && r.Status != api.StatusActive {
+			r.Status = api.StatusFailed
+			r.Error = fmt.Sprintf("interrupted: agentd stopped during the %s phase of the %s", op.Phase, op.Kind)
+		}
+		ag.log.Warn("operation interrupted by an agentd restart", "app", a.st.Name, "op", op.Kind, "phase", op.Phase)
+	}
+	if a.st.Op != nil {
+		// Any release left "releasing" or "pending" by the interruption.
+		for _, r := range a.st.Releases {
+			if r.Status == api.StatusPending || r.Status == api.StatusReleasing {
+				r.Status = api.StatusFailed
+				if r.Error == "" {
+					r.Error = "interrupted: agentd stopped before this release was switched to"
+				}
 			}
-			o := ag.newOp(a, "boot", func(api.Event) {})
-			if err := o.bootRelease(r); err != nil {
-				ag.log.Error("starting active release", "app", a.st.Name, "release", vname(r.Version), "err", err)
+		}
+	}
+	a.st.Op = nil
+	a.mu.Lock()
+	ag.save(a)
+	a.mu.Unlock()
+	for _, p := range a.procs {
+		go ag.watchExit(a, p, a.release(p.release))
+		go ag.attachNotify(a, p)
+	}
+	if len(a.held) == len(a.st.Sockets) {
+		go ag.reconcile(a)
+	}
+}
+
+// reclaimSocket gets socket i of a back: from the previous agentd (an
+// upgrade), else from a running process that holds it (a restart or crash:
+// the apps kept it open and kept serving), else by binding it again at the
+// address it had.
+func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held, error) {
+	if ag.cfg.Inherit != nil {
+		if f := ag.cfg.Inherit(socketKey(a.st.Name, spec.Name)); f != nil {
+			if h, err := sockets.FromFile(spec, f); err == nil {
+				return h, nil
 			}
-		}()
+			f.Close()
+		}
+	}
+	bound := ""
+	if i < len(a.st.Bound) {
+		bound = a.st.Bound[i]
+	}
+	if bound != "" {
+		for _, p := range a.procs {
+			if p.typ != spec.Type || p.p.Exited() {
+				continue
+			}
+			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
+				ag.log.Info("socket taken back from a running process", "app", a.st.Name, "socket", spec.Name, "pid", p.p.PID())
+				return h, nil
+			}
+		}
+	}
+	again := spec
+	if bound != "" && spec.Network != "unix" {
+		// Port 0 was resolved once; keep the port the clients know.
+		again.Address = bound
+	}
+	return sockets.Listen(again)
+}
+
+func socketKey(app, name string) string { return "app/" + app + "/" + name }
+
+// reconcile makes the running processes match the active release and the
+// formation: processes of other releases are drained (an interrupted
+// deploy's new ones, or old ones an interrupted drain left), missing ones
+// are started and waited for, surplus ones drained.
+func (ag *Agent) reconcile(a *app) {
+	a.op <- struct{}{}
+	defer func() { <-a.op }()
+	o := ag.newOp(a, "boot", func(api.Event) {})
+	a.mu.Lock()
+	r := a.release(a.st.Active)
+	var stale []*proc
+	have := map[string]bool{}
+	for _, p := range a.procs {
+		if p.p.Exited() {
+			continue
+		}
+		if r == nil || p.release != r.Version || p.state == api.StateDraining || p.typ == "release" || p.index > a.count(p.typ) {
+			stale = append(stale, p)
+			continue
+		}
+		have[p.name()] = true
+	}
+	var missing [][2]any
+	if r != nil {
+		for _, t := range r.Order {
+			for i := 1; i <= a.count(t); i++ {
+				if !have[fmt.Sprintf("%s.%d", t, i)] {
+					missing = append(missing, [2]any{t, i})
+				}
+			}
+		}
+	}
+	a.mu.Unlock()
+	if len(missing) > 0 {
+		ag.log.Info("starting missing processes", "app", a.st.Name, "release", vname(r.Version), "count", len(missing))
+		var started []*proc
+		for _, m := range missing {
+			p, err := ag.startProc(a, r, m[0].(string), m[1].(int))
+			if err != nil {
+				ag.log.Error("starting process", "app", a.st.Name, "err", err)
+				continue
+			}
+			started = append(started, p)
+		}
+		if err := o.awaitReady(started); err != nil {
+			ag.log.Error("processes not ready after agentd start", "app", a.st.Name, "err", err)
+		}
+	}
+	if len(stale) > 0 {
+		ag.log.Info("draining processes of an interrupted operation", "app", a.st.Name, "count", len(stale))
+		ag.drain(a, stale, nil)
 	}
 	a.mu.Lock()
 	ag.save(a)
@@ -260,6 +391,9 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		}
 	}
 
+	if ag.frozen.Load() {
+		return api.App{}, errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): try again in a moment")
+	}
 	ag.mu.Lock()
 	defer ag.mu.Unlock()
 	if _, ok := ag.apps[req.Name]; ok {
@@ -288,6 +422,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 			return api.App{}, errf(code, "%v", err)
 		}
 		a.held = append(a.held, h)
+		a.st.Bound = append(a.st.Bound, h.Bound())
 	}
 	if err := ag.save(a); err != nil {
 		for _, h := range a.held {
@@ -555,5 +690,36 @@ func (ag *Agent) Close(stopApps bool) {
 			p.closeFiles()
 		}
 		a.mu.Unlock()
+	}
+}
+
+// Freeze prepares a hand-over to a new agentd (an upgrade): it waits for
+// every operation in progress to finish and holds them off, and stops
+// writing state, which the new agentd then owns. It returns the sockets to
+// pass on, by key, and thaw, which undoes the freeze if the upgrade fails.
+func (ag *Agent) Freeze() (files map[string]*os.File, thaw func()) {
+	ag.mu.Lock()
+	apps := slices.Collect(maps.Values(ag.apps))
+	ag.mu.Unlock()
+	for _, a := range apps {
+		a.op <- struct{}{}
+	}
+	ag.frozen.Store(true)
+	files = map[string]*os.File{}
+	for _, a := range apps {
+		a.mu.Lock()
+		for _, h := range a.held {
+			files[socketKey(a.st.Name, h.Spec.Name)] = h.File
+		}
+		a.mu.Unlock()
+	}
+	return files, func() {
+		ag.frozen.Store(false)
+		for _, a := range apps {
+			a.mu.Lock()
+			ag.save(a)
+			a.mu.Unlock()
+			<-a.op
+		}
 	}
 }

@@ -28,8 +28,11 @@ const (
 
 // appState is what agentd persists of an app, one JSON file per app.
 type appState struct {
-	Name         string            `json:"name"`
-	Sockets      []sockets.Spec    `json:"sockets"`
+	Name    string         `json:"name"`
+	Sockets []sockets.Spec `json:"sockets"`
+	// Bound is the address each socket got (index-aligned with Sockets),
+	// so that a socket asked for port 0 keeps its port across restarts.
+	Bound        []string          `json:"bound,omitempty"`
 	Formation    map[string]int    `json:"formation"`
 	Readiness    map[string]string `json:"readiness"`
 	BootTimeout  api.Duration      `json:"boot_timeout"`
@@ -65,11 +68,21 @@ type releaseState struct {
 	Phases     []api.Phase       `json:"phases,omitempty"`
 }
 
+// procRecord is what a restarted agentd needs to adopt a process: its
+// identity (PID and the kernel's start time, so a recycled PID never
+// matches) and where it stood.
 type procRecord struct {
 	Name      string    `json:"name"`
+	Type      string    `json:"type"`
+	Index     int       `json:"index"`
 	Release   int       `json:"release"`
 	PID       int       `json:"pid"`
 	StartedAt time.Time `json:"started_at"`
+	State     string    `json:"state"`
+	Restarts  int       `json:"restarts,omitempty"`
+	ReadyAt   time.Time `json:"ready_at,omitzero"`
+	Notify    string    `json:"notify,omitempty"`
+	Log       string    `json:"log,omitempty"`
 }
 
 type opRecord struct {
@@ -159,6 +172,9 @@ type proc struct {
 	probe  *readiness.Probe
 	extend chan time.Duration // EXTEND_TIMEOUT_USEC while booting
 	log    string
+	// notifyPath is the NOTIFY_SOCKET the process was given; it outlives
+	// agentd restarts, which bind it again.
+	notifyPath string
 
 	// Guarded by app.mu.
 	state    string
@@ -169,7 +185,12 @@ type proc struct {
 	status   string
 }
 
-func (p *proc) name() string { return fmt.Sprintf("%s.%d", p.typ, p.index) }
+func (p *proc) name() string {
+	if p.typ == "release" {
+		return "release"
+	}
+	return fmt.Sprintf("%s.%d", p.typ, p.index)
+}
 
 func (p *proc) api(app string) api.Process {
 	ap := api.Process{

@@ -48,6 +48,18 @@ func (o *op) event(typ, process, msg string) {
 
 func (o *op) info(format string, args ...any) { o.event("info", "", fmt.Sprintf(format, args...)) }
 
+// pause is a test-only hook: with agentd's test pause set to point, a
+// release whose message contains "[pause]" stops here for good, so a test
+// can kill agentd at that instant.
+func (o *op) pause(point string, r *releaseState) {
+	if o.ag.cfg.TestPause != point || r == nil || !strings.Contains(r.Message, "[pause]") {
+		return
+	}
+	o.ag.log.Warn("test pause", "point", point, "app", o.a.st.Name)
+	o.info("test pause at %s", point)
+	select {}
+}
+
 // enter ends the current phase and starts the next one.
 func (o *op) enter(phase, format string, args ...any) {
 	o.endPhase()
@@ -161,6 +173,7 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	ag.save(a)
 	a.mu.Unlock()
 	o.info("release %s: process types %s, digest %s", vname(r.Version), strings.Join(r.Order, ", "), shortDigest(digest))
+	o.pause("prepare", r)
 	return o.rollout(r, !req.SkipReleasePhase, nil)
 }
 
@@ -262,6 +275,7 @@ func (o *op) rollout(r *releaseState, releasePhase bool, types []string) api.OpR
 		o.stopNew(started)
 		return o.fail(r, err)
 	}
+	o.pause("preboot", r)
 	if err := o.awaitReady(started); err != nil {
 		o.stopNew(started)
 		return o.fail(r, err)
@@ -300,6 +314,7 @@ func (o *op) rollout(r *releaseState, releasePhase bool, types []string) api.OpR
 	o.record(r.Version)
 	a.mu.Unlock()
 	o.res.Changed = true
+	o.pause("cutover", r)
 
 	o.enter(api.PhaseDrain, "draining %d old process(es), SIGKILL after %s", len(old), time.Duration(a.st.DrainTimeout))
 	d, killed := ag.drain(a, old, o)
@@ -437,18 +452,6 @@ func (o *op) stopNew(ps []*proc) {
 	o.ag.drain(o.a, ps, o)
 }
 
-// bootRelease starts r's formation (agentd start, or a recovered app).
-func (o *op) bootRelease(r *releaseState) error {
-	started, err := o.preboot(r, nil)
-	if err == nil {
-		err = o.awaitReady(started)
-	}
-	o.a.mu.Lock()
-	o.ag.save(o.a)
-	o.a.mu.Unlock()
-	return err
-}
-
 // runRelease runs the release command to completion, streaming its output.
 func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) error {
 	a.mu.Lock()
@@ -484,6 +487,13 @@ func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) erro
 		pr.Close()
 		return err
 	}
+	// Tracked like any process, so that an agentd restarted meanwhile
+	// finds it and stops it with the interrupted deploy.
+	rp := &proc{typ: "release", release: r.Version, p: p, state: api.StateStarting, retired: true, extend: make(chan time.Duration, 1)}
+	a.mu.Lock()
+	a.procs = append(a.procs, rp)
+	ag.save(a)
+	a.mu.Unlock()
 	var tail []string
 	copied := make(chan struct{})
 	go func() {

@@ -6,15 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/notify"
@@ -157,8 +153,11 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	ag.log.Info("process started", "app", a.st.Name, "release", vname(r.Version), "process", name, "pid", pr.p.PID())
+	pr.notifyPath = pr.ns.Path()
 	a.mu.Lock()
 	a.procs = append(a.procs, pr)
+	// Recorded at once: a crash of agentd from here on finds the process.
+	ag.save(a)
 	a.mu.Unlock()
 	go ag.watchNotify(a, pr)
 	go ag.watchExit(a, pr, r)
@@ -171,6 +170,44 @@ func (p *proc) closeFiles() {
 	}
 	if p.probe != nil {
 		p.probe.Close()
+	}
+}
+
+// attachNotify binds the notify socket of an adopted process again at the
+// path the process knows. After an upgrade the previous agentd still holds
+// it until it exits, so binding is retried until then; a process still
+// booting is waited for once its socket is back.
+func (ag *Agent) attachNotify(a *app, p *proc) {
+	if p.notifyPath == "" {
+		return
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for range 3000 {
+		ns, err := notify.Listen(p.notifyPath)
+		if err == nil {
+			a.mu.Lock()
+			p.ns = ns
+			starting := p.state == api.StateStarting
+			kind := a.readinessOf(p.typ)
+			boot := time.Duration(a.st.BootTimeout)
+			a.mu.Unlock()
+			go ag.watchNotify(a, p)
+			if starting {
+				if err := ag.waitReady(a, p, kind, boot); err != nil {
+					ag.log.Warn("adopted process not ready", "app", a.st.Name, "process", p.name(), "err", err)
+				}
+			}
+			if p.p.Exited() {
+				ns.Close()
+			}
+			return
+		}
+		select {
+		case <-p.p.Done():
+			return
+		case <-tick.C:
+		}
 	}
 }
 
@@ -197,9 +234,9 @@ func (ag *Agent) watchNotify(a *app, p *proc) {
 func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	<-p.p.Done()
 	ex := p.p.Exit()
-	p.closeFiles()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	p.closeFiles()
 	wasReady := p.state == api.StateReady
 	if p.retired || p.state == api.StateDraining {
 		p.state = api.StateExited
@@ -208,7 +245,7 @@ func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	}
 	p.state = api.StateCrashed
 	ag.log.Warn("process ended", "app", a.st.Name, "release", vname(p.release), "process", p.name(), "pid", p.p.PID(), "how", ex.String())
-	if !wasReady || a.gone || p.release != a.st.Active || a.st.Formation == nil {
+	if !wasReady || a.gone || r == nil || p.release != a.st.Active || a.st.Formation == nil {
 		ag.save(a)
 		return
 	}
@@ -222,6 +259,10 @@ func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 }
 
 func (ag *Agent) restartCrashed(a *app, old *proc, r *releaseState) {
+	if ag.frozen.Load() {
+		// A new agentd is taking over: it restarts what it finds crashed.
+		return
+	}
 	a.mu.Lock()
 	delete(a.backoff, old.name())
 	still := !a.gone && !old.retired && old.release == a.st.Active && old.index <= a.count(old.typ)
@@ -337,70 +378,4 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
 	d := time.Since(start)
 	ag.obs.DrainDone(a.st.Name, d, len(killed))
 	return d, killed
-}
-
-// stopOrphans stops processes that a previous agentd left running: their
-// PID is checked against the recorded start time so that a recycled PID is
-// never signalled.
-func stopOrphans(recs []procRecord, timeout time.Duration, log *slog.Logger) {
-	var live []int
-	for _, r := range recs {
-		if procAlive(r.PID, r.StartedAt) {
-			log.Warn("stopping a process left by a previous agentd", "process", r.Name, "pid", r.PID)
-			unix.Kill(-r.PID, unix.SIGTERM)
-			live = append(live, r.PID)
-		}
-	}
-	deadline := time.Now().Add(timeout)
-	for _, pid := range live {
-		for unix.Kill(pid, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		unix.Kill(-pid, unix.SIGKILL)
-	}
-}
-
-// procAlive reports whether pid runs and was started at startedAt (within
-// the clock-tick precision of /proc), so a recycled PID does not match.
-func procAlive(pid int, startedAt time.Time) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// Field 22 (starttime, in clock ticks since boot) follows the
-	// parenthesised command name, which may itself contain spaces.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return false
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return false
-	}
-	ticks, err := strconv.ParseInt(f[19], 10, 64)
-	if err != nil {
-		return false
-	}
-	boot, err := bootTime()
-	if err != nil {
-		return false
-	}
-	st := boot.Add(time.Duration(ticks) * time.Second / 100)
-	diff := st.Sub(startedAt)
-	return diff > -2*time.Second && diff < 2*time.Second
-}
-
-func bootTime() (time.Time, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return time.Time{}, err
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return time.Unix(n, 0), err
-		}
-	}
-	return time.Time{}, errors.New("no btime in /proc/stat")
 }

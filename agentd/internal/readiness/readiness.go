@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/sockets"
 )
 
 // Kind is a parsed readiness kind.
@@ -235,7 +237,7 @@ func checkTCP(ctx context.Context, p *Probe) error {
 	defer c.Close()
 	delay := 5 * time.Millisecond
 	for {
-		info, err := unix.GetsockoptTCPInfo(int(p.File.Fd()), unix.IPPROTO_TCP, unix.TCP_INFO)
+		info, err := unix.GetsockoptTCPInfo(sockets.Fd(p.File), unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
 			return err
 		}

@@ -37,6 +37,9 @@ type Server struct {
 	AdminGroup string
 	// MaxUpload bounds an artifact upload.
 	MaxUpload int64
+	// Upgrade hands over to a new agentd binary (tableflip) and returns
+	// once the new one is ready, or with why it failed.
+	Upgrade func() error
 }
 
 type peerKey struct{}
@@ -95,6 +98,7 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("GET /v1/apps/{app}/config", s.config)
 	m.HandleFunc("PATCH /v1/apps/{app}/config", s.admin(s.changeConfig))
 	m.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
+	m.HandleFunc("POST /v1/agent/upgrade", s.admin(s.upgrade))
 	if s.Metrics != nil {
 		m.Handle("GET /metrics", s.Metrics)
 	}
@@ -198,6 +202,18 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.Agent.Status())
+}
+
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
+	if s.Upgrade == nil {
+		writeErr(w, http.StatusNotImplemented, &api.Error{Code: api.CodeUnavailable, Message: "this agentd cannot upgrade itself"})
+		return
+	}
+	if err := s.Upgrade(); err != nil {
+		writeErr(w, http.StatusInternalServerError, &api.Error{Code: api.CodeInternal, Message: "upgrade failed, the running agentd carries on: " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "message": "a new agentd has taken over"})
 }
 
 func (s *Server) apps(w http.ResponseWriter, r *http.Request) {
@@ -459,6 +475,9 @@ func Listen(path, group string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	// The path must survive this listener: after an upgrade the new agentd
+	// serves on the same socket. agentd removes it when it really stops.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if group != "" {
 		if g, err := user.LookupGroup(group); err == nil {
 			gid, _ := strconv.Atoi(g.Gid)

@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -40,14 +40,18 @@ type Spec struct {
 
 // Exit describes how a process ended.
 type Exit struct {
-	Code   int            // exit status, or -1 when killed by a signal
-	Signal syscall.Signal // the signal that killed it, if any
-	At     time.Time
+	Code    int            // exit status, or -1 when killed by a signal or unknown
+	Unknown bool           // an adopted process: its status went to its real parent
+	Signal  syscall.Signal // the signal that killed it, if any
+	At      time.Time
 }
 
 func (e Exit) String() string {
 	if e.Signal != 0 {
 		return "killed by " + unix.SignalName(e.Signal)
+	}
+	if e.Unknown {
+		return "exited"
 	}
 	return fmt.Sprintf("exited with status %d", e.Code)
 }
@@ -57,6 +61,13 @@ type Process struct {
 	pid       int
 	startedAt time.Time
 	done      chan struct{}
+	adopted   bool
+	// kernelStart is the start time as /proc tells it (whole-second
+	// precision of btime): the identity recorded in state.
+	kernelStart time.Time
+
+	fdMu  sync.Mutex
+	pidfd int // adopted processes only
 
 	mu   sync.Mutex
 	exit Exit
@@ -64,27 +75,50 @@ type Process struct {
 
 // Start starts the process. It returns once the process exists; its exit is
 // reported by Done.
+//
+// It uses syscall.StartProcess with raw descriptors rather than os/exec:
+// os/exec calls (*os.File).Fd on every file it passes, which switches a
+// socket shared with running app processes to blocking mode (see
+// sockets.Fd).
 func Start(s Spec) (*Process, error) {
 	if len(s.Argv) == 0 {
 		return nil, errors.New("start: no command")
 	}
 	argv := sockets.ShimArgv(s.Shim, s.Argv)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = s.Dir
-	cmd.Env = append(append([]string(nil), s.Env...), sockets.Env(s.Names)...)
-	cmd.ExtraFiles = s.Files
-	cmd.Stdout = s.Output
-	cmd.Stderr = s.Output
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// Its own process group, so a signal reaches every child it forks.
-		Setpgid:    true,
-		Credential: s.Credential,
-	}
-	if err := cmd.Start(); err != nil {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
 		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
 	}
-	p := &Process{pid: cmd.Process.Pid, startedAt: time.Now(), done: make(chan struct{})}
-	go p.wait(cmd)
+	defer devnull.Close()
+	out := devnull
+	if s.Output != nil {
+		out = s.Output
+	}
+	fds := []uintptr{uintptr(sockets.Fd(devnull)), uintptr(sockets.Fd(out)), uintptr(sockets.Fd(out))}
+	for _, f := range s.Files {
+		fds = append(fds, uintptr(sockets.Fd(f)))
+	}
+	env := append(append([]string(nil), s.Env...), sockets.Env(s.Names)...)
+	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
+		Dir: s.Dir, Env: env, Files: fds,
+		Sys: &syscall.SysProcAttr{
+			// Its own process group, so a signal reaches every child it
+			// forks.
+			Setpgid:    true,
+			Credential: s.Credential,
+		},
+	})
+	// The files must stay open until the fork has dup'ed them.
+	runtime.KeepAlive(s.Files)
+	runtime.KeepAlive(out)
+	if err != nil {
+		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
+	}
+	p := &Process{pid: pid, startedAt: time.Now(), done: make(chan struct{}), pidfd: -1}
+	// The kernel's record of the start, so that a later agentd can tell
+	// this process from another that got the same PID.
+	p.kernelStart, _ = StartTime(p.pid)
+	go p.wait()
 	return p, nil
 }
 
@@ -92,7 +126,7 @@ func Start(s Spec) (*Process, error) {
 // its group, then reaps it. The group is killed before the reap because a
 // zombie leader keeps its PID, and so the group ID, from being reused: the
 // SIGKILL cannot hit an unrelated group.
-func (p *Process) wait(cmd *exec.Cmd) {
+func (p *Process) wait() {
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
@@ -101,18 +135,16 @@ func (p *Process) wait(cmd *exec.Cmd) {
 		}
 	}
 	unix.Kill(-p.pid, unix.SIGKILL)
-	err := cmd.Wait()
-	ex := Exit{Code: 0, At: time.Now()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		ws := ee.Sys().(syscall.WaitStatus)
-		if ws.Signaled() {
-			ex.Code, ex.Signal = -1, ws.Signal()
-		} else {
-			ex.Code = ws.ExitStatus()
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(p.pid, &ws, 0, nil)
+		if err != unix.EINTR {
+			break
 		}
-	} else if err != nil {
-		ex.Code = -1
+	}
+	ex := Exit{Code: ws.ExitStatus(), At: time.Now()}
+	if ws.Signaled() {
+		ex.Code, ex.Signal = -1, syscall.Signal(ws.Signal())
 	}
 	p.mu.Lock()
 	p.exit = ex
@@ -125,6 +157,10 @@ func (p *Process) PID() int { return p.pid }
 
 // StartedAt is when the process was started.
 func (p *Process) StartedAt() time.Time { return p.startedAt }
+
+// KernelStart is the start time /proc reports, which identifies the
+// process together with its PID; record it to Adopt the process later.
+func (p *Process) KernelStart() time.Time { return p.kernelStart }
 
 // Done is closed when the process has exited and been reaped.
 func (p *Process) Done() <-chan struct{} { return p.done }
@@ -151,6 +187,13 @@ func (p *Process) Exited() bool {
 func (p *Process) Signal(sig syscall.Signal) error {
 	if p.Exited() {
 		return nil
+	}
+	if p.adopted {
+		// The leader through its pidfd (never a recycled PID), then the
+		// rest of its group.
+		if err := p.signalLeader(sig); err != nil {
+			return fmt.Errorf("signal %s to pid %d: %w", unix.SignalName(sig), p.pid, err)
+		}
 	}
 	if err := unix.Kill(-p.pid, sig); err != nil && err != unix.ESRCH {
 		return fmt.Errorf("signal %s to group %d: %w", unix.SignalName(sig), p.pid, err)
