@@ -84,9 +84,14 @@ Flags:
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("finding agentd's own binary for the exec shim: %w", err)
+	// The exec shim is this very binary as it runs, not the file on disk:
+	// /proc/self/exe, opened in the child after fork, is agentd's image even
+	// when the file was replaced by a newer (or broken) build meanwhile.
+	exe := "/proc/self/exe"
+	if _, err := os.Stat(exe); err != nil {
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("finding agentd's own binary for the exec shim: %w", err)
+		}
 	}
 	sp, err := filepath.Abs(*control)
 	if err != nil {

@@ -322,3 +322,63 @@ func checkNoOrphans(t *testing.T, e *env, app string) {
 		}
 	}
 }
+
+// TestFailedUpgradeKeepsOldAgent: when the binary on disk does not start,
+// the upgrade fails with a message, the running agentd carries on, and the
+// apps never notice.
+func TestFailedUpgradeKeepsOldAgent(t *testing.T) {
+	dir, err := os.MkdirTemp("", "e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// agentd runs from a copy that the test can break and mend.
+	own := bins
+	own.Agentd = filepath.Join(dir, "agentd")
+	if err := harness.CopyFile(bins.Agentd, own.Agentd); err != nil {
+		t.Fatal(err)
+	}
+	ag, err := harness.Start(own, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, ag: ag, dir: dir}
+	t.Cleanup(func() {
+		harness.CopyFile(bins.Agentd, own.Agentd)
+		ag.Stop()
+		os.RemoveAll(dir)
+	})
+	url := e.createApp("fu", "--readiness", "web=notify")
+	e.deploy("fu", e.release(""))
+	oldAgent := ag.PID()
+	ls := startLoads(t, url)
+
+	if err := os.Remove(own.Agentd); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(own.Agentd, []byte("#!/bin/sh\necho broken build >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := e.hctl("agent", "upgrade")
+	if r.Code != 1 || !strings.Contains(r.Stderr, "upgrade failed") {
+		t.Fatalf("upgrade to a broken binary: want exit 1 saying it failed, got %s", r)
+	}
+	if now := ag.PID(); now != oldAgent {
+		t.Fatalf("agentd pid changed from %d to %d after a failed upgrade", oldAgent, now)
+	}
+	// The old agentd still works: it deploys.
+	if res := e.deploy("fu", e.release("")); !res.OK {
+		t.Fatalf("deploy after the failed upgrade: %+v", res)
+	}
+	// Mended, the upgrade goes through.
+	os.Remove(own.Agentd)
+	if err := harness.CopyFile(bins.Agentd, own.Agentd); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.hctl("agent", "upgrade"); r.Code != 0 {
+		t.Fatalf("upgrade to the mended binary: %s", r)
+	}
+	ls.stopAndCheck(t)
+	if ag.PID() == oldAgent {
+		t.Fatal("agentd did not change after a successful upgrade")
+	}
+}

@@ -57,7 +57,8 @@ func list(dir string, opt Options) ([]*file, error) {
 		if err != nil {
 			continue
 		}
-		if (opt.Process != "" && proc != opt.Process) || (opt.Release != "" && rel != opt.Release) {
+		// --process takes a process (web.1) or a whole type (web).
+		if (opt.Process != "" && proc != opt.Process && !strings.HasPrefix(proc, opt.Process+".")) || (opt.Release != "" && rel != opt.Release) {
 			continue
 		}
 		out = append(out, &file{path: filepath.Join(dir, e.Name()), release: rel, process: proc, version: v})
