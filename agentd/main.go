@@ -14,11 +14,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/agent"
@@ -101,6 +103,43 @@ Flags:
 	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
 		return fmt.Errorf("runtime directory: %w", err)
 	}
+	// Under systemd: sockets passed by name (socket units and the fd
+	// store), and sd_notify. "control" is the control socket; the others
+	// are app sockets named APP.NAME, claimed when their app is loaded or
+	// created, and kept meanwhile.
+	mode := "embedded"
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		mode = "systemd"
+	}
+	activated, err := sockets.TakeActivated()
+	if err != nil {
+		return fmt.Errorf("socket activation: %w", err)
+	}
+	var controlFile *os.File
+	pool := map[string]*os.File{}
+	var poolMu sync.Mutex
+	for _, a := range activated {
+		if a.Name == "control" {
+			controlFile = a.File
+		} else {
+			pool[a.Name] = a.File
+		}
+	}
+	claim := func(name string) *os.File {
+		poolMu.Lock()
+		defer poolMu.Unlock()
+		f := pool[name]
+		delete(pool, name)
+		return f
+	}
+	notify := func(state string) {
+		if mode == "systemd" {
+			if err := sockets.Notify(state); err != nil {
+				log.Warn("sd_notify", "err", err)
+			}
+		}
+	}
+
 	// tableflip passes the control socket and every app socket to a new
 	// agentd on SIGHUP (or `hctl agent upgrade`): the sockets never close,
 	// and the app processes, adopted by the new agentd, never stop.
@@ -110,6 +149,15 @@ Flags:
 	}
 	defer upg.Stop()
 	ln, err := upg.Fds.ListenWithCallback("unix", sp, func(string, string) (net.Listener, error) {
+		if controlFile != nil {
+			// systemd owns the socket file: agentd.socket.
+			l, err := net.FileListener(controlFile)
+			controlFile.Close()
+			if err != nil {
+				return nil, fmt.Errorf("control socket from systemd: %w", err)
+			}
+			return l, nil
+		}
 		return server.Listen(sp, *group)
 	})
 	if err != nil {
@@ -127,7 +175,7 @@ Flags:
 		ps, _ := ag.Ps("")
 		return ps
 	})
-	ag, err = agent.New(agent.Config{
+	cfg := agent.Config{
 		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: exe, Version: version, Log: log,
 		KeepReleases: *keep, Metrics: m,
 		Inherit: func(key string) *os.File {
@@ -138,7 +186,28 @@ Flags:
 			return f
 		},
 		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),
-	})
+		Mode:      mode,
+		Claim:     claim,
+	}
+	if mode == "systemd" {
+		cfg.Store = func(name string, f *os.File) {
+			if err := sockets.Store(name, f); err != nil {
+				log.Warn("fd store", "socket", name, "err", err)
+			}
+		}
+		cfg.Unstore = func(name string) {
+			if err := sockets.Unstore(name); err != nil {
+				log.Warn("fd store", "socket", name, "err", err)
+			}
+		}
+	}
+	ag, err = agent.New(cfg)
+	poolMu.Lock()
+	for name := range pool {
+		// Kept, not closed: an app created later with this name gets it.
+		log.Warn("socket from systemd matches no app yet; kept for an app of that name", "fdname", name)
+	}
+	poolMu.Unlock()
 	if err != nil {
 		ln.Close()
 		return err
@@ -148,6 +217,7 @@ Flags:
 		upgradeMu.Lock()
 		defer upgradeMu.Unlock()
 		log.Info("upgrade: waiting for operations in progress, then starting a new agentd")
+		notify("RELOADING=1\nSTATUS=upgrading: handing over to a new agentd")
 		files, thaw := ag.Freeze()
 		for key, f := range files {
 			if err := upg.Fds.AddFile(key, f); err != nil {
@@ -158,6 +228,7 @@ Flags:
 		if err := upg.Upgrade(); err != nil {
 			thaw()
 			log.Error("upgrade failed; this agentd carries on", "err", err)
+			notify("READY=1\nSTATUS=upgrade failed, carrying on: " + err.Error())
 			return err
 		}
 		return nil
@@ -183,6 +254,15 @@ Flags:
 	}
 	log.Info("agentd ready", "version", version, "control", sp, "state", *stateDir, "pid", os.Getpid(), "upgraded_from_parent", upg.HasParent())
 
+	// READY=1 only now: state loaded, every socket held, API serving. A
+	// new agentd after an upgrade also tells systemd its PID.
+	if upg.HasParent() {
+		notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=%s", os.Getpid(), ag.Summary()))
+	} else {
+		notify("READY=1\nSTATUS=" + ag.Summary())
+	}
+	go supervise(ag, notify, mode)
+
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -204,6 +284,9 @@ Flags:
 	case err := <-errc:
 		log.Error("server failed", "err", err)
 	}
+	if !upgraded {
+		notify("STOPPING=1\nSTATUS=stopping")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	hs.Shutdown(ctx)
@@ -212,4 +295,35 @@ Flags:
 	}
 	ag.Close(*stopApps)
 	return nil
+}
+
+// supervise feeds systemd's watchdog from a loop that takes every lock a
+// request takes (so a deadlocked agentd stops feeding it and systemd
+// restarts it, which the apps survive), and keeps STATUS= current.
+func supervise(ag *agent.Agent, notify func(string), mode string) {
+	if mode != "systemd" {
+		return
+	}
+	interval := 5 * time.Second
+	wd, err := daemon.SdWatchdogEnabled(false)
+	if err == nil && wd > 0 {
+		interval = min(interval, wd/2)
+	}
+	last := ""
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for range t.C {
+		ag.Ping()
+		msg := ""
+		if wd > 0 {
+			msg = "WATCHDOG=1"
+		}
+		if s := ag.Summary(); s != last {
+			last = s
+			msg += "\nSTATUS=" + s
+		}
+		if msg != "" {
+			notify(strings.TrimPrefix(msg, "\n"))
+		}
+	}
 }

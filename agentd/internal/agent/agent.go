@@ -44,6 +44,15 @@ type Config struct {
 	// Inherit, if set, returns a socket passed by the previous agentd
 	// (tableflip) by its key, or nil.
 	Inherit func(key string) *os.File
+	// Claim, if set, hands over a socket that systemd passed to agentd by
+	// its fd name "APP.NAME" (socket activation or the fd store), or nil.
+	Claim func(name string) *os.File
+	// Store and Unstore, if set, park a socket agentd bound itself in
+	// systemd's fd store under "APP.NAME", and take it out again.
+	Store   func(name string, f *os.File)
+	Unstore func(name string)
+	// Mode is "systemd" or "embedded", for status.
+	Mode string
 	// TestPause, a test-only hook, blocks an operation at the named point
 	// (prepare, preboot, cutover, drain) so tests can kill agentd there.
 	TestPause string
@@ -77,6 +86,8 @@ type Agent struct {
 
 	// frozen is set while a new agentd takes over (an upgrade).
 	frozen atomic.Bool
+	// lastOp describes the last finished operation, for Summary.
+	lastOp atomic.Value
 }
 
 // Errors with a code the control API maps to a status.
@@ -106,6 +117,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = nopObserver{}
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = "embedded"
 	}
 	for _, d := range []string{cfg.appsDir(), cfg.slugsDir(), cfg.logsDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -259,6 +273,14 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held,
 	if i < len(a.st.Bound) {
 		bound = a.st.Bound[i]
 	}
+	if ag.cfg.Claim != nil {
+		if f := ag.cfg.Claim(a.st.Name + "." + spec.Name); f != nil {
+			if h, err := sockets.FromFile(spec, f); err == nil {
+				return h, nil
+			}
+			f.Close()
+		}
+	}
 	if bound != "" {
 		for _, p := range a.procs {
 			if p.typ != spec.Type || p.p.Exited() {
@@ -275,7 +297,35 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held,
 		// Port 0 was resolved once; keep the port the clients know.
 		again.Address = bound
 	}
-	return sockets.Listen(again)
+	return ag.listen(a.st.Name, again)
+}
+
+// listen binds a socket agentd owns itself and, under systemd, parks a
+// copy in the fd store so that a restarted agentd gets it back even when
+// no app process holds it.
+func (ag *Agent) listen(app string, spec sockets.Spec) (*sockets.Held, error) {
+	h, err := sockets.Listen(spec)
+	if err == nil && ag.cfg.Store != nil {
+		ag.cfg.Store(app+"."+spec.Name, h.File)
+	}
+	return h, err
+}
+
+// claimOrListen gives a new app the socket systemd passed for it by name,
+// or binds it.
+func (ag *Agent) claimOrListen(app string, spec sockets.Spec) (*sockets.Held, error) {
+	if ag.cfg.Claim != nil {
+		if f := ag.cfg.Claim(app + "." + spec.Name); f != nil {
+			h, err := sockets.FromFile(spec, f)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			ag.log.Info("socket from systemd", "app", app, "socket", spec.Name, "bound", h.Bound())
+			return h, nil
+		}
+	}
+	return ag.listen(app, spec)
 }
 
 func socketKey(app, name string) string { return "app/" + app + "/" + name }
@@ -410,7 +460,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 	}
 	a := &app{op: make(chan struct{}, 1), st: st, backoff: map[string]*time.Timer{}}
 	for _, spec := range st.Sockets {
-		h, err := sockets.Listen(spec)
+		h, err := ag.claimOrListen(req.Name, spec)
 		if err != nil {
 			for _, h := range a.held {
 				h.Close()
@@ -472,6 +522,9 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 	a.gone = true
 	for _, h := range a.held {
 		h.Close()
+		if ag.cfg.Unstore != nil {
+			ag.cfg.Unstore(name + "." + h.Spec.Name)
+		}
 	}
 	a.held = nil
 	a.mu.Unlock()
@@ -635,7 +688,7 @@ func (ag *Agent) ConfigVars(name string) (map[string]string, error) {
 // Status summarises the agent.
 func (ag *Agent) Status() api.Status {
 	st := api.Status{
-		Version: ag.cfg.Version, PID: os.Getpid(), Mode: "embedded", StartedAt: ag.started,
+		Version: ag.cfg.Version, PID: os.Getpid(), Mode: ag.cfg.Mode, StartedAt: ag.started,
 		UptimeSeconds: time.Since(ag.started).Seconds(), StateDir: ag.cfg.StateDir, Sockets: []api.Socket{},
 	}
 	for _, a := range ag.Apps() {
@@ -722,4 +775,28 @@ func (ag *Agent) Freeze() (files map[string]*os.File, thaw func()) {
 			<-a.op
 		}
 	}
+}
+
+// Ping takes every lock a request would, so that a watchdog fed after it
+// returns proves agentd is not deadlocked.
+func (ag *Agent) Ping() {
+	ag.mu.Lock()
+	apps := slices.Collect(maps.Values(ag.apps))
+	ag.mu.Unlock()
+	for _, a := range apps {
+		a.mu.Lock()
+		//lint:ignore SA2001 the lock itself is the check
+		a.mu.Unlock()
+	}
+}
+
+// Summary is a one-line status for systemd (STATUS=): apps, processes,
+// and the last operation's outcome.
+func (ag *Agent) Summary() string {
+	st := ag.Status()
+	s := fmt.Sprintf("%d apps, %d processes", st.Apps, st.Processes)
+	if last, ok := ag.lastOp.Load().(string); ok && last != "" {
+		s += "; last: " + last
+	}
+	return s
 }

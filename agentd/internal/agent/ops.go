@@ -103,6 +103,7 @@ func (o *op) finish(err error) api.OpResult {
 	}
 	if o.kind != "boot" {
 		o.ag.obs.DeployDone(o.a.st.Name, o.kind, result, o.phases)
+		o.ag.lastOp.Store(fmt.Sprintf("%s %s %s %s at %s", o.a.st.Name, o.kind, o.res.Release, result, time.Now().Format("15:04:05")))
 	}
 	res := o.res
 	o.emit(api.Event{Time: time.Now().UTC(), Type: "result", Message: result, Result: &res})
