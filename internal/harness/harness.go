@@ -91,9 +91,10 @@ func StartEnv(bins Bins, dir string, env []string, args ...string) (*Agentd, err
 
 func (a *Agentd) start(args ...string) error {
 	argv := append([]string{"--state-dir", a.StateDir, "--control-socket", a.Socket, "--stop-apps-on-exit", "--log-level", "debug"}, args...)
-	a.cmd = exec.Command(a.Bins.Agentd, argv...)
-	a.cmd.Env = append(os.Environ(), a.Env...)
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd := exec.Command(a.Bins.Agentd, argv...)
+	a.cmd = cmd
+	cmd.Env = append(os.Environ(), a.Env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// A pipe of our own, not StderrPipe: Wait would close the read end
 	// when the first agentd exits, and an upgraded agentd writing to it
 	// would die of SIGPIPE.
@@ -101,17 +102,17 @@ func (a *Agentd) start(args ...string) error {
 	if err != nil {
 		return err
 	}
-	a.cmd.Stdout, a.cmd.Stderr = w, w
-	if err := a.cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
 		r.Close()
 		w.Close()
 		return err
 	}
 	w.Close()
-	a.pid = a.cmd.Process.Pid
+	a.pid = cmd.Process.Pid
 	exited := make(chan struct{})
 	go func() {
-		a.cmd.Wait()
+		cmd.Wait()
 		close(exited)
 	}()
 	ready := make(chan struct{})
