@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,6 +65,8 @@ Flags:
 	group := fs.String("group", "agentd", "members of this group may change apps through the control socket")
 	stopApps := fs.Bool("stop-apps-on-exit", false, "drain and stop every app process when agentd exits (by default apps keep serving)")
 	keep := fs.Int("keep-releases", 10, "releases kept per app")
+	maxArtifact := fs.String("max-artifact-size", "1G", "refuse an artifact that unpacks to more than this many bytes (K, M, G suffixes)")
+	maxLog := fs.String("max-log-size", "256M", "cut a process's log file back to its last MiB when it grows past this size")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pidFile := fs.String("pid-file", "", "write agentd's PID here (and the new PID after an upgrade)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -83,6 +86,14 @@ Flags:
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
+	}
+	artifactBytes, err := agent.ParseSize(*maxArtifact)
+	if err != nil {
+		return fmt.Errorf("--max-artifact-size: %w", err)
+	}
+	logBytes, err := agent.ParseSize(*maxLog)
+	if err != nil {
+		return fmt.Errorf("--max-log-size: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
@@ -165,7 +176,9 @@ Flags:
 	}
 	upgraded := false
 	defer func() {
-		if !upgraded {
+		// Under systemd the socket file belongs to agentd.socket; after an
+		// upgrade it belongs to the new agentd.
+		if !upgraded && mode == "embedded" {
 			os.Remove(sp)
 		}
 	}()
@@ -177,7 +190,7 @@ Flags:
 	})
 	cfg := agent.Config{
 		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: exe, Version: version, Log: log,
-		KeepReleases: *keep, Metrics: m,
+		KeepReleases: *keep, Metrics: m, MaxArtifactBytes: artifactBytes, MaxLogBytes: logBytes,
 		Inherit: func(key string) *os.File {
 			f, err := upg.Fds.File(key)
 			if err != nil {
@@ -222,6 +235,7 @@ Flags:
 		for key, f := range files {
 			if err := upg.Fds.AddFile(key, f); err != nil {
 				thaw()
+				notify("READY=1\nSTATUS=upgrade failed, carrying on: " + err.Error())
 				return fmt.Errorf("passing socket %s: %w", key, err)
 			}
 		}
@@ -234,7 +248,10 @@ Flags:
 		return nil
 	}
 	srv := &server.Server{Agent: ag, Log: log, Metrics: m.Handler(), AdminGroup: *group, Upgrade: upgrade}
-	hs := &http.Server{Handler: srv.Handler(), ConnContext: server.ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	// Each connection has its own goroutine; these bound how long an idle or
+	// slow client holds one (uploads: server.DefaultUploadIdle).
+	hs := &http.Server{Handler: srv.Handler(), ConnContext: server.ConnContext, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(ln) }()
 	var ms *http.Server
@@ -249,18 +266,23 @@ Flags:
 		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- ms.Serve(mln) }()
 	}
-	if err := upg.Ready(); err != nil {
-		return fmt.Errorf("upgrader: %w", err)
-	}
-	log.Info("agentd ready", "version", version, "control", sp, "state", *stateDir, "pid", os.Getpid(), "upgraded_from_parent", upg.HasParent())
-
-	// READY=1 only now: state loaded, every socket held, API serving. A
-	// new agentd after an upgrade also tells systemd its PID.
+	// READY=1 once state is loaded, every socket held and the API serving.
+	// A new agentd after an upgrade also tells systemd its PID, and does so
+	// before tableflip lets the old one exit: systemd must never see the
+	// unit without a main process. The watchdog is then ours to feed.
 	if upg.HasParent() {
+		if os.Getenv("WATCHDOG_USEC") != "" {
+			os.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+		}
 		notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=%s", os.Getpid(), ag.Summary()))
 	} else {
 		notify("READY=1\nSTATUS=" + ag.Summary())
 	}
+	if err := upg.Ready(); err != nil {
+		return fmt.Errorf("upgrader: %w", err)
+	}
+	log.Info("agentd ready", "version", version, "mode", mode, "control", sp, "state", *stateDir, "pid", os.Getpid(), "upgraded_from_parent", upg.HasParent())
+
 	go supervise(ag, notify, mode)
 
 	hup := make(chan os.Signal, 1)

@@ -12,6 +12,8 @@ func (h *hctl) agentCommand() *cli.Command {
 		Name:      "agent",
 		Usage:     "manage agentd itself",
 		UsageText: "hctl agent upgrade",
+		Description: "Examples:\n" +
+			"  hctl agent upgrade",
 		Commands: []*cli.Command{{
 			Name:      "upgrade",
 			Usage:     "hand over to the agentd binary on disk without stopping any app (like systemctl reload agentd)",

@@ -92,7 +92,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			&cli.StringFlag{
 				Name:    "socket",
 				Usage:   "agentd's control socket `PATH`",
-				Value:   api.DefaultSocketPath(),
+				Value:   api.ClientSocketPath(),
 				Sources: cli.EnvVars("HCTL_SOCKET"),
 			},
 			&cli.BoolFlag{
@@ -182,7 +182,7 @@ func (h *hctl) jsonMode() bool { return h.root.Bool("json") }
 func (h *hctl) client() *api.Client {
 	path := h.root.String("socket")
 	if path == "" {
-		path = api.DefaultSocketPath()
+		path = api.ClientSocketPath()
 	}
 	c := api.NewClient(path)
 	c.UserAgent = "hctl/" + hctlVersion()
