@@ -26,6 +26,25 @@ test:
 test-short:
 	$(GO) test -count=1 -short ./...
 
+.PHONY: units-verify package package-test
+
+## units-verify: systemd-analyze verify on units/ (part of `make test` too; skipped
+## when systemd-analyze is not installed).
+units-verify:
+	$(GO) test -count=1 ./units/
+
+## package: dist/agentd_VERSION-1_{amd64,arm64}.deb and dist/agentd-VERSION-1.{x86_64,aarch64}.rpm
+## with nfpm (a Go tool, pinned in go.mod); VERSION from git unless PKG_VERSION=1.2.3.
+PKG_VERSION ?=
+package:
+	GO="$(GO)" PKG_VERSION="$(PKG_VERSION)" packaging/build.sh
+
+## package-test: builds the packages, runs lintian and rpmlint, checks their contents, and
+## installs, upgrades, removes and purges the .deb in a Debian chroot (debootstrap, cached
+## in /var/tmp/agentd-package-test; the chroot part needs root). CI runs it.
+package-test: package
+	packaging/test.sh
+
 ## check: everything a commit must pass.
 check: fmt vet staticcheck test
 
@@ -39,10 +58,10 @@ vet:
 staticcheck:
 	$(GO) tool staticcheck ./...
 
-## fuzz: run every fuzz target for FUZZTIME each.
+## fuzz: run every fuzz target for FUZZTIME each (seeds in each package's testdata/fuzz).
 FUZZTIME ?= 30s
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@set -e; for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/sockets"
 	"github.com/urfave/cli/v3"
 )
 
@@ -93,16 +94,23 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 		Name:  "create",
 		Usage: "create an app and bind its listening sockets",
 		UsageText: "hctl apps create APP --socket [TYPE/]NAME=ADDR ... [--readiness TYPE=KIND ...] " +
-			"[--boot-timeout D] [--drain-timeout D] [--user U]",
+			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D]",
 		Description: "ADDR is tcp://HOST:PORT, tcp6://[HOST]:PORT or unix:///path. TYPE is the process type\n" +
 			"that receives the socket (web by default). KIND is notify, http:PATH, tcp, exec:CMD or\n" +
 			"uptime:DURATION (the default, uptime:5s).\n\n" +
+			"When agentd runs as root, an app must be given a --user to run as, or --allow-root to run\n" +
+			"as root on purpose. Every process runs with no new privileges (setuid bits and file\n" +
+			"capabilities grant nothing) and with the --limit resource limits: NAME is one of as, core,\n" +
+			"cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime,\n" +
+			"sigpending, stack; N is SOFT[:HARD], a number (K, M, G, T for sizes) or infinity.\n\n" +
 			"Here --socket is the app's socket. To reach another agentd, set HCTL_SOCKET, or put the\n" +
 			"global --socket before the command: hctl --socket /x apps create ...\n\n" +
 			"Examples:\n" +
 			"  hctl apps create myapp --socket web=tcp://0.0.0.0:8080\n" +
 			"  hctl apps create api --socket http=tcp://127.0.0.1:9000 --socket admin=unix:///run/api/admin.sock \\\n" +
 			"      --readiness web=http:/healthz --boot-timeout 2m --drain-timeout 45s --user api\n" +
+			"  hctl apps create shop --socket web=tcp://0.0.0.0:8000 --user shop --limit nofile=8192 \\\n" +
+			"      --limit nproc=256 --limit as=4G --release-timeout 10m\n" +
 			"  HCTL_SOCKET=/tmp/agentd.sock hctl apps create worker-only",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{
@@ -129,8 +137,24 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			},
 			&cli.StringFlag{
 				Name:  "user",
-				Usage: "run the app's processes as `USER`",
+				Usage: "run the app's processes as `USER` (with that user's own groups)",
 				Local: true,
+			},
+			&cli.BoolFlag{
+				Name:  "allow-root",
+				Usage: "let the app run as root (when agentd runs as root, needed without --user)",
+				Local: true,
+			},
+			&cli.StringSliceFlag{
+				Name:  "limit",
+				Usage: "a resource limit of every process, `NAME=SOFT[:HARD]`, e.g. nofile=4096 (repeatable)",
+				Local: true,
+			},
+			&cli.DurationFlag{
+				Name:        "release-timeout",
+				Usage:       "how long the release: command may run, a `DURATION` (agentd's default: 15m)",
+				Local:       true,
+				HideDefault: true,
 			},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -138,7 +162,8 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			req := api.AppCreate{Name: a[0], Sockets: cmd.StringSlice("socket"), User: cmd.String("user")}
+			req := api.AppCreate{Name: a[0], Sockets: cmd.StringSlice("socket"), User: cmd.String("user"),
+				AllowRoot: cmd.Bool("allow-root"), Limits: cmd.StringSlice("limit")}
 			if err := checkAppName(cmd, req.Name); err != nil {
 				return err
 			}
@@ -150,13 +175,19 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			if req.Readiness, err = parseReadiness(cmd, cmd.StringSlice("readiness")); err != nil {
 				return err
 			}
-			for _, name := range []string{"boot-timeout", "drain-timeout"} {
+			for _, l := range req.Limits {
+				if _, err := sockets.ParseRlimit(l); err != nil {
+					return usagef(cmd, "--limit: %v", err)
+				}
+			}
+			for _, name := range []string{"boot-timeout", "drain-timeout", "release-timeout"} {
 				if cmd.IsSet(name) && cmd.Duration(name) <= 0 {
 					return usagef(cmd, "--%s must be more than 0", name)
 				}
 			}
 			req.BootTimeout = api.Duration(cmd.Duration("boot-timeout"))
 			req.DrainTimeout = api.Duration(cmd.Duration("drain-timeout"))
+			req.ReleaseTimeout = api.Duration(cmd.Duration("release-timeout"))
 			if req.Sockets == nil {
 				req.Sockets = []string{}
 			}

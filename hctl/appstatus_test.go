@@ -109,3 +109,17 @@ func TestStatusApp(t *testing.T) {
 		t.Errorf("bad usage sent requests: %v", f.sent()[n:])
 	}
 }
+
+// A failed deploy's result names the new, failed release in "release" and
+// the one still serving in "previous": hctl must name the latter.
+func TestFailedDeploySaysWhatServes(t *testing.T) {
+	f := newFake(t)
+	f.events("POST /v1/apps/web/deploys",
+		api.Event{Type: "result", Result: &api.OpResult{App: "web", OK: false, Release: "v4", Previous: "v3",
+			Error: "web.1 exited with status 3 before it was ready (v3 keeps serving)", Code: api.CodeDeployFailed}})
+	r := hctlRun(t, "deploy", "web", artifactDir(t))
+	wantExit(t, r, 1)
+	if !strings.HasSuffix(r.stderr, "; web v3 still serves\n") {
+		t.Errorf("stderr %q does not say v3 still serves", r.stderr)
+	}
+}

@@ -203,15 +203,17 @@ func (h *hctl) rollbackCommand() *cli.Command {
 func (h *hctl) releasesCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "releases",
-		Usage:     "list an app's releases, or show one",
+		Usage:     "list an app's releases (its deploy history), or show one",
 		UsageText: "hctl releases APP | hctl releases info APP vN",
-		Description: "Examples:\n" +
+		Description: "Newest first: each release's status, when and how it was made, its message and digest,\n" +
+			"who made it, and how long each phase of its deploy took.\n\n" +
+			"Examples:\n" +
 			"  hctl releases myapp\n" +
 			"  hctl releases info myapp v3\n" +
 			"  hctl --json releases myapp | jq -r '.[] | select(.status == \"active\") | .name'",
 		Commands: []*cli.Command{{
 			Name:      "info",
-			Usage:     "show one release: status, digest, Procfile, config keys, phase times",
+			Usage:     "show one release: status, who, digest, Procfile, config keys, phase times, why it failed",
 			UsageText: "hctl releases info APP vN",
 			Description: "Examples:\n" +
 				"  hctl releases info myapp v3",

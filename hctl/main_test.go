@@ -467,10 +467,15 @@ func TestTables(t *testing.T) {
 	})
 	f.json("GET /v1/apps/{app}/releases", 200, []api.Release{
 		{Name: "v3", Version: 3, Status: "active", CreatedAt: created, Source: "deploy", Message: "fix login\nmore detail",
-			Digest: "sha256:0123456789abcdef0123", DeployedBy: "alice"},
+			Digest: "sha256:0123456789abcdef0123", DeployedBy: "alice", Phases: []api.Phase{
+				{Name: "prepare", Seconds: 0.02}, {Name: "release", Seconds: 1.5}, {Name: "preboot", Seconds: 0.01},
+				{Name: "readiness", Seconds: 0.514}, {Name: "cutover", Seconds: 0}, {Name: "drain", Seconds: 2.25}}},
 		{Version: 2, Status: "retired", CreatedAt: created, Source: "config"},
 	})
+	conns := 3
 	f.json("GET /v1/ps", 200, []api.Process{
+		{App: "myapp", Name: "web.1", Release: "v2", State: "draining", PID: 4100, StartedAt: started, Status: "draining",
+			KillAt: now().Add(25 * time.Second), Connections: &conns},
 		{App: "myapp", Name: "web.1", Release: "v3", State: "ready", PID: 4242, StartedAt: started, Restarts: 0, Status: "serving"},
 		{App: "myapp", Name: "worker.1", Release: "v3", State: "crashed", PID: 4243, StartedAt: started, Restarts: 5, ExitCode: &exit1},
 	})
@@ -488,18 +493,19 @@ func TestTables(t *testing.T) {
 	r = hctlRun(t, "releases", "myapp")
 	wantExit(t, r, 0)
 	ts := created.Local().Format("2006-01-02 15:04:05")
-	want = "VERSION  STATUS   CREATED              SOURCE  MESSAGE    DIGEST        DEPLOYED BY\n" +
-		"v3       active   " + ts + "  deploy  fix login  0123456789ab  alice\n" +
-		"v2       retired  " + ts + "  config  -          -             -\n"
+	want = "VERSION  STATUS   CREATED              SOURCE  MESSAGE    DIGEST        DEPLOYED BY  PREPARE  RELEASE  PREBOOT  READINESS  CUTOVER  DRAIN\n" +
+		"v3       active   " + ts + "  deploy  fix login  0123456789ab  alice        0.02s    1.50s    0.01s    0.51s      0.00s    2.25s\n" +
+		"v2       retired  " + ts + "  config  -          -             -            -        -        -        -          -        -\n"
 	if r.stdout != want {
 		t.Errorf("releases:\n%s\nwant:\n%s", r.stdout, want)
 	}
 
 	r = hctlRun(t, "ps")
 	wantExit(t, r, 0)
-	want = "APP    PROCESS   RELEASE  STATE    PID   UPTIME  RESTARTS  STATUS\n" +
-		"myapp  web.1     v3       ready    4242  3h02m   0         serving\n" +
-		"myapp  worker.1  v3       crashed  -     -       5         exit 1\n"
+	want = "APP    PROCESS   RELEASE  STATE     PID   UPTIME  RESTARTS  CONNS  KILL IN  STATUS\n" +
+		"myapp  web.1     v2       draining  4100  3h02m   0         3      25s      draining\n" +
+		"myapp  web.1     v3       ready     4242  3h02m   0         -      -        serving\n" +
+		"myapp  worker.1  v3       crashed   -     -       5         -      -        exit 1\n"
 	if r.stdout != want {
 		t.Errorf("ps:\n%s\nwant:\n%s", r.stdout, want)
 	}
@@ -519,7 +525,7 @@ func TestTables(t *testing.T) {
 	r = hctlRun(t, "--json", "ps")
 	var ps []api.Process
 	wantOneJSON(t, r, &ps)
-	if len(ps) != 2 || ps[0].PID != 4242 {
+	if len(ps) != 3 || ps[1].PID != 4242 || ps[0].Connections == nil || *ps[0].Connections != 3 {
 		t.Errorf("json ps %+v", ps)
 	}
 	r = hctlRun(t, "releases", "myapp", "--json")
@@ -607,7 +613,8 @@ func TestStatusAndInfo(t *testing.T) {
 	f := newFake(t)
 	f.json("GET /v1/status", 200, api.Status{Version: "1.0.0", PID: 7, Mode: "embedded", UptimeSeconds: 3725,
 		ControlSocket: "/run/agentd/agentd.sock", StateDir: "/var/lib/agentd", Apps: 1, Processes: 2,
-		Sockets: []api.Socket{{App: "myapp", Type: "web", Name: "http", Addr: "tcp://127.0.0.1:8080", Bound: "127.0.0.1:8080"}}})
+		Sockets: []api.Socket{{App: "myapp", Type: "web", Name: "http", Addr: "tcp://127.0.0.1:8080", Bound: "127.0.0.1:8080", InUse: true},
+			{App: "myapp", Type: "admin", Name: "adm", Addr: "unix:///run/myapp.sock", Bound: "/run/myapp.sock"}}})
 	f.json("GET /v1/apps/{app}", 200, api.AppInfo{
 		App:     api.App{Name: "myapp", ActiveRelease: "v3", BootTimeout: api.Duration(time.Minute), DrainTimeout: api.Duration(30 * time.Second)},
 		Release: &api.Release{Name: "v3", Source: "deploy", Message: "fix"},
@@ -617,7 +624,10 @@ func TestStatusAndInfo(t *testing.T) {
 
 	r := hctlRun(t, "status")
 	wantExit(t, r, 0)
-	for _, s := range []string{"agentd          1.0.0", "mode            embedded", "uptime          1h02m", "127.0.0.1:8080"} {
+	for _, s := range []string{"agentd          1.0.0", "mode            embedded", "uptime          1h02m",
+		"APP    TYPE   NAME  ADDR                    BOUND            IN USE\n",
+		"myapp  web    http  tcp://127.0.0.1:8080    127.0.0.1:8080   yes\n",
+		"myapp  admin  adm   unix:///run/myapp.sock  /run/myapp.sock  no\n"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("status lacks %q:\n%s", s, r.stdout)
 		}

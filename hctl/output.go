@@ -55,6 +55,9 @@ func opTimes(res *api.OpResult) string {
 	s := fmt.Sprintf("switch %s, drain %s", secs(res.SwitchSeconds), secs(res.DrainSeconds))
 	if len(res.Killed) > 0 {
 		s += "; killed at the drain timeout: " + strings.Join(res.Killed, ", ")
+		if res.ConnectionsCut > 0 {
+			s += fmt.Sprintf(", cutting %d open connection(s)", res.ConnectionsCut)
+		}
 	}
 	return " (" + s + ")"
 }
@@ -66,9 +69,11 @@ func stillServes(res *api.OpResult) string {
 	if res == nil {
 		return ""
 	}
-	cur := res.Release
+	// After a failure agentd reports the release that was active in
+	// Previous; Release may name the new release that failed.
+	cur := res.Previous
 	if cur == "" {
-		cur = res.Previous
+		cur = res.Release
 	}
 	if cur == "" {
 		return "; nothing changed"
@@ -200,22 +205,45 @@ func writeApps(w io.Writer, apps []api.App) {
 
 func writeReleases(w io.Writer, rels []api.Release) {
 	tw := newTable(w)
-	row(tw, "VERSION", "STATUS", "CREATED", "SOURCE", "MESSAGE", "DIGEST", "DEPLOYED BY")
+	head := []string{"VERSION", "STATUS", "CREATED", "SOURCE", "MESSAGE", "DIGEST", "DEPLOYED BY"}
+	for _, ph := range phaseOrder {
+		head = append(head, strings.ToUpper(ph))
+	}
+	row(tw, head...)
 	for _, r := range rels {
 		name := r.Name
 		if name == "" {
 			name = "v" + strconv.Itoa(r.Version)
 		}
-		row(tw, name, r.Status, fmtTime(r.CreatedAt), r.Source, truncate(r.Message, 40), shortDigest(r.Digest), r.DeployedBy)
+		cells := []string{name, r.Status, fmtTime(r.CreatedAt), r.Source, truncate(r.Message, 40), shortDigest(r.Digest), r.DeployedBy}
+		row(tw, append(cells, phaseCells(r.Phases)...)...)
 	}
 	tw.Flush()
 }
 
+// phaseOrder is the order of a deploy's phases, one column each in
+// `hctl releases`.
+var phaseOrder = []string{api.PhasePrepare, api.PhaseRelease, api.PhasePreboot, api.PhaseReadiness, api.PhaseCutover, api.PhaseDrain}
+
+// phaseCells is how long each phase of phaseOrder took, "" for a phase
+// the release did not go through.
+func phaseCells(phases []api.Phase) []string {
+	cells := make([]string, len(phaseOrder))
+	for _, p := range phases {
+		if i := slices.Index(phaseOrder, p.Name); i >= 0 {
+			cells[i] = secs(p.Seconds)
+		}
+	}
+	return cells
+}
+
 func writeProcesses(w io.Writer, ps []api.Process) {
 	tw := newTable(w)
-	row(tw, "APP", "PROCESS", "RELEASE", "STATE", "PID", "UPTIME", "RESTARTS", "STATUS")
+	row(tw, "APP", "PROCESS", "RELEASE", "STATE", "PID", "UPTIME", "RESTARTS", "CONNS", "KILL IN", "STATUS")
 	for _, p := range ps {
-		pid, uptime := "", ""
+		// CONNS and KILL IN: a draining process's open connections and
+		// the time left before its SIGKILL.
+		pid, uptime, conns, killIn := "", "", "", ""
 		status := p.Status
 		switch p.State {
 		case api.StateExited, api.StateCrashed:
@@ -230,10 +258,13 @@ func writeProcesses(w io.Writer, ps []api.Process) {
 				uptime = fmtAge(now().Sub(p.StartedAt))
 			}
 			if p.State == api.StateDraining && !p.KillAt.IsZero() {
-				status = strings.TrimSpace(fmt.Sprintf("%s (SIGKILL in %s)", status, fmtAge(p.KillAt.Sub(now()))))
+				killIn = fmtAge(p.KillAt.Sub(now()))
+			}
+			if p.State == api.StateDraining && p.Connections != nil {
+				conns = strconv.Itoa(*p.Connections)
 			}
 		}
-		row(tw, p.App, p.Name, p.Release, p.State, pid, uptime, strconv.Itoa(p.Restarts), status)
+		row(tw, p.App, p.Name, p.Release, p.State, pid, uptime, strconv.Itoa(p.Restarts), conns, killIn, status)
 	}
 	tw.Flush()
 }
@@ -258,8 +289,13 @@ func writeFields(w io.Writer, kv ...string) {
 
 func writeRelease(w io.Writer, r *api.Release) {
 	var phases []string
+	total := 0.0
 	for _, p := range r.Phases {
 		phases = append(phases, p.Name+" "+secs(p.Seconds))
+		total += p.Seconds
+	}
+	if len(phases) > 1 {
+		phases[len(phases)-1] += " (" + secs(total) + " in all)"
 	}
 	name := r.Name
 	if name == "" {
@@ -277,8 +313,15 @@ func writeRelease(w io.Writer, r *api.Release) {
 		"deployed by", r.DeployedBy,
 		"config keys", strings.Join(r.ConfigKeys, " "),
 		"phases", strings.Join(phases, ", "),
-		"error", r.Error,
 	)
+	if r.Error != "" {
+		// Why it failed, with the failing process's last lines of output,
+		// one per line as it wrote them.
+		fmt.Fprintln(w, "error:")
+		for l := range strings.SplitSeq(strings.TrimRight(r.Error, "\n"), "\n") {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
 	if len(r.Procfile) > 0 {
 		fmt.Fprintln(w, "procfile:")
 		for _, k := range slices.Sorted(maps.Keys(r.Procfile)) {
@@ -324,15 +367,20 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 func writeSockets(w io.Writer, socks []api.Socket, withApp bool) {
 	tw := newTable(w)
 	if withApp {
-		row(tw, "APP", "TYPE", "NAME", "ADDR", "BOUND")
+		row(tw, "APP", "TYPE", "NAME", "ADDR", "BOUND", "IN USE")
 	} else {
-		row(tw, "TYPE", "NAME", "ADDR", "BOUND")
+		row(tw, "TYPE", "NAME", "ADDR", "BOUND", "IN USE")
 	}
 	for _, s := range socks {
+		// In use: a running process of the app holds it and accepts.
+		inUse := "no"
+		if s.InUse {
+			inUse = "yes"
+		}
 		if withApp {
-			row(tw, s.App, s.Type, s.Name, s.Addr, s.Bound)
+			row(tw, s.App, s.Type, s.Name, s.Addr, s.Bound, inUse)
 		} else {
-			row(tw, s.Type, s.Name, s.Addr, s.Bound)
+			row(tw, s.Type, s.Name, s.Addr, s.Bound, inUse)
 		}
 	}
 	tw.Flush()

@@ -16,7 +16,9 @@ func (h *hctl) psCommand() *cli.Command {
 		Name:      "ps",
 		Usage:     "list the processes of one app, or of every app",
 		UsageText: "hctl ps [APP]",
-		Description: "Examples:\n" +
+		Description: "A draining process also shows the connections it still holds open (CONNS) and the time\n" +
+			"left before its SIGKILL (KILL IN).\n\n" +
+			"Examples:\n" +
 			"  hctl ps\n" +
 			"  hctl ps myapp\n" +
 			"  hctl --json ps myapp | jq '[.[] | select(.state == \"ready\")] | length'",

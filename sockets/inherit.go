@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,12 +42,13 @@ func IsShim(args []string) bool {
 }
 
 // RunShim is the shim's whole job, called with os.Args when IsShim is true:
-// set LISTEN_PID=getpid() if fds were passed, then exec the command. It
-// returns only when exec fails.
+// set LISTEN_PID=getpid() if fds were passed, apply the [ShimOptions] given
+// before "--" (see [ShimArgvOpts]), then exec the command. It returns only
+// when that fails.
 func RunShim(args []string) error {
-	argv := args[2:]
-	if len(argv) > 0 && argv[0] == "--" {
-		argv = argv[1:]
+	opt, argv, err := parseShimArgs(args[2:])
+	if err != nil {
+		return fmt.Errorf("exec shim: %w", err)
 	}
 	if len(argv) == 0 {
 		return fmt.Errorf("exec shim: no command")
@@ -58,6 +60,13 @@ func RunShim(args []string) error {
 	}
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
+		return fmt.Errorf("exec shim: %w", err)
+	}
+	// Last, right before exec: limits such as nproc may leave the Go
+	// runtime unable to start a thread. no_new_privs and the seccomp filter
+	// are the calling thread's: set them on the thread that execs.
+	runtime.LockOSThread()
+	if err := opt.apply(); err != nil {
 		return fmt.Errorf("exec shim: %w", err)
 	}
 	return fmt.Errorf("exec shim: %s: %w", path, syscall.Exec(path, argv, os.Environ()))

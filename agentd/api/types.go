@@ -132,6 +132,9 @@ type Socket struct {
 	Name  string `json:"name"`
 	Addr  string `json:"addr"`  // as configured: tcp://127.0.0.1:8080
 	Bound string `json:"bound"` // what the kernel bound: 127.0.0.1:8080
+	// InUse: a running process of the app holds the socket (and so accepts
+	// on it). A socket not in use still queues connections.
+	InUse bool `json:"in_use"`
 }
 
 // AppCreate is the body of POST /v1/apps.
@@ -146,6 +149,15 @@ type AppCreate struct {
 	BootTimeout  Duration          `json:"boot_timeout,omitempty"`
 	DrainTimeout Duration          `json:"drain_timeout,omitempty"`
 	User         string            `json:"user,omitempty"`
+
+	// AllowRoot lets the app run as root. When agentd runs as root, an app
+	// with no User (or with User root) is refused without it.
+	AllowRoot bool `json:"allow_root,omitempty"`
+	// Limits are resource limits of every process of the app,
+	// "NAME=SOFT[:HARD]" (nofile=4096, nproc=512, as=2G).
+	Limits []string `json:"limits,omitempty"`
+	// ReleaseTimeout bounds the release phase (agentd's default: 15m).
+	ReleaseTimeout Duration `json:"release_timeout,omitempty"`
 }
 
 // App is an app's host-level settings.
@@ -160,6 +172,11 @@ type App struct {
 	ActiveRelease string            `json:"active_release,omitempty"` // "v3"
 	Deploying     bool              `json:"deploying"`
 	CreatedAt     time.Time         `json:"created_at"`
+
+	// As in AppCreate; ReleaseTimeout only when the app has its own.
+	AllowRoot      bool     `json:"allow_root,omitempty"`
+	Limits         []string `json:"limits,omitempty"`
+	ReleaseTimeout Duration `json:"release_timeout,omitempty"`
 }
 
 // AppInfo answers GET /v1/apps/{app}.
@@ -209,6 +226,10 @@ type Process struct {
 	ExitCode  *int      `json:"exit_code,omitempty"`
 	// KillAt is when a draining process will be SIGKILLed.
 	KillAt time.Time `json:"kill_at,omitzero"`
+	// Connections, set while the process drains, is how many connections
+	// accepted from the app's sockets its process group still holds open,
+	// counted every 0.5 s; absent when not draining or not known.
+	Connections *int `json:"connections,omitempty"`
 }
 
 // RollbackRequest is the body of POST /v1/apps/{app}/rollback. An empty
@@ -262,6 +283,9 @@ type OpResult struct {
 	DrainSeconds float64 `json:"drain_seconds"`
 	// Killed names the old processes SIGKILLed at the drain timeout.
 	Killed []string `json:"killed,omitempty"`
+	// ConnectionsCut is how many connections the killed processes still
+	// held open when SIGKILL cut them off.
+	ConnectionsCut int `json:"connections_cut,omitempty"`
 }
 
 // LogLine is one line of app output.

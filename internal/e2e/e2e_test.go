@@ -125,9 +125,11 @@ func (e *env) json(v any, args ...string) {
 }
 
 // createApp creates an app on a free loopback port and returns its URL.
+// Its processes run as the test's user: root in CI, hence --allow-root
+// (hostile_test.go runs apps as another user).
 func (e *env) createApp(name string, args ...string) string {
 	e.t.Helper()
-	e.mustHctl(append([]string{"apps", "create", name, "--socket", "web=tcp://127.0.0.1:0"}, args...)...)
+	e.mustHctl(append([]string{"apps", "create", name, "--socket", "web=tcp://127.0.0.1:0", "--allow-root"}, args...)...)
 	var info api.AppInfo
 	e.json(&info, "apps", "info", name)
 	if len(info.Sockets) == 0 || info.Sockets[0].Bound == "" {
@@ -462,9 +464,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}{
 		{[]string{"apps", "info", "nope"}, `no app named "nope"`},
 		{[]string{"deploy", "nope", e.release("")}, `no app named "nope"`},
-		{[]string{"apps", "create", "one", "--socket", "web=tcp://127.0.0.1:0"}, "already exists"},
+		{[]string{"apps", "create", "one", "--socket", "web=tcp://127.0.0.1:0", "--allow-root"}, "already exists"},
 		{[]string{"apps", "create", "two", "--socket", "web=tcp://127.0.0.1:notaport"}, "port"},
-		{[]string{"apps", "create", "two", "--socket", "web=tcp://127.0.0.1:" + port}, "in use"},
+		{[]string{"apps", "create", "two", "--socket", "web=tcp://127.0.0.1:" + port, "--allow-root"}, "in use"},
 		{[]string{"apps", "create", "a/b", "--socket", "web=tcp://127.0.0.1:0"}, "app name"},
 		{[]string{"apps", "create", "..", "--socket", "web=tcp://127.0.0.1:0"}, "app name"},
 		{[]string{"scale", "one", "worker=2"}, `no process type "worker"`},

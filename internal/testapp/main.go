@@ -18,6 +18,9 @@
 //	                  default 0, if set)
 //	child-sleep       internal: the fork-child child
 //
+// and the hostile modes of hostile.go (hold, close-sockets,
+// shutdown-sockets, bind-port, notify-flood, stdout-flood, fork-bomb).
+//
 // Without inherited sockets it serves nothing under agentd (a process type
 // without sockets, such as a worker: PORT is the web socket's, held by
 // agentd) and listens on a free 127.0.0.1 port when run by hand.
@@ -150,10 +153,19 @@ func run() int {
 		defer stop()
 	}
 
-	serveOn, probe, err := listen(&c, modes["never-ready"])
+	if code, stop := beforeListen(modes); stop {
+		return code
+	}
+	var serveOn, probe []net.Listener
+	if !modes["close-sockets"] {
+		serveOn, probe, err = listen(&c, modes["never-ready"])
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testapp:", err)
 		return 1
+	}
+	if modes["hold"] || modes["shutdown-sockets"] {
+		probe, serveOn = append(probe, serveOn...), nil
 	}
 	// never-ready holds the probe socket without accepting: keep it
 	// reachable so no finalizer closes it.
@@ -182,6 +194,10 @@ func run() int {
 			fmt.Fprintln(os.Stderr, "testapp: fork-child:", err)
 			return 1
 		}
+	}
+	if err := startHostile(modes); err != nil {
+		fmt.Fprintln(os.Stderr, "testapp:", err)
+		return 1
 	}
 
 	done := make(chan error, 1)

@@ -37,8 +37,14 @@ type Config struct {
 	Log     *slog.Logger
 	// KeepReleases is how many releases per app are kept (default 10).
 	KeepReleases int
-	// ReleaseTimeout bounds the release phase (default 15m).
+	// ReleaseTimeout bounds the release phase (default 15m); an app may
+	// have its own.
 	ReleaseTimeout time.Duration
+	// MaxArtifactBytes bounds what one artifact unpacks to (default 1 GiB).
+	MaxArtifactBytes int64
+	// MaxLogBytes caps each process's log file (default 256 MiB): past it,
+	// the file is cut back to its last MiB (see logcap.go).
+	MaxLogBytes int64
 	// Metrics, if set, observes what the agent does.
 	Metrics Observer
 	// Inherit, if set, returns a socket passed by the previous agentd
@@ -64,7 +70,14 @@ type Observer interface {
 	DeployDone(app, kind, result string, phases []api.Phase)
 	ProcessReady(app, typ string, boot time.Duration)
 	DrainDone(app string, d time.Duration, killed int)
+	// ConnectionsCut: processes SIGKILLed at the drain timeout still held
+	// n connections open.
+	ConnectionsCut(app string, n int)
 	CrashRestart(app, typ string)
+	// ActiveRelease is told an app's active release ("" for none) when
+	// the app is created or loaded and at each cutover.
+	ActiveRelease(app, release string)
+	AppDestroyed(app string)
 }
 
 type nopObserver struct{}
@@ -88,6 +101,10 @@ type Agent struct {
 	frozen atomic.Bool
 	// lastOp describes the last finished operation, for Summary.
 	lastOp atomic.Value
+
+	// closed ends agentd's background loops (the log cap) at Close.
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 // Errors with a code the control API maps to a status.
@@ -135,10 +152,11 @@ func New(cfg Config) (*Agent, error) {
 			os.RemoveAll(t)
 		}
 	}
-	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}}
+	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}, closed: make(chan struct{})}
 	if err := ag.load(); err != nil {
 		return nil, err
 	}
+	go ag.capLogs()
 	return ag, nil
 }
 
@@ -247,6 +265,7 @@ func (ag *Agent) recover(a *app) {
 	a.mu.Lock()
 	ag.save(a)
 	a.mu.Unlock()
+	ag.obs.ActiveRelease(a.st.Name, vnameOr(a.st.Active))
 	for _, p := range a.procs {
 		go ag.watchExit(a, p, a.release(p.release))
 		go ag.attachNotify(a, p)
@@ -440,6 +459,9 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 			return api.App{}, errf(api.CodeBadRequest, "%v", err)
 		}
 	}
+	if err := checkSecurity(req, &st); err != nil {
+		return api.App{}, err
+	}
 
 	if ag.frozen.Load() {
 		return api.App{}, errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): try again in a moment")
@@ -481,6 +503,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		return api.App{}, errf(api.CodeInternal, "saving app %s: %v", req.Name, err)
 	}
 	ag.apps[req.Name] = a
+	ag.obs.ActiveRelease(req.Name, "")
 	ag.log.Info("app created", "app", req.Name, "sockets", len(a.held))
 	return ag.appAPI(a), nil
 }
@@ -531,6 +554,7 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 	ag.mu.Lock()
 	delete(ag.apps, name)
 	ag.mu.Unlock()
+	ag.obs.AppDestroyed(name)
 	if err := os.Remove(ag.cfg.appFile(name)); err != nil {
 		return errf(api.CodeInternal, "removing state of %s: %v", name, err)
 	}
@@ -546,6 +570,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 		Name: a.st.Name, Formation: map[string]int{}, Readiness: maps.Clone(a.st.Readiness),
 		BootTimeout: a.st.BootTimeout, DrainTimeout: a.st.DrainTimeout, User: a.st.User,
 		CreatedAt: a.st.CreatedAt, Deploying: a.st.Op != nil,
+		AllowRoot: a.st.AllowRoot, Limits: a.st.Limits, ReleaseTimeout: a.st.ReleaseTimeout,
 	}
 	if a.st.Active != 0 {
 		out.ActiveRelease = vname(a.st.Active)
@@ -557,7 +582,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 	}
 	maps.Copy(out.Formation, a.st.Formation)
 	for i, spec := range a.st.Sockets {
-		s := api.Socket{App: a.st.Name, Type: spec.Type, Name: spec.Name, Addr: spec.Addr}
+		s := api.Socket{App: a.st.Name, Type: spec.Type, Name: spec.Name, Addr: spec.Addr, InUse: a.socketInUse(spec.Type)}
 		if i < len(a.held) {
 			s.Bound = a.held[i].Bound()
 		}
@@ -712,6 +737,7 @@ func (ag *Agent) LogDir(name string) (string, error) {
 // apps keep serving on the sockets they inherited while agentd is away.
 // With stopApps, every app's processes are drained and stopped first.
 func (ag *Agent) Close(stopApps bool) {
+	ag.closeOnce.Do(func() { close(ag.closed) })
 	ag.mu.Lock()
 	apps := slices.Collect(maps.Values(ag.apps))
 	ag.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
@@ -50,6 +51,14 @@ type appState struct {
 	// Op is the operation in progress, so a restarted agentd can report it
 	// as interrupted.
 	Op *opRecord `json:"op,omitempty"`
+
+	// AllowRoot: created with consent to run as root (see CreateApp).
+	AllowRoot bool `json:"allow_root,omitempty"`
+	// Limits are the app's resource limits, "NAME=SOFT:HARD", applied by
+	// the exec shim to every process.
+	Limits []string `json:"limits,omitempty"`
+	// ReleaseTimeout bounds the release phase; 0 for agentd's default.
+	ReleaseTimeout api.Duration `json:"release_timeout,omitempty"`
 }
 
 type releaseState struct {
@@ -183,6 +192,12 @@ type proc struct {
 	killAt   time.Time
 	retired  bool // being replaced or stopped: never restarted
 	status   string
+	conns    *int // open connections, counted while draining (observe.go)
+
+	// For the message of a failed deploy (hostile.go): bytes cut from its
+	// log by the cap, and notify messages received.
+	logCut   atomic.Int64
+	notified atomic.Int64
 }
 
 func (p *proc) name() string {
@@ -196,7 +211,7 @@ func (p *proc) api(app string) api.Process {
 	ap := api.Process{
 		App: app, Name: p.name(), Type: p.typ, Index: p.index, Release: vname(p.release),
 		State: p.state, PID: p.p.PID(), StartedAt: p.p.StartedAt(), ReadyAt: p.readyAt,
-		Restarts: p.restarts, Status: p.status, KillAt: p.killAt,
+		Restarts: p.restarts, Status: p.status, KillAt: p.killAt, Connections: p.connsAPI(),
 	}
 	if p.p.Exited() {
 		c := p.p.Exit().Code

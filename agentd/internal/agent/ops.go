@@ -143,14 +143,16 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 		return failNoApp(req.App, err, emit)
 	}
 	o := ag.newOp(a, "deploy", emit)
-	o.lock()
-	defer o.unlock()
-
+	// The upload is received before the app's operation lock is taken: a
+	// slow or stuck client then holds up nobody but itself, and bad input
+	// fails before anything waits on it.
 	o.enter(api.PhasePrepare, "receiving and unpacking the artifact")
 	digest, err := ag.unpack(req.Artifact)
 	if err != nil {
 		return o.finish(errf(api.CodeBadRequest, "prepare: %v", err))
 	}
+	o.lock()
+	defer o.unlock()
 	a.mu.Lock()
 	if act := a.release(a.st.Active); act != nil && maps.Equal(act.Config, a.st.Config) &&
 		((req.ReleaseID != "" && act.ReleaseID == req.ReleaseID) || (req.ReleaseID == "" && act.Digest == digest)) {
@@ -195,9 +197,13 @@ func (ag *Agent) unpack(r io.Reader) (string, error) {
 		return "", errors.New("no artifact")
 	}
 	tmp := filepath.Join(ag.cfg.slugsDir(), "tmp-"+randomID())
-	if err := artifact.Unpack(r, tmp, artifact.Limits{}); err != nil {
+	if err := artifact.Unpack(r, tmp, artifact.Limits{MaxBytes: ag.cfg.MaxArtifactBytes}); err != nil {
 		return "", err
 	}
+	// A process of another app forked while a file here was open for
+	// writing could still hold it, and the release's exec would fail with
+	// ETXTBSY: wait until every such fork has exec'd.
+	supervisor.ForkFence()
 	digest, err := artifact.Digest(tmp)
 	if err != nil {
 		os.RemoveAll(tmp)
@@ -211,7 +217,13 @@ func (ag *Agent) unpack(r io.Reader) (string, error) {
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		os.RemoveAll(tmp)
-		return "", err
+		// Two uploads of the same content, unpacked side by side: the one
+		// that renamed first left the slug we want (rename(2) onto a
+		// non-empty directory fails), so this one is a success too.
+		if _, serr := os.Stat(dst); serr == nil {
+			return digest, nil
+		}
+		return "", fmt.Errorf("storing slug %s: %w", shortDigest(digest), err)
 	}
 	return digest, nil
 }
@@ -273,13 +285,11 @@ func (o *op) rollout(r *releaseState, releasePhase bool, types []string) api.OpR
 
 	started, err := o.preboot(r, types)
 	if err != nil {
-		o.stopNew(started)
-		return o.fail(r, err)
+		return o.fail(r, o.stopNew(started, err))
 	}
 	o.pause("preboot", r)
 	if err := o.awaitReady(started); err != nil {
-		o.stopNew(started)
-		return o.fail(r, err)
+		return o.fail(r, o.stopNew(started, err))
 	}
 	o.res.SwitchSeconds = time.Since(o.phaseStartOf(api.PhasePreboot)).Seconds()
 
@@ -314,6 +324,7 @@ func (o *op) rollout(r *releaseState, releasePhase bool, types []string) api.OpR
 	r.Error = ""
 	o.record(r.Version)
 	a.mu.Unlock()
+	ag.obs.ActiveRelease(a.st.Name, vname(r.Version))
 	o.res.Changed = true
 	o.pause("cutover", r)
 
@@ -403,6 +414,9 @@ func (o *op) awaitReady(ps []*proc) error {
 		a.mu.Unlock()
 		wg.Go(func() {
 			err := o.ag.waitReady(a, p, kind, boot)
+			if err == nil {
+				err = o.ag.checkSockets(a, p)
+			}
 			if err != nil {
 				errs <- o.explain(p, kind, boot, err)
 				return
@@ -432,11 +446,15 @@ func (o *op) explain(p *proc, kind readiness.Kind, boot time.Duration, err error
 		<-p.p.Done()
 		what = fmt.Sprintf("%s %s before it was ready", p.name(), p.p.Exit())
 	case errors.Is(err, errBootTimeout):
-		what = fmt.Sprintf("%s was not ready (%s) within the boot timeout of %s", p.name(), kind, boot)
+		what = fmt.Sprintf("%s was not ready (%s) within the boot timeout of %s%s", p.name(), kind, boot, describeBootTimeout(err))
+	case strings.HasPrefix(err.Error(), p.name()):
+		what = err.Error()
 	default:
 		what = fmt.Sprintf("%s: %v", p.name(), err)
 	}
-	if tail := tailLines(p.log, 5); tail != "" {
+	tail := tailLines(p.log, 5)
+	what += o.ag.hints(p, tail)
+	if tail != "" {
 		what += "; its last output:\n" + tail
 	}
 	return errors.New(what)
@@ -444,13 +462,21 @@ func (o *op) explain(p *proc, kind readiness.Kind, boot time.Duration, err error
 
 // stopNew stops processes of a release that failed to become ready. They
 // may already have accepted connections on the shared socket, so they get
-// the same SIGTERM and drain as any old process.
-func (o *op) stopNew(ps []*proc) {
+// the same SIGTERM and drain as any old process. It returns why, the
+// failure, with the processes that had to be SIGKILLed.
+func (o *op) stopNew(ps []*proc, why error) error {
 	if len(ps) == 0 {
-		return
+		return why
 	}
 	o.info("stopping the %d new process(es)", len(ps))
-	o.ag.drain(o.a, ps, o)
+	_, killed := o.ag.drain(o.a, ps, o)
+	if len(killed) > 0 {
+		o.a.mu.Lock()
+		timeout := time.Duration(o.a.st.DrainTimeout)
+		o.a.mu.Unlock()
+		why = fmt.Errorf("%w; then %s ignored SIGTERM and had to be SIGKILLed at the drain timeout of %s", why, strings.Join(killed, ", "), timeout)
+	}
+	return why
 }
 
 // runRelease runs the release command to completion, streaming its output.
@@ -458,6 +484,8 @@ func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) erro
 	a.mu.Lock()
 	env, err := ag.procEnv(a, r, "release")
 	userName := a.st.User
+	shimOpt := a.shimOptions(0)
+	releaseTimeout := ag.releaseTimeout(a)
 	a.mu.Unlock()
 	if err != nil {
 		return err
@@ -481,7 +509,7 @@ func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) erro
 	defer logf.Close()
 	p, err := supervisor.Start(supervisor.Spec{
 		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
-		Env: env, Output: pw, Credential: cred,
+		Env: env, Output: pw, Credential: cred, ShimOptions: shimOpt,
 	})
 	pw.Close()
 	if err != nil {
@@ -501,9 +529,17 @@ func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) erro
 		defer close(copied)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		// agentd writes this log itself: past the log cap, lines are
+		// streamed but no longer kept.
+		kept, limit := int64(0), ag.maxLogBytes()
 		for sc.Scan() {
 			line := sc.Text()
-			fmt.Fprintln(logf, line)
+			if kept < limit {
+				n, _ := fmt.Fprintln(logf, line)
+				if kept += int64(n); kept >= limit {
+					fmt.Fprintf(logf, "agentd: the release command's output past %d bytes (the log cap) is not kept\n", limit)
+				}
+			}
 			o.event("output", "release", line)
 			tail = append(tail, line)
 			if len(tail) > 5 {
@@ -513,16 +549,20 @@ func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) erro
 		io.Copy(io.Discard, pr)
 		pr.Close()
 	}()
-	timeout := time.NewTimer(ag.cfg.ReleaseTimeout)
+	timeout := time.NewTimer(releaseTimeout)
 	defer timeout.Stop()
 	select {
 	case <-p.Done():
 	case <-timeout.C:
-		p.Stop(10 * time.Second)
-		<-copied
-		return fmt.Errorf("%q did not finish within %s and was stopped", command, ag.cfg.ReleaseTimeout)
+		killed := p.Stop(10 * time.Second)
+		endOutput(copied, pr)
+		how := "was stopped (SIGTERM)"
+		if killed {
+			how = "ignored SIGTERM for 10s and was SIGKILLed"
+		}
+		return fmt.Errorf("%q did not finish within the release timeout of %s and %s", command, releaseTimeout, how)
 	}
-	<-copied
+	endOutput(copied, pr)
 	if ex := p.Exit(); ex.Code != 0 {
 		msg := fmt.Sprintf("%q %s", command, ex)
 		if len(tail) > 0 {
@@ -602,7 +642,8 @@ func (ag *Agent) RunReleasePhase(name string, art io.Reader, emit func(api.Event
 
 // Rollback makes a new release from an earlier one (its code and config)
 // and deploys it the same way as any release, without a release phase.
-func (ag *Agent) Rollback(name, version string, emit func(api.Event)) api.OpResult {
+// deployedBy names who asked, for the release's history.
+func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)) api.OpResult {
 	a, err := ag.get(name)
 	if err != nil {
 		return failNoApp(name, err, emit)
@@ -647,6 +688,7 @@ func (ag *Agent) Rollback(name, version string, emit func(api.Event)) api.OpResu
 	r := ag.newRelease(a, target.Digest, "rollback", maps.Clone(target.Config))
 	r.Message = "rollback to " + vname(target.Version)
 	r.Procfile, r.Order = maps.Clone(target.Procfile), slices.Clone(target.Order)
+	r.DeployedBy = deployedBy
 	o.record(r.Version)
 	a.mu.Unlock()
 	o.res.Release = vname(r.Version)
@@ -812,16 +854,14 @@ func (ag *Agent) Scale(name string, formation map[string]int, emit func(api.Even
 		for i := ad.from; i <= ad.to; i++ {
 			p, err := ag.startProc(a, r, ad.typ, i)
 			if err != nil {
-				o.stopNew(up)
-				return o.fail(nil, err)
+				return o.fail(nil, o.stopNew(up, err))
 			}
 			up = append(up, p)
 			o.event("process", p.name(), fmt.Sprintf("%s %s started (pid %d)", vname(r.Version), p.name(), p.p.PID()))
 		}
 	}
 	if err := o.awaitReady(up); err != nil {
-		o.stopNew(up)
-		return o.fail(nil, err)
+		return o.fail(nil, o.stopNew(up, err))
 	}
 	a.mu.Lock()
 	maps.Copy(a.st.Formation, formation)

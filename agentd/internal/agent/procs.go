@@ -78,9 +78,9 @@ func credential(userName string) (*syscall.Credential, error) {
 	if uid == os.Geteuid() {
 		return nil, nil
 	}
-	// Groups empty: the supplementary groups are reset, not inherited from
-	// agentd (root's groups).
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+	// The supplementary groups are the user's own (as initgroups(3) gives
+	// them), never inherited from agentd (root's groups).
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: userGroups(u)}, nil
 }
 
 func randomID() string {
@@ -110,6 +110,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	}
 	kind := a.readinessOf(typ)
 	userName := a.st.User
+	shimOpt := a.shimOptions(0)
 	a.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -144,9 +145,10 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 		return nil, fmt.Errorf("log file for %s: %w", name, err)
 	}
 	defer out.Close()
+	shimOpt.GuardFDs = len(files)
 	pr.p, err = supervisor.Start(supervisor.Spec{
 		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
-		Env: env, Files: files, Names: names, Output: out, Credential: cred,
+		Env: env, Files: files, Names: names, Output: out, Credential: cred, ShimOptions: shimOpt,
 	})
 	if err != nil {
 		pr.closeFiles()
@@ -215,6 +217,7 @@ func (ag *Agent) attachNotify(a *app, p *proc) {
 // to a readiness wait. It ends when the notify socket is closed.
 func (ag *Agent) watchNotify(a *app, p *proc) {
 	for m := range p.ns.C() {
+		p.notified.Add(1)
 		a.mu.Lock()
 		if m.Status != "" {
 			p.status = m.Status
@@ -245,6 +248,9 @@ func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	}
 	p.state = api.StateCrashed
 	ag.log.Warn("process ended", "app", a.st.Name, "release", vname(p.release), "process", p.name(), "pid", p.p.PID(), "how", ex.String())
+	// A serving process whose accept failed because a socket was shut
+	// under it: the socket must listen again before anything restarts.
+	ag.rearm(a)
 	if !wasReady || a.gone || r == nil || p.release != a.st.Active || a.st.Formation == nil {
 		ag.save(a)
 		return
@@ -301,13 +307,20 @@ func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Durat
 	r := a.release(p.release)
 	a.mu.Unlock()
 	env, _ := ag.procEnv(a, r, p.name())
+	a.mu.Lock()
+	userName := a.st.User
+	a.mu.Unlock()
+	// An exec check runs code of the release: as the app's user.
+	cred, _ := credential(userName)
 	go func() {
 		done <- readiness.Wait(ctx, kind, readiness.Target{
 			Probe: p.probe, Notified: p.ns.Ready(), Exited: p.p.Done(), StartedAt: p.p.StartedAt(),
-			Dir: ag.cfg.slugDir(r.Digest), Env: env,
+			Dir: ag.cfg.slugDir(r.Digest), Env: env, Credential: cred,
 		})
 	}()
 	deadline := p.p.StartedAt().Add(boot)
+	ceiling := bootCeiling(p.p.StartedAt(), boot)
+	var extended *bootTimeoutError
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
@@ -329,12 +342,22 @@ func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Durat
 			return err
 		case d := <-p.extend:
 			if nd := time.Now().Add(d); nd.After(deadline) {
+				if extended == nil {
+					extended = &bootTimeoutError{}
+				}
+				if nd.After(ceiling) {
+					nd, extended.capped = ceiling, true
+				}
 				deadline = nd
+				extended.extendedTo = deadline.Sub(p.p.StartedAt())
 				timer.Reset(time.Until(deadline))
 			}
 		case <-timer.C:
 			cancel()
 			<-done
+			if extended != nil {
+				return extended
+			}
 			return errBootTimeout
 		}
 	}
@@ -342,7 +365,8 @@ func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Durat
 
 // drain stops procs: SIGTERM to each process group at once, then SIGKILL to
 // the groups still alive at the drain timeout. It reports how long it took
-// and which processes had to be killed.
+// and which processes had to be killed; with o, the result also gets how
+// many connections the kills cut off.
 func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
 	if len(procs) == 0 {
 		return 0, nil
@@ -366,16 +390,29 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
 			ag.log.Warn("SIGTERM", "app", a.st.Name, "process", p.name(), "err", err)
 		}
 	}
+	// While they drain, their open connections are counted for ps and the
+	// progress stream, and once more just before a SIGKILL.
+	w := ag.watchDrain(a, procs, o)
 	var killed []string
+	cut := 0
 	for _, p := range procs {
-		if p.p.KillAfter(time.Until(killAt)) {
+		if k, n := w.killAfter(p, killAt); k {
 			killed = append(killed, vname(p.release)+" "+p.name())
+			cut += n
+			ag.log.Warn("SIGKILL at the drain timeout", "app", a.st.Name, "process", p.name(), "pid", p.p.PID(), "connections_cut", n)
 			if o != nil {
-				o.event("process", p.name(), fmt.Sprintf("%s %s (pid %d) outlived the %s drain timeout: SIGKILLed", vname(p.release), p.name(), p.p.PID(), timeout))
+				o.event("process", p.name(), fmt.Sprintf("%s %s (pid %d) outlived the %s drain timeout: SIGKILLed, %s", vname(p.release), p.name(), p.p.PID(), timeout, cutText(n)))
 			}
 		}
 	}
+	w.halt()
 	d := time.Since(start)
 	ag.obs.DrainDone(a.st.Name, d, len(killed))
+	if len(killed) > 0 {
+		ag.obs.ConnectionsCut(a.st.Name, cut)
+	}
+	if o != nil {
+		o.res.ConnectionsCut += cut
+	}
 	return d, killed
 }

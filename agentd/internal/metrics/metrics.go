@@ -1,11 +1,15 @@
 // Package metrics exports what agentd does in the Prometheus format. It
 // implements the agent's Observer, so the agent itself knows nothing of
-// Prometheus. Label sets are bounded: apps, process types, phases and
-// results, never PIDs or request paths.
+// Prometheus. Label sets are bounded: apps, process types, releases of
+// running processes, phases, kinds and results; never PIDs or request
+// paths. A destroyed app's series are deleted. docs/metrics.md lists every
+// metric.
 package metrics
 
 import (
 	"net/http"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +17,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/agentd/agentd/agentd/api"
+)
+
+// Kinds of operation counted in agentd_deploys_total; each app starts with
+// a zero for each kind and result, so that increase() sees the first one.
+var Kinds = []string{"deploy", "rollback", "config", "restart", "scale", "release-phase"}
+
+// Results of an operation.
+const (
+	ResultOK     = "ok"
+	ResultFailed = "failed"
 )
 
 // Metrics holds agentd's metrics and their registry.
@@ -23,39 +37,57 @@ type Metrics struct {
 	ready    *prometheus.HistogramVec
 	drain    *prometheus.HistogramVec
 	killed   *prometheus.CounterVec
+	cut      *prometheus.CounterVec
 	restarts *prometheus.CounterVec
+	active   *prometheus.GaugeVec
+
+	mu      sync.Mutex
+	current map[string]string // active release by app, for active
 }
 
 // bootBuckets span fast apps (tens of ms) to the 60 s boot timeout.
 var bootBuckets = []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}
 
+// drainBuckets span an instant drain to the default 30 s drain timeout
+// and beyond.
+var drainBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300}
+
 // New registers agentd's metrics. procs lists the processes for the
-// by-state gauge at scrape time.
+// by-state gauges at scrape time.
 func New(version string, procs func() []api.Process) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(), current: map[string]string{}}
 	m.deploys = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentd_deploys_total", Help: "Operations that switch what runs (deploy, rollback, config, restart, scale), by app, kind and result.",
+		Name: "agentd_deploys_total",
+		Help: "Operations that change what runs (deploy, rollback, config, restart, scale, release-phase), by app, kind and result (ok, failed).",
 	}, []string{"app", "kind", "result"})
 	m.phase = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "agentd_deploy_phase_duration_seconds", Help: "Duration of each deploy phase.", Buckets: bootBuckets,
-	}, []string{"phase"})
+		Name: "agentd_deploy_phase_duration_seconds", Help: "Duration of each phase of an operation (prepare, release, preboot, readiness, cutover, drain), by app and phase.",
+		Buckets: bootBuckets,
+	}, []string{"app", "phase"})
 	m.ready = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "agentd_process_ready_duration_seconds", Help: "Time from a process's start to its readiness.", Buckets: bootBuckets,
+		Name: "agentd_process_ready_duration_seconds", Help: "Time from a process's start to its readiness, by app and process type.", Buckets: bootBuckets,
 	}, []string{"app", "type"})
 	m.drain = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "agentd_drain_duration_seconds", Help: "Time old processes took to exit after SIGTERM.", Buckets: bootBuckets,
+		Name: "agentd_drain_duration_seconds", Help: "Time from SIGTERM until every process of a drain had exited (or was SIGKILLed), by app.", Buckets: drainBuckets,
 	}, []string{"app"})
 	m.killed = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentd_processes_killed_total", Help: "Processes SIGKILLed because they outlived the drain timeout.",
+		Name: "agentd_processes_killed_total", Help: "Processes SIGKILLed because they outlived the drain timeout, by app.",
+	}, []string{"app"})
+	m.cut = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_drain_connections_cut_total", Help: "Connections still open on processes SIGKILLed at the drain timeout, by app.",
 	}, []string{"app"})
 	m.restarts = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentd_process_restarts_total", Help: "Crash restarts of processes.",
+		Name: "agentd_process_restarts_total", Help: "Crash restarts of processes of the active release, by app and process type.",
 	}, []string{"app", "type"})
+	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "agentd_app_active_release_info", Help: "The release that serves each app: 1, labelled with app and release.",
+	}, []string{"app", "release"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "agentd_build_info", Help: "agentd's version.", ConstLabels: prometheus.Labels{"version": version},
+		Name: "agentd_build_info", Help: "agentd's version and the Go version it was built with: 1, labelled.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.restarts, build,
+	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, build,
 		&procCollector{list: procs},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -70,7 +102,7 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) DeployDone(app, kind, result string, phases []api.Phase) {
 	m.deploys.WithLabelValues(app, kind, result).Inc()
 	for _, p := range phases {
-		m.phase.WithLabelValues(p.Name).Observe(p.Seconds)
+		m.phase.WithLabelValues(app, p.Name).Observe(p.Seconds)
 	}
 }
 
@@ -85,24 +117,93 @@ func (m *Metrics) DrainDone(app string, d time.Duration, killed int) {
 	m.killed.WithLabelValues(app).Add(float64(killed))
 }
 
+// ConnectionsCut implements agent.Observer.
+func (m *Metrics) ConnectionsCut(app string, n int) {
+	m.cut.WithLabelValues(app).Add(float64(n))
+}
+
 // CrashRestart implements agent.Observer.
 func (m *Metrics) CrashRestart(app, typ string) {
 	m.restarts.WithLabelValues(app, typ).Inc()
 }
 
-var procDesc = prometheus.NewDesc("agentd_processes", "App processes by app, type and state.", []string{"app", "type", "state"}, nil)
+// ActiveRelease implements agent.Observer. The first call for an app also
+// starts its counters at zero.
+func (m *Metrics) ActiveRelease(app, release string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev, known := m.current[app]
+	if !known {
+		for _, k := range Kinds {
+			m.deploys.WithLabelValues(app, k, ResultOK)
+			m.deploys.WithLabelValues(app, k, ResultFailed)
+		}
+		m.killed.WithLabelValues(app)
+		m.cut.WithLabelValues(app)
+	}
+	if known && prev == release {
+		return
+	}
+	if prev != "" {
+		m.active.DeleteLabelValues(app, prev)
+	}
+	if release != "" {
+		m.active.WithLabelValues(app, release).Set(1)
+	}
+	m.current[app] = release
+}
 
+// AppDestroyed implements agent.Observer: every series of the app goes.
+func (m *Metrics) AppDestroyed(app string) {
+	m.mu.Lock()
+	delete(m.current, app)
+	m.mu.Unlock()
+	l := prometheus.Labels{"app": app}
+	m.deploys.DeletePartialMatch(l)
+	m.phase.DeletePartialMatch(l)
+	m.ready.DeletePartialMatch(l)
+	m.drain.DeletePartialMatch(l)
+	m.killed.DeletePartialMatch(l)
+	m.cut.DeletePartialMatch(l)
+	m.restarts.DeletePartialMatch(l)
+	m.active.DeletePartialMatch(l)
+}
+
+var (
+	procDesc = prometheus.NewDesc("agentd_processes",
+		"App processes agentd runs, by app, process type, release and state (starting, ready, draining, crashed).",
+		[]string{"app", "type", "release", "state"}, nil)
+	drainConnsDesc = prometheus.NewDesc("agentd_drain_open_connections",
+		"Connections still open on the app's draining processes, counted every 0.5 s while they drain.",
+		[]string{"app"}, nil)
+)
+
+// procCollector reads the processes at scrape time, so the gauges are
+// never stale and a process that is gone leaves no series behind.
 type procCollector struct{ list func() []api.Process }
 
-func (c *procCollector) Describe(ch chan<- *prometheus.Desc) { ch <- procDesc }
+func (c *procCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- procDesc
+	ch <- drainConnsDesc
+}
 
 func (c *procCollector) Collect(ch chan<- prometheus.Metric) {
-	type key struct{ app, typ, state string }
+	type key struct{ app, typ, release, state string }
 	n := map[key]int{}
+	open := map[string]int{}
 	for _, p := range c.list() {
-		n[key{p.App, p.Type, p.State}]++
+		n[key{p.App, p.Type, p.Release, p.State}]++
+		if _, ok := open[p.App]; !ok {
+			open[p.App] = 0
+		}
+		if p.State == api.StateDraining && p.Connections != nil {
+			open[p.App] += *p.Connections
+		}
 	}
 	for k, v := range n {
-		ch <- prometheus.MustNewConstMetric(procDesc, prometheus.GaugeValue, float64(v), k.app, k.typ, k.state)
+		ch <- prometheus.MustNewConstMetric(procDesc, prometheus.GaugeValue, float64(v), k.app, k.typ, k.release, k.state)
+	}
+	for app, v := range open {
+		ch <- prometheus.MustNewConstMetric(drainConnsDesc, prometheus.GaugeValue, float64(v), app)
 	}
 }

@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -122,9 +123,11 @@ type Target struct {
 	Exited <-chan struct{}
 	// StartedAt is when the process started (for uptime).
 	StartedAt time.Time
-	// Dir and Env run exec checks.
-	Dir string
-	Env []string
+	// Dir and Env run exec checks, as Credential when set (the app's
+	// user: the check runs code of the release).
+	Dir        string
+	Env        []string
+	Credential *syscall.Credential
 }
 
 // ErrExited is returned when the process ended before it was ready.
@@ -163,7 +166,7 @@ func Wait(ctx context.Context, k Kind, t Target) error {
 	case "tcp":
 		check = func(ctx context.Context) error { return checkTCP(ctx, t.Probe) }
 	case "exec":
-		check = func(ctx context.Context) error { return checkExec(ctx, k.Cmd, t.Dir, t.Env) }
+		check = func(ctx context.Context) error { return checkExec(ctx, k.Cmd, t.Dir, t.Env, t.Credential) }
 	}
 	delay := 20 * time.Millisecond
 	for {
@@ -253,12 +256,15 @@ func checkTCP(ctx context.Context, p *Probe) error {
 	}
 }
 
-func checkExec(ctx context.Context, command, dir string, env []string) error {
+func checkExec(ctx context.Context, command, dir string, env []string, cred *syscall.Credential) error {
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
 	cmd.Dir, cmd.Env = dir, env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	// Kill the check's whole group on timeout, not only the shell.
 	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	cmd.WaitDelay = time.Second
-	return cmd.Run()
+	if err := supervisor.Fork(cmd.Start); err != nil {
+		return err
+	}
+	return cmd.Wait()
 }

@@ -37,6 +37,9 @@ type Server struct {
 	AdminGroup string
 	// MaxUpload bounds an artifact upload.
 	MaxUpload int64
+	// UploadIdle is how long an upload may send nothing before it is cut
+	// (default DefaultUploadIdle).
+	UploadIdle time.Duration
 	// Upgrade hands over to a new agentd binary (tableflip) and returns
 	// once the new one is ready, or with why it failed.
 	Upgrade func() error
@@ -95,9 +98,9 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("GET /v1/apps/{app}/ps", s.ps)
 	m.HandleFunc("POST /v1/apps/{app}/scale", s.admin(s.scale))
 	m.HandleFunc("POST /v1/apps/{app}/restart", s.admin(s.restart))
-	m.HandleFunc("GET /v1/apps/{app}/config", s.config)
+	m.HandleFunc("GET /v1/apps/{app}/config", s.private(s.config))
 	m.HandleFunc("PATCH /v1/apps/{app}/config", s.admin(s.changeConfig))
-	m.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
+	m.HandleFunc("GET /v1/apps/{app}/logs", s.private(s.logs))
 	m.HandleFunc("POST /v1/agent/upgrade", s.admin(s.upgrade))
 	if s.Metrics != nil {
 		m.Handle("GET /metrics", s.Metrics)
@@ -109,7 +112,8 @@ func (s *Server) Handler() http.Handler {
 }
 
 // admin lets a request through only from root, agentd's own user, or a
-// member of the admin group. Everyone who can connect may read.
+// member of the admin group. Everyone who can connect may read, except
+// config vars and logs (private).
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p := peerOf(r)
@@ -175,6 +179,7 @@ var codeStatus = map[string]int{
 	api.CodeConflict:     http.StatusConflict,
 	api.CodeForbidden:    http.StatusForbidden,
 	api.CodeDeployFailed: http.StatusUnprocessableEntity,
+	api.CodeUnavailable:  http.StatusServiceUnavailable,
 }
 
 func fail(w http.ResponseWriter, err error) {
@@ -191,7 +196,10 @@ func fail(w http.ResponseWriter, err error) {
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(bodyTimeout))
+	defer rc.SetReadDeadline(time.Time{})
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
 		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: "bad request body: " + err.Error()})
@@ -223,6 +231,12 @@ func (s *Server) apps(w http.ResponseWriter, r *http.Request) {
 func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	var req api.AppCreate
 	if !decode(w, r, &req) {
+		return
+	}
+	if p := peerOf(r); req.AllowRoot && os.Geteuid() == 0 && p.UID != 0 {
+		// Members of the admin group deploy code; only root gives it root.
+		writeErr(w, http.StatusForbidden, &api.Error{Code: api.CodeForbidden,
+			Message: fmt.Sprintf("permission denied: only root may create an app that runs as root (--allow-root); uid %d may create it with --user", p.UID)})
 		return
 	}
 	a, err := s.Agent.CreateApp(req)
@@ -277,11 +291,15 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, run func(emit fu
 		})
 	}()
 	enc := json.NewEncoder(w)
+	// Write deadlines are per write; none may outlive this answer on a
+	// kept-alive connection.
+	defer rc.SetWriteDeadline(time.Time{})
 	gone := false
 	write := func(e api.Event) {
 		if gone {
 			return
 		}
+		rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := enc.Encode(e); err != nil {
 			gone = true
 			return
@@ -313,7 +331,7 @@ func boolParam(r *http.Request, k string) bool {
 func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	req := agent.DeployRequest{
-		App: r.PathValue("app"), Artifact: http.MaxBytesReader(w, r.Body, s.MaxUpload),
+		App: r.PathValue("app"), Artifact: newIdleBody(w, http.MaxBytesReader(w, r.Body, s.MaxUpload), s.UploadIdle),
 		Message: q.Get("message"), SkipReleasePhase: boolParam(r, "skip_release_phase"),
 		ReleaseID: q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
 	}
@@ -330,7 +348,7 @@ func (s *Server) releasePhase(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, s.MaxUpload)
+	body := newIdleBody(w, http.MaxBytesReader(w, r.Body, s.MaxUpload), s.UploadIdle)
 	s.stream(w, r, func(emit func(api.Event)) api.OpResult { return s.Agent.RunReleasePhase(name, body, emit) })
 }
 
@@ -368,7 +386,8 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) || !s.preflight(w, name) {
 		return
 	}
-	s.stream(w, r, func(emit func(api.Event)) api.OpResult { return s.Agent.Rollback(name, req.Version, emit) })
+	by := peerName(peerOf(r))
+	s.stream(w, r, func(emit func(api.Event)) api.OpResult { return s.Agent.Rollback(name, req.Version, by, emit) })
 }
 
 func (s *Server) ps(w http.ResponseWriter, r *http.Request) {
@@ -440,8 +459,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	defer rc.SetWriteDeadline(time.Time{})
 	enc := json.NewEncoder(w)
 	err = logs.Read(r.Context(), dir, opt, func(l api.LogLine) error {
+		rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := enc.Encode(l); err != nil {
 			return err
 		}

@@ -36,6 +36,9 @@ type Spec struct {
 	Output *os.File
 	// Credential, if set, is the user the process runs as.
 	Credential *syscall.Credential
+	// ShimOptions are what the exec shim applies before it execs Argv: no new
+	// privileges, resource limits, the guard of the inherited sockets.
+	ShimOptions sockets.ShimOptions
 }
 
 // Exit describes how a process ended.
@@ -84,7 +87,7 @@ func Start(s Spec) (*Process, error) {
 	if len(s.Argv) == 0 {
 		return nil, errors.New("start: no command")
 	}
-	argv := sockets.ShimArgv(s.Shim, s.Argv)
+	argv := sockets.ShimArgvOpts(s.Shim, s.ShimOptions, s.Argv)
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
@@ -99,14 +102,18 @@ func Start(s Spec) (*Process, error) {
 		fds = append(fds, uintptr(sockets.Fd(f)))
 	}
 	env := append(append([]string(nil), s.Env...), sockets.Env(s.Names)...)
-	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
-		Dir: s.Dir, Env: env, Files: fds,
-		Sys: &syscall.SysProcAttr{
-			// Its own process group, so a signal reaches every child it
-			// forks.
-			Setpgid:    true,
-			Credential: s.Credential,
-		},
+	var pid int
+	err = Fork(func() (err error) {
+		pid, err = syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
+			Dir: s.Dir, Env: env, Files: fds,
+			Sys: &syscall.SysProcAttr{
+				// Its own process group, so a signal reaches every child it
+				// forks.
+				Setpgid:    true,
+				Credential: s.Credential,
+			},
+		})
+		return err
 	})
 	// The files must stay open until the fork has dup'ed them.
 	runtime.KeepAlive(s.Files)
@@ -127,6 +134,20 @@ func Start(s Spec) (*Process, error) {
 // zombie leader keeps its PID, and so the group ID, from being reused: the
 // SIGKILL cannot hit an unrelated group.
 func (p *Process) wait() {
+	// Wait in the runtime's poller on a pidfd rather than in a blocking
+	// waitid: a blocked syscall holds an OS thread, one per supervised
+	// process. The pidfd turns readable at exit; the leader stays a zombie
+	// (unreaped) until Wait4 below.
+	if fd, err := unix.PidfdOpen(p.pid, unix.PIDFD_NONBLOCK); err == nil {
+		f := os.NewFile(uintptr(fd), "pidfd")
+		if rc, err := f.SyscallConn(); err == nil {
+			rc.Read(func(fd uintptr) bool {
+				n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+				return err != nil || n > 0
+			})
+		}
+		f.Close()
+	}
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)

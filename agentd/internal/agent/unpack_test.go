@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// Identical uploads unpacked side by side (two hosts' CI jobs, a retried
+// deploy) all succeed and share one slug: the rename that loses the race
+// is no error.
+func TestConcurrentIdenticalUnpacks(t *testing.T) {
+	dir := t.TempDir()
+	ag, err := New(Config{StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run"),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close(true)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for name, body := range map[string]string{"Procfile": "web: ./app\n", "app": "#!/bin/sh\nexec sleep 1\n"} {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	zw.Close()
+
+	const n = 8
+	digests := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { digests[i], errs[i] = ag.unpack(bytes.NewReader(buf.Bytes())) })
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Errorf("unpack %d: %v", i, errs[i])
+		} else if digests[i] != digests[0] {
+			t.Errorf("unpack %d: digest %s, want %s", i, digests[i], digests[0])
+		}
+	}
+	slugs, _ := os.ReadDir(ag.cfg.slugsDir())
+	if len(slugs) != 1 {
+		var names []string
+		for _, s := range slugs {
+			names = append(names, s.Name())
+		}
+		t.Errorf("slugs directory holds %v, want one slug", names)
+	}
+}
