@@ -8,7 +8,7 @@ BIN       := bin
 GOFLAGS_BUILD := -trimpath -ldflags "$(LDFLAGS)"
 export CGO_ENABLED ?= 0
 
-.PHONY: all build demo test test-short check fmt vet staticcheck fuzz clean
+.PHONY: all build demo test test-short fleet-test check fmt vet staticcheck fuzz clean
 
 all: build
 
@@ -25,6 +25,13 @@ test:
 
 test-short:
 	$(GO) test -count=1 -short ./...
+
+## fleet-test: rolling deploys with Ansible to three hosts (network namespaces, each with its
+## own sshd and agentd) behind haproxy, under load (docs/fleet.md). Root; installs ansible,
+## haproxy and openssh-server when missing. About 2 minutes.
+fleet-test:
+	internal/fleet/install-deps.sh
+	AGENTD_FLEET_TEST=1 $(GO) test -count=1 -v -run '^TestFleet$$' -timeout 8m ./internal/fleet
 
 .PHONY: units-verify package package-test
 
