@@ -17,15 +17,18 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // DefaultType is the process type that receives a socket whose spec names
 // none.
 const DefaultType = "web"
 
+// Compiled on first use: the exec shim is this binary too, and every
+// process start would pay for compiling them at init.
 var (
-	nameRe = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
-	typeRe = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,30}$`)
+	nameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`) })
+	typeRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9_-]{1,30}$`) })
 )
 
 // Spec is a named listening socket of an app: "[TYPE/]NAME=ADDR".
@@ -57,10 +60,10 @@ func ParseSpec(s string) (Spec, error) {
 	if t, n, ok := strings.Cut(left, "/"); ok {
 		typ, name = t, n
 	}
-	if !typeRe.MatchString(typ) {
+	if !typeRe().MatchString(typ) {
 		return Spec{}, fmt.Errorf("socket %q: process type %q must be 1-30 letters, digits, '-' or '_'", s, typ)
 	}
-	if !nameRe.MatchString(name) || name == "probe" {
+	if !nameRe().MatchString(name) || name == "probe" {
 		return Spec{}, fmt.Errorf("socket %q: name %q must be 1-64 letters, digits, '-' or '_' and not \"probe\" (agentd's probe fd)", s, name)
 	}
 	sp := Spec{Type: typ, Name: name, Addr: addr}

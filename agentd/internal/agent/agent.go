@@ -419,7 +419,7 @@ func (ag *Agent) get(name string) (*app, error) {
 // CreateApp validates req, binds the app's sockets and persists it. Bad
 // input changes nothing.
 func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
-	if !appNameRe.MatchString(req.Name) {
+	if !appNameRe().MatchString(req.Name) {
 		return api.App{}, errf(api.CodeBadRequest, "bad app name %q: want lowercase letters, digits and '-', starting with a letter, at most 30", req.Name)
 	}
 	if len(req.Sockets) == 0 {

@@ -19,7 +19,7 @@ import (
 
 // appNameRe is the app name rule of DESIGN.md. It also keeps names safe as
 // path components: no '/', no '..'.
-var appNameRe = regexp.MustCompile(`^[a-z][a-z0-9-]{0,29}$`)
+var appNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,29}$`) })
 
 // Defaults of DESIGN.md: Heroku's R10 boot timeout and its drain timeout.
 const (

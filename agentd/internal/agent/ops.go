@@ -696,7 +696,7 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 	return o.rollout(r, false, nil)
 }
 
-var configKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+var configKeyRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`) })
 
 // reservedKeys are set by agentd and cannot be config vars.
 var reservedKeys = map[string]bool{"PORT": true, "AGENTD_APP": true, "AGENTD_RELEASE": true, "AGENTD_PROCESS": true,
@@ -711,7 +711,7 @@ func (ag *Agent) ChangeConfig(name string, req api.ConfigRequest, deployedBy str
 	}
 	o := ag.newOp(a, "config", emit)
 	for k, v := range req.Set {
-		if !configKeyRe.MatchString(k) || reservedKeys[k] {
+		if !configKeyRe().MatchString(k) || reservedKeys[k] {
 			return o.finish(errf(api.CodeBadRequest, "bad config key %q: letters, digits and '_', not starting with a digit, and not one agentd sets", k))
 		}
 		if strings.ContainsRune(v, 0) || len(v) > 64<<10 {
@@ -719,7 +719,7 @@ func (ag *Agent) ChangeConfig(name string, req api.ConfigRequest, deployedBy str
 		}
 	}
 	for _, k := range req.Unset {
-		if !configKeyRe.MatchString(k) {
+		if !configKeyRe().MatchString(k) {
 			return o.finish(errf(api.CodeBadRequest, "bad config key %q", k))
 		}
 	}
