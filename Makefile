@@ -8,7 +8,7 @@ BIN       := bin
 GOFLAGS_BUILD := -trimpath -ldflags "$(LDFLAGS)"
 export CGO_ENABLED ?= 0
 
-.PHONY: all build demo test test-short fleet-test check fmt vet staticcheck fuzz clean
+.PHONY: all build demo bench test test-short fleet-test check fmt vet staticcheck fuzz clean
 
 all: build
 
@@ -18,6 +18,15 @@ build:
 ## demo: start agentd, deploy the example app, redeploy it under load, print what happened.
 demo:
 	$(GO) run ./internal/demo
+
+## bench: agentd against stop-then-start, SO_REUSEPORT and nginx blue/green,
+## the cost of a proxy, and 100 apps of 4 processes (about 10 minutes on 2
+## cores; never part of `make test`). Rewrites docs/benchmarks.md and
+## docs/benchmarks.json. BENCH_FLAGS=-quick for a short trial run that writes
+## nothing; installs Debian's nginx, wrk and hey first when run as root.
+BENCH_FLAGS ?=
+bench:
+	$(GO) run ./internal/bench $(BENCH_FLAGS)
 
 ## test: the whole suite, with the race detector (real processes, real sockets).
 test:
