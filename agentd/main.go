@@ -25,6 +25,7 @@ import (
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/agent"
+	"github.com/agentd/agentd/agentd/internal/journal"
 	"github.com/agentd/agentd/agentd/internal/metrics"
 	"github.com/agentd/agentd/agentd/internal/server"
 	"github.com/agentd/agentd/sockets"
@@ -67,6 +68,7 @@ Flags:
 	keep := fs.Int("keep-releases", 10, "releases kept per app")
 	maxArtifact := fs.String("max-artifact-size", "1G", "refuse an artifact that unpacks to more than this many bytes (K, M, G suffixes)")
 	maxLog := fs.String("max-log-size", "256M", "cut a process's log file back to its last MiB when it grows past this size")
+	journalMode := fs.String("journal", "auto", "send app output to the systemd journal too, with AGENTD_APP, AGENTD_RELEASE and AGENTD_PROCESS fields: auto (when journald runs), on or off")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pidFile := fs.String("pid-file", "", "write agentd's PID here (and the new PID after an upgrade)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -94,6 +96,10 @@ Flags:
 	logBytes, err := agent.ParseSize(*maxLog)
 	if err != nil {
 		return fmt.Errorf("--max-log-size: %w", err)
+	}
+	jw, err := journal.Open(*journalMode)
+	if err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
@@ -201,6 +207,12 @@ Flags:
 		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),
 		Mode:      mode,
 		Claim:     claim,
+	}
+	if jw != nil {
+		cfg.Journal = func(o agent.LineOrigin, line string) error {
+			return jw.Line(journal.Origin(o), line)
+		}
+		log.Info("app output goes to the journal too", "socket", journal.Socket)
 	}
 	if mode == "systemd" {
 		cfg.Store = func(name string, f *os.File) {

@@ -47,6 +47,10 @@ type Config struct {
 	MaxLogBytes int64
 	// Metrics, if set, observes what the agent does.
 	Metrics Observer
+	// Journal, if set, receives every line of app output (journal.go): the
+	// processes still write to their log files, and agentd forwards what
+	// they wrote, so their output never waits for agentd.
+	Journal func(o LineOrigin, line string) error
 	// Inherit, if set, returns a socket passed by the previous agentd
 	// (tableflip) by its key, or nil.
 	Inherit func(key string) *os.File
@@ -105,6 +109,9 @@ type Agent struct {
 	// closed ends agentd's background loops (the log cap) at Close.
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	// journalErrs counts lines the journal refused (journal.go).
+	journalErrs atomic.Int64
 }
 
 // Errors with a code the control API maps to a status.
@@ -185,7 +192,7 @@ func (ag *Agent) save(a *app) error {
 		a.st.Processes = append(a.st.Processes, procRecord{
 			Name: p.name(), Type: p.typ, Index: p.index, Release: p.release, PID: p.p.PID(),
 			StartedAt: p.p.KernelStart(), State: p.state, Restarts: p.restarts, ReadyAt: p.readyAt,
-			Notify: p.notifyPath, Log: p.log,
+			Notify: p.notifyPath, Log: p.log, LogSent: p.fwd.sent(),
 		})
 	}
 	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {
@@ -232,6 +239,7 @@ func (ag *Agent) recover(a *app) {
 		pr := &proc{typ: rec.Type, index: rec.Index, release: rec.Release, p: sp, state: rec.State,
 			restarts: rec.Restarts, readyAt: rec.ReadyAt, log: rec.Log, notifyPath: rec.Notify,
 			extend: make(chan time.Duration, 1)}
+		pr.fwd.off = rec.LogSent
 		a.procs = append(a.procs, pr)
 		ag.log.Info("adopted process", "app", a.st.Name, "release", vname(rec.Release), "process", rec.Name, "pid", rec.PID, "state", rec.State)
 	}
@@ -759,6 +767,12 @@ func (ag *Agent) Close(stopApps bool) {
 		}
 	}
 	wg.Wait()
+	if ag.cfg.Journal != nil {
+		// What the apps wrote so far, so the next agentd resumes after it.
+		for _, l := range ag.liveLogs() {
+			ag.forward(l.app, l.p, false)
+		}
+	}
 	for _, a := range apps {
 		a.mu.Lock()
 		ag.save(a)
@@ -782,6 +796,18 @@ func (ag *Agent) Freeze() (files map[string]*os.File, thaw func()) {
 	ag.mu.Unlock()
 	for _, a := range apps {
 		a.op <- struct{}{}
+	}
+	// Forward what the apps wrote so far and record how far, so that the
+	// new agentd resumes the journal where this one stopped.
+	if ag.cfg.Journal != nil {
+		for _, l := range ag.liveLogs() {
+			ag.forward(l.app, l.p, false)
+		}
+		for _, a := range apps {
+			a.mu.Lock()
+			ag.save(a)
+			a.mu.Unlock()
+		}
 	}
 	ag.frozen.Store(true)
 	files = map[string]*os.File{}

@@ -29,14 +29,19 @@ func (ag *Agent) maxLogBytes() int64 {
 	return defaultMaxLogBytes
 }
 
-// capLogs keeps every process's log file under the cap until agentd
-// closes. One loop for all processes: a ticker per process would wake
-// agentd hundreds of times a second on a host with hundreds of processes
-// (the idle-CPU figure of docs/benchmarks.md). It records what it cut in
-// each proc's logCut, for the deploy's message.
+// capLogs keeps every process's log file under the cap, and forwards
+// new output to the journal when there is one, until agentd closes. One
+// loop for all processes: a ticker per process would wake agentd hundreds
+// of times a second on a host with hundreds of processes (the idle-CPU
+// figure of docs/benchmarks.md).
 func (ag *Agent) capLogs() {
-	t := time.NewTicker(logCheckEvery)
+	every := logCheckEvery
+	if ag.cfg.Journal != nil {
+		every = journalEvery
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ag.closed:
@@ -47,26 +52,38 @@ func (ag *Agent) capLogs() {
 			// The new agentd owns the logs now.
 			continue
 		}
-		for _, p := range ag.liveLogs() {
-			ag.capLog(p)
+		check := time.Since(last) >= logCheckEvery
+		if check {
+			last = time.Now()
+		}
+		for _, l := range ag.liveLogs() {
+			ag.forward(l.app, l.p, false)
+			if check {
+				ag.capLog(l.p)
+			}
 		}
 	}
 }
 
+type liveLog struct {
+	app string
+	p   *proc
+}
+
 // liveLogs lists the processes still running that write to a log file.
-func (ag *Agent) liveLogs() []*proc {
+func (ag *Agent) liveLogs() []liveLog {
 	ag.mu.Lock()
 	apps := make([]*app, 0, len(ag.apps))
 	for _, a := range ag.apps {
 		apps = append(apps, a)
 	}
 	ag.mu.Unlock()
-	var out []*proc
+	var out []liveLog
 	for _, a := range apps {
 		a.mu.Lock()
 		for _, p := range a.procs {
 			if p.log != "" && p.p != nil && !p.p.Exited() {
-				out = append(out, p)
+				out = append(out, liveLog{a.st.Name, p})
 			}
 		}
 		a.mu.Unlock()
@@ -80,7 +97,14 @@ func (ag *Agent) capLog(p *proc) {
 	if err != nil || fi.Size() <= ag.maxLogBytes() {
 		return
 	}
+	// Under the forwarder's lock: the offset it reads from moves with the
+	// cut.
+	p.fwd.mu.Lock()
 	n, err := cutLog(p.log, logKeepBytes)
+	if err == nil {
+		p.fwd.off = max(0, p.fwd.off-n)
+	}
+	p.fwd.mu.Unlock()
 	if err != nil {
 		ag.log.Warn("cutting a log file", "log", p.log, "err", err)
 		return

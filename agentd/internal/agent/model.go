@@ -92,6 +92,8 @@ type procRecord struct {
 	ReadyAt   time.Time `json:"ready_at,omitzero"`
 	Notify    string    `json:"notify,omitempty"`
 	Log       string    `json:"log,omitempty"`
+	// LogSent is how much of Log was forwarded to the journal.
+	LogSent int64 `json:"log_sent,omitempty"`
 }
 
 type opRecord struct {
@@ -198,6 +200,9 @@ type proc struct {
 	// log by the cap, and notify messages received.
 	logCut   atomic.Int64
 	notified atomic.Int64
+
+	// fwd: how much of the log file went to the journal (journal.go).
+	fwd logForward
 }
 
 func (p *proc) name() string {

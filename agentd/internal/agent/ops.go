@@ -541,6 +541,9 @@ func (ag *Agent) runRelease(a *app, r *releaseState, command string, o *op) erro
 				}
 			}
 			o.event("output", "release", line)
+			if ag.cfg.Journal != nil {
+				ag.sendLine(LineOrigin{App: a.st.Name, Release: vname(r.Version), Process: "release", PID: p.PID()}, line)
+			}
 			tail = append(tail, line)
 			if len(tail) > 5 {
 				tail = tail[1:]

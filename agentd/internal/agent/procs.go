@@ -236,6 +236,8 @@ func (ag *Agent) watchNotify(a *app, p *proc) {
 // crashed while serving the active release.
 func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	<-p.p.Done()
+	// Its last lines, a last one without newline included.
+	ag.forward(a.st.Name, p, true)
 	ex := p.p.Exit()
 	a.mu.Lock()
 	defer a.mu.Unlock()

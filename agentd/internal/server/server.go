@@ -461,7 +461,17 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	defer rc.SetWriteDeadline(time.Time{})
 	enc := json.NewEncoder(w)
-	err = logs.Read(r.Context(), dir, opt, func(l api.LogLine) error {
+	read := func(ctx context.Context, opt logs.Options, fn func(api.LogLine) error) error {
+		return logs.Read(ctx, dir, opt, fn)
+	}
+	if s.Agent.JournalOn() && logs.JournalAvailable() {
+		// The journal has the lines with their times; the files stay the
+		// source where there is no journald.
+		read = func(ctx context.Context, opt logs.Options, fn func(api.LogLine) error) error {
+			return logs.ReadJournal(ctx, r.PathValue("app"), opt, fn)
+		}
+	}
+	err = read(r.Context(), opt, func(l api.LogLine) error {
 		rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := enc.Encode(l); err != nil {
 			return err
