@@ -112,6 +112,8 @@ type Agent struct {
 
 	// journalErrs counts lines the journal refused (journal.go).
 	journalErrs atomic.Int64
+	// memory returns the garbage of a burst of operations (memory.go).
+	memory memoryReturn
 }
 
 // Errors with a code the control API maps to a status.
@@ -275,7 +277,8 @@ func (ag *Agent) recover(a *app) {
 	a.mu.Unlock()
 	ag.obs.ActiveRelease(a.st.Name, vnameOr(a.st.Active))
 	for _, p := range a.procs {
-		go ag.watchExit(a, p, a.release(p.release))
+		r := a.release(p.release)
+		p.p.OnExit(func() { ag.watchExit(a, p, r) })
 		go ag.attachNotify(a, p)
 	}
 	if len(a.held) == len(a.st.Sockets) {

@@ -107,6 +107,7 @@ func (o *op) finish(err error) api.OpResult {
 	}
 	res := o.res
 	o.emit(api.Event{Time: time.Now().UTC(), Type: "result", Message: result, Result: &res})
+	o.ag.memory.opEnded()
 	return res
 }
 

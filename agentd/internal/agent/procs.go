@@ -162,7 +162,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	ag.save(a)
 	a.mu.Unlock()
 	go ag.watchNotify(a, pr)
-	go ag.watchExit(a, pr, r)
+	pr.p.OnExit(func() { ag.watchExit(a, pr, r) })
 	return pr, nil
 }
 
@@ -233,7 +233,8 @@ func (ag *Agent) watchNotify(a *app, p *proc) {
 }
 
 // watchExit records a process's end and restarts it with backoff if it
-// crashed while serving the active release.
+// crashed while serving the active release. It runs once the process has
+// exited (Process.OnExit).
 func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	<-p.p.Done()
 	// Its last lines, a last one without newline included.

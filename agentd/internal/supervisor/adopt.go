@@ -58,14 +58,13 @@ func (p *Process) watchPidfd(f *os.File) {
 		}
 	}
 	unix.Kill(-p.pid, unix.SIGKILL)
-	p.mu.Lock()
-	p.exit = Exit{Code: -1, At: time.Now(), Unknown: true}
-	p.mu.Unlock()
-	close(p.done)
+	// The pidfd is closed before the OnExit functions run: they may take
+	// long, and nothing may signal through it any more.
 	p.fdMu.Lock()
 	f.Close()
 	p.pidfd = -1
 	p.fdMu.Unlock()
+	p.end(Exit{Code: -1, At: time.Now(), Unknown: true})
 }
 
 // signalLeader signals an adopted process through its pidfd.

@@ -72,8 +72,39 @@ type Process struct {
 	fdMu  sync.Mutex
 	pidfd int // adopted processes only
 
-	mu   sync.Mutex
-	exit Exit
+	mu     sync.Mutex
+	exit   Exit
+	ended  bool     // set with exit, before done is closed
+	onExit []func() // run by the goroutine that saw the exit
+}
+
+// OnExit runs f once the process has exited (Done closed), on the
+// goroutine that watched for the exit, or on a new one if it has exited
+// already. It saves the caller a goroutine per process that would only
+// wait on Done: with hundreds of processes, their stacks were a good part
+// of agentd's memory.
+func (p *Process) OnExit(f func()) {
+	p.mu.Lock()
+	if !p.ended {
+		p.onExit = append(p.onExit, f)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	go f()
+}
+
+// end records the exit, closes done and runs the OnExit functions.
+func (p *Process) end(ex Exit) {
+	p.mu.Lock()
+	p.exit, p.ended = ex, true
+	fs := p.onExit
+	p.onExit = nil
+	p.mu.Unlock()
+	close(p.done)
+	for _, f := range fs {
+		f()
+	}
 }
 
 // Start starts the process. It returns once the process exists; its exit is
@@ -167,10 +198,7 @@ func (p *Process) wait() {
 	if ws.Signaled() {
 		ex.Code, ex.Signal = -1, syscall.Signal(ws.Signal())
 	}
-	p.mu.Lock()
-	p.exit = ex
-	p.mu.Unlock()
-	close(p.done)
+	p.end(ex)
 }
 
 // PID is the process's PID, which is also its process group ID.

@@ -121,3 +121,28 @@ func TestExitStatus(t *testing.T) {
 		t.Fatalf("exit %+v %q", ex, ex)
 	}
 }
+
+// OnExit functions run once the process has exited, with its exit status
+// known, whether registered before the exit or after it.
+func TestOnExit(t *testing.T) {
+	p, r := start(t, "polite")
+	r.ReadString('\n') // up
+	before := make(chan Exit, 1)
+	p.OnExit(func() {
+		select {
+		case <-p.Done():
+		default:
+			t.Error("OnExit ran before Done was closed")
+		}
+		before <- p.Exit()
+	})
+	p.Signal(syscall.SIGTERM)
+	if ex := <-before; ex.Code != 0 {
+		t.Errorf("registered before the exit: saw %+v, want status 0", ex)
+	}
+	after := make(chan Exit, 1)
+	p.OnExit(func() { after <- p.Exit() })
+	if ex := <-after; ex.Code != 0 {
+		t.Errorf("registered after the exit: saw %+v", ex)
+	}
+}
