@@ -386,6 +386,14 @@ func (f *fixture) plainRestart(playbook string) *scenario {
 					p.Stop(10 * time.Second)
 					return
 				}
+				// systemd's default RestartSec=100ms before Restart=
+				// starts it again: without it the gap is only goapp's own
+				// start, and a run could drop too few requests to count.
+				select {
+				case <-time.After(100 * time.Millisecond):
+				case <-stop:
+					return
+				}
 			}
 		}()
 	}
