@@ -61,6 +61,22 @@ package:
 package-test: package
 	packaging/test.sh
 
+.PHONY: testvm testvm-break
+
+## testvm: end-to-end on a Debian bookworm guest booted with systemd as PID 1 under qemu (TCG):
+## install, socket unit, deploys, restart/reload/kill -9 of agentd and a package upgrade under
+## load, reboot, remove, purge, /metrics through promtool (docs/testvm.md). Root; installs qemu,
+## debootstrap and the rest with apt-get when missing; the guest's rootfs is cached in
+## /var/tmp/agentd-testvm. TESTVM_FLAGS=-keep leaves the VM running to ssh in.
+TESTVM_FLAGS ?=
+testvm:
+	$(GO) run ./testvm $(TESTVM_FLAGS)
+
+## testvm-break: the deliberate break: scenario 2 with an agentd built to skip the readiness
+## wait (go build -overlay, the tree is untouched); passes only if requests fail.
+testvm-break:
+	$(GO) run ./testvm -break $(TESTVM_FLAGS)
+
 ## check: everything a commit must pass.
 check: fmt vet staticcheck test
 
