@@ -165,18 +165,7 @@ Flags:
 		return fmt.Errorf("upgrader: %w", err)
 	}
 	defer upg.Stop()
-	ln, err := upg.Fds.ListenWithCallback("unix", sp, func(string, string) (net.Listener, error) {
-		if controlFile != nil {
-			// systemd owns the socket file: agentd.socket.
-			l, err := net.FileListener(controlFile)
-			controlFile.Close()
-			if err != nil {
-				return nil, fmt.Errorf("control socket from systemd: %w", err)
-			}
-			return l, nil
-		}
-		return server.Listen(sp, *group)
-	})
+	ln, err := controlListener(upg, controlFile, sp, *group)
 	if err != nil {
 		return err
 	}
@@ -360,4 +349,64 @@ func supervise(ag *agent.Agent, notify func(string), mode string) {
 			notify(strings.TrimPrefix(msg, "\n"))
 		}
 	}
+}
+
+// controlKey names the control socket among the files tableflip passes to a
+// new agentd on upgrade.
+const controlKey = "control"
+
+// controlListener returns the control socket: the one a parent agentd
+// handed over on upgrade, else systemd's (agentd.socket), else one bound at
+// path. It is registered with tableflip as a plain file, not as a unix
+// listener: on a stop without upgrade tableflip unlinks the path of every
+// unix listener it holds, which would delete agentd.socket's file under
+// systemd (hctl then finds no socket until agentd.socket restarts), and,
+// because tableflip does it from a goroutine racing the exit, only
+// sometimes. agentd removes the file itself where it is agentd's to remove
+// (embedded mode, see run).
+func controlListener(upg *tableflip.Upgrader, fromSystemd *os.File, path, group string) (net.Listener, error) {
+	inherited, err := upg.Fds.File(controlKey)
+	if err != nil {
+		return nil, fmt.Errorf("control socket from the previous agentd: %w", err)
+	}
+	if inherited != nil {
+		if fromSystemd != nil {
+			fromSystemd.Close()
+		}
+		ln, err := net.FileListener(inherited)
+		inherited.Close()
+		if err != nil {
+			return nil, fmt.Errorf("control socket from the previous agentd: %w", err)
+		}
+		return ln, nil
+	}
+	var ln net.Listener
+	if fromSystemd != nil {
+		ln, err = net.FileListener(fromSystemd)
+		fromSystemd.Close()
+		if err != nil {
+			return nil, fmt.Errorf("control socket from systemd: %w", err)
+		}
+	} else if ln, err = server.Listen(path, group); err != nil {
+		return nil, err
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: not a unix stream socket", path)
+	}
+	// Closing the listener must never remove the path: the next agentd
+	// (after an upgrade) serves on it.
+	ul.SetUnlinkOnClose(false)
+	f, err := ul.File()
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	defer f.Close()
+	if err := upg.Fds.AddFile(controlKey, f); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
 }
