@@ -71,6 +71,19 @@ func TakeActivated() ([]Activated, error) {
 	for i, name := range names {
 		fd := ListenFdsStart + i
 		unix.CloseOnExec(fd)
+		// Non-blocking, always. The open file description, and with it
+		// O_NONBLOCK, is shared with every app process that holds the
+		// socket, and systemd clears O_NONBLOCK on each start of agentd
+		// (unless the service says NonBlocking=yes, as agentd.service does). A Go app whose
+		// listener turns blocking under it parks its accept loop in a
+		// blocking accept(2) after the next connection, and then its
+		// Close, and the whole drain, waits for a connection that may
+		// never come: a reboot after `systemctl restart agentd` hung 90 s
+		// on such apps. Sockets agentd binds itself are non-blocking too,
+		// so apps see one mode (docs/app-contract.md).
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return nil, fmt.Errorf("socket %q (fd %d) from systemd: %w", name, fd, err)
+		}
 		out = append(out, Activated{Name: name, File: os.NewFile(uintptr(fd), name)})
 	}
 	return out, nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -164,6 +165,14 @@ func TestUnderSocketActivation(t *testing.T) {
 	if st.Mode != "systemd" || st.PID != cmd.Process.Pid {
 		t.Fatalf("status %+v: want mode systemd, pid %d", st, cmd.Process.Pid)
 	}
+	// systemd-socket-activate, like systemd without NonBlocking=yes,
+	// passes blocking sockets. The descriptions are shared with the app
+	// processes, whose (Go) accept loops hang a drain on a socket that
+	// turns blocking under them: agentd makes every socket non-blocking,
+	// the one it keeps for a later app (ghost.http) included.
+	if blocking := blockingSockets(t, cmd.Process.Pid); len(blocking) > 0 {
+		t.Errorf("agentd holds blocking sockets (fd: flags): %v", blocking)
+	}
 	ready := expect(t, msgs, "READY=1")
 	if !strings.Contains(ready.text, "STATUS=") {
 		t.Errorf("READY without STATUS: %q", ready.text)
@@ -208,4 +217,43 @@ func TestUnderSocketActivation(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("agentd exit: %v", err)
 	}
+}
+
+// blockingSockets lists pid's socket fds whose O_NONBLOCK is clear, with
+// their flags from /proc/PID/fdinfo.
+func blockingSockets(t *testing.T, pid int) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	n := 0
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !strings.HasPrefix(link, "socket:") {
+			continue
+		}
+		n++
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+				if err != nil {
+					t.Fatalf("fdinfo %s: %q", e.Name(), line)
+				}
+				if flags&unix.O_NONBLOCK == 0 {
+					out = append(out, e.Name()+": "+strings.TrimSpace(v))
+				}
+			}
+		}
+	}
+	if n < 3 {
+		t.Fatalf("agentd (pid %d) holds %d sockets, want at least the 3 activated ones", pid, n)
+	}
+	return out
 }
