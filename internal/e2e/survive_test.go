@@ -146,6 +146,43 @@ func TestRestartAndCrashKeepApps(t *testing.T) {
 	if got := get(t, url); !strings.Contains(got, "release=v2") {
 		t.Fatalf("after the reboot the app answers %q", got)
 	}
+
+	// A process crashes, agentd restarts it and sees it ready, then agentd
+	// itself is killed. The process said READY=1 once, to the agentd that
+	// is gone: the next agentd must know it is ready from the state on
+	// disk, or it lists it as starting for good and never restarts it if
+	// it crashes again.
+	crashed := e.ps("keep")[0].PID
+	killGroup(crashed)
+	restarted := waitRestartedReady(t, e, "keep", crashed)
+	ag.Kill()
+	if err := ag.StartAgain("--stop-apps-on-exit=false"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range e.ps("keep") {
+		if p.PID == restarted && p.State != api.StateReady {
+			t.Errorf("after an agentd crash, the crash-restarted %s (pid %d) is %s, want ready", p.Name, p.PID, p.State)
+		}
+	}
+}
+
+// waitRestartedReady waits for app's web.1 to run again, ready, under a
+// PID other than old, and returns that PID.
+func waitRestartedReady(t *testing.T, e *env, app string, old int) int {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		ps := e.ps(app)
+		for _, p := range ps {
+			if p.Name == "web.1" && p.PID != 0 && p.PID != old && p.State == api.StateReady {
+				return p.PID
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("web.1 of %s not restarted and ready after pid %d ended: %+v", app, old, ps)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // TestKillDuringEachPhase kills agentd with SIGKILL in every phase of a

@@ -198,6 +198,8 @@ func (ag *Agent) attachNotify(a *app, p *proc) {
 			if starting {
 				if err := ag.waitReady(a, p, kind, boot); err != nil {
 					ag.log.Warn("adopted process not ready", "app", a.st.Name, "process", p.name(), "err", err)
+				} else {
+					ag.saveReady(a)
 				}
 			}
 			if p.p.Exited() {
@@ -295,6 +297,21 @@ func (ag *Agent) restartCrashed(a *app, old *proc, r *releaseState) {
 	a.mu.Unlock()
 	if err := ag.waitReady(a, np, kind, boot); err != nil {
 		ag.log.Warn("restarted process not ready", "app", a.st.Name, "process", np.name(), "err", err)
+		return
+	}
+	ag.saveReady(a)
+}
+
+// saveReady records on disk that a process outside a deploy (a crash
+// restart, an adopted one still booting) became ready. A process says
+// READY=1 once: an agentd that restarts after it did so learns it only
+// from the state, and would otherwise list the process as starting for
+// good and not restart it when it crashes. (A deploy saves at its end.)
+func (ag *Agent) saveReady(a *app) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.gone { // a destroyed app's file must stay deleted
+		ag.save(a)
 	}
 }
 
