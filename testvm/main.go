@@ -71,7 +71,7 @@ func main() {
 	flag.StringVar(&o.cache, "cache", envOr("TESTVM_CACHE", "/var/tmp/agentd-testvm"), "where the guest's root file system is cached (env TESTVM_CACHE)")
 	flag.BoolVar(&o.breakIt, "break", false, "the deliberate break: run scenario 2 with an agentd built to skip the readiness wait, and pass only if requests fail")
 	flag.BoolVar(&o.keep, "keep", false, "leave the VM running at the end (Ctrl-C stops it) and print how to ssh in")
-	flag.Float64Var(&o.rate, "rate", 50, "requests per second per client kind (three kinds) during the load scenarios")
+	flag.Float64Var(&o.rate, "rate", 25, "requests per second per client kind (three kinds) during the load scenarios")
 	flag.DurationVar(&o.bootMax, "boot-timeout", 180*time.Second, "how long a boot of the guest may take")
 	only := flag.String("only", "", "run only these scenarios, comma-separated (1,2,3,6,4a,5,4b); scenario 1 always runs")
 	flag.Parse()

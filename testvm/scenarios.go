@@ -634,6 +634,25 @@ func (s *suite) s5Reboot() error {
 	if err := s.vm.Reboot(s.ctx); err != nil {
 		return err
 	}
+	// How the apps' processes ended in the shutdown (from the previous
+	// boot's journal): figures for docs/testvm.md, not judged.
+	if last, _ := s.run("journalctl -b -1 --no-pager -o short-monotonic | grep -E 'Stopp(ing|ed) agentd.service|" + appName + "\\[.*(draining|drained|exiting)|systemd-shutdown.*(remaining|Waiting)' | tail -n 12"); last != "" {
+		s.info("the shutdown, from journalctl -b -1:\n%s", strings.TrimRight(last, "\n"))
+	}
+	// The app's own log files end with what its processes did when the
+	// shutdown's SIGTERM came (draining, drained, or nothing).
+	if logs, _ := s.run("cd /var/lib/agentd/logs/" + appName + " && for f in $(ls -t | head -n 4); do echo \"$f: $(tail -n 3 $f | tr '\\n' '|')\"; done"); logs != "" {
+		s.info("the app's log files (newest first):\n%s", strings.TrimRight(logs, "\n"))
+	}
+	// The apps drain on the shutdown's SIGTERM and exit at once (no load
+	// runs now). An app that cannot (its accept loop stuck in a blocking
+	// accept(2) because its shared socket lost O_NONBLOCK when systemd
+	// restarted agentd in scenario 3) makes systemd-shutdown wait 90 s and
+	// SIGKILL it: what this caught before agentd kept its sockets
+	// non-blocking.
+	took, waited := s.vm.LastShutdown()
+	s.check("5", took > 0 && took < 60*time.Second && len(waited) == 0,
+		"the shutdown took %.1fs; systemd-shutdown waited for: %s", took.Seconds(), orNone(strings.Join(waited, "; ")))
 	out, _ := s.run("systemctl is-active agentd.socket agentd-" + appName + "-web.socket agentd.service")
 	s.check("5", strings.Join(strings.Fields(out), " ") == "active active active",
 		"after the reboot: agentd.socket, agentd-%s-web.socket, agentd.service: %s", appName, strings.Join(strings.Fields(out), " "))
@@ -702,4 +721,11 @@ func (s *suite) dumpJournal() {
 	}
 	fmt.Println("== journalctl -b (last 300 lines)")
 	fmt.Print(out)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "nothing"
+	}
+	return s
 }

@@ -37,6 +37,11 @@ type VM struct {
 	master  *exec.Cmd // the ssh ControlMaster
 
 	rebootAt time.Time // when Reboot asked the guest to reboot
+	// The last shutdown, from the console: how long it took, and the
+	// processes systemd-shutdown had to wait for (it gives them 90 s
+	// after its SIGTERM, then SIGKILLs them).
+	shutdownTook   time.Duration
+	shutdownWaited []string
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -151,12 +156,17 @@ func (vm *VM) watchConsole(r io.Reader, done chan<- struct{}) {
 			fmt.Fprintf(vm.console, "[%7.2f] %s", time.Since(start).Seconds(), line)
 			if strings.Contains(line, "reboot: Restarting system") {
 				vm.mu.Lock()
-				at := vm.rebootAt
+				vm.shutdownTook = time.Since(vm.rebootAt)
+				took := vm.shutdownTook
 				vm.mu.Unlock()
-				fmt.Printf("   the guest's shutdown took %.1fs (systemctl reboot to the reset)\n", time.Since(at).Seconds())
+				fmt.Printf("   the guest's shutdown took %.1fs (systemctl reboot to the reset)\n", took.Seconds())
 			}
 			if strings.Contains(line, "systemd-shutdown") && strings.Contains(line, "Waiting for process") {
-				fmt.Printf("   console: %s", line[strings.Index(line, "systemd-shutdown"):])
+				msg := strings.TrimSpace(line[strings.Index(line, "systemd-shutdown"):])
+				vm.mu.Lock()
+				vm.shutdownWaited = append(vm.shutdownWaited, msg)
+				vm.mu.Unlock()
+				fmt.Printf("   console: %s\n", msg)
 			}
 			if i := strings.Index(line, bootMarker); i >= 0 {
 				id := strings.TrimSpace(line[i+len(bootMarker):])
@@ -277,6 +287,7 @@ func (vm *VM) Reboot(ctx context.Context) error {
 	vm.stopMaster()
 	vm.mu.Lock()
 	vm.rebootAt = time.Now()
+	vm.shutdownTook, vm.shutdownWaited = 0, nil
 	vm.mu.Unlock()
 	c := exec.CommandContext(ctx, "ssh", "-F", vm.sshConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", "testvm", "systemctl --no-block reboot")
 	c.Run() // the connection may drop under it
@@ -348,4 +359,13 @@ func (vm *VM) keepOpen(ctx context.Context) {
 	case <-ctx.Done():
 	case <-vm.exited:
 	}
+}
+
+// LastShutdown reports how long the last reboot's shutdown took (0 if the
+// console never said "reboot: Restarting system") and the processes
+// systemd-shutdown waited for after its SIGTERM.
+func (vm *VM) LastShutdown() (time.Duration, []string) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.shutdownTook, append([]string(nil), vm.shutdownWaited...)
 }
