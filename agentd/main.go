@@ -27,6 +27,7 @@ import (
 	"github.com/agentd/agentd/agentd/internal/agent"
 	"github.com/agentd/agentd/agentd/internal/journal"
 	"github.com/agentd/agentd/agentd/internal/metrics"
+	"github.com/agentd/agentd/agentd/internal/scope"
 	"github.com/agentd/agentd/agentd/internal/server"
 	"github.com/agentd/agentd/sockets"
 )
@@ -68,6 +69,7 @@ Flags:
 	keep := fs.Int("keep-releases", 10, "releases kept per app")
 	maxArtifact := fs.String("max-artifact-size", "1G", "refuse an artifact that unpacks to more than this many bytes (K, M, G suffixes)")
 	maxLog := fs.String("max-log-size", "256M", "cut a process's log file back to its last MiB when it grows past this size")
+	scopesMode := fs.String("release-scopes", "auto", "put each release's processes in a systemd scope unit of their own, agentd-APP-vN.scope (systemctl status, accounting, the end-of-drain SIGKILL and the shutdown reach every process of a release): auto (when agentd runs as a systemd service, as root) or off")
 	journalMode := fs.String("journal", "auto", "send app output to the systemd journal too, with AGENTD_APP, AGENTD_RELEASE and AGENTD_PROCESS fields: auto (when journald runs), on or off")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pidFile := fs.String("pid-file", "", "write agentd's PID here (and the new PID after an upgrade)")
@@ -202,6 +204,23 @@ Flags:
 			return jw.Line(journal.Origin(o), line)
 		}
 		log.Info("app output goes to the journal too", "socket", journal.Socket)
+	}
+	switch *scopesMode {
+	case "off":
+	case "auto":
+		// INVOCATION_ID: systemd runs agentd as a service (not merely a
+		// NOTIFY_SOCKET from a test harness or systemd-socket-activate).
+		if mode == "systemd" && os.Getenv("INVOCATION_ID") != "" && os.Geteuid() == 0 {
+			if sm, err := scope.Connect(context.Background()); err != nil {
+				log.Warn("release scopes off: app processes stay in agentd's cgroup", "err", err)
+			} else {
+				defer sm.Close()
+				cfg.Scopes = releaseScopes{sm}
+				log.Info("each release's processes go in a scope unit of their own", "unit", scope.Unit("APP", 1))
+			}
+		}
+	default:
+		return fmt.Errorf("--release-scopes %q: want auto or off", *scopesMode)
 	}
 	if mode == "systemd" {
 		cfg.Store = func(name string, f *os.File) {
@@ -409,4 +428,24 @@ func controlListener(upg *tableflip.Upgrader, fromSystemd *os.File, path, group 
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	return ln, nil
+}
+
+// releaseScopes gives the deploy engine a scope unit per release.
+type releaseScopes struct{ m *scope.Manager }
+
+func (s releaseScopes) Place(app string, release, pid int, drainTimeout time.Duration) error {
+	return s.m.Place(context.Background(), scope.Unit(app, release), pid, scope.Options{
+		Description: fmt.Sprintf("agentd: app %s, release v%d", app, release),
+		// systemd's stop of the scope (at shutdown) is the app's drain: the
+		// same time, and a little more, before its SIGKILL.
+		StopTimeout: drainTimeout + 5*time.Second,
+		Before:      []string{"agentd.service"},
+		// Stopped before the network goes, so that draining connections
+		// can still finish.
+		After: []string{"network.target"},
+	})
+}
+
+func (s releaseScopes) KillRelease(app string, release int) error {
+	return s.m.Kill(context.Background(), scope.Unit(app, release), syscall.SIGKILL)
 }

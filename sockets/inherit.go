@@ -53,6 +53,7 @@ func RunShim(args []string) error {
 	if len(argv) == 0 {
 		return fmt.Errorf("exec shim: no command")
 	}
+	opt.hold()
 	if os.Getenv("LISTEN_FDS") != "" {
 		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	} else {

@@ -31,6 +31,12 @@ type ShimOptions struct {
 	// docs/security.md). Ignored on architectures other than amd64 and
 	// arm64. Needs NoNewPrivs (or CAP_SYS_ADMIN).
 	GuardFDs int
+	// HoldFD, when more than 2, is a pipe the shim reads one byte (or end
+	// of file) from, then closes, before anything else: agentd holds the
+	// process there until it has placed it (in its release's scope), so
+	// that nothing the app forks starts outside. agentd closing the pipe
+	// (by dying) lets it go too: a held process never hangs.
+	HoldFD int
 }
 
 // Rlimit is one resource limit of an app: "NAME=SOFT[:HARD]".
@@ -158,6 +164,7 @@ const (
 	optNoNewPrivs = "--no-new-privs"
 	optRlimit     = "--rlimit="
 	optGuardFDs   = "--guard-fds="
+	optHoldFD     = "--hold-fd="
 )
 
 // ShimArgvOpts is ShimArgv with options for the shim to apply before exec.
@@ -171,6 +178,9 @@ func ShimArgvOpts(exe string, opt ShimOptions, argv []string) []string {
 	}
 	if opt.GuardFDs > 0 {
 		out = append(out, optGuardFDs+strconv.Itoa(opt.GuardFDs))
+	}
+	if opt.HoldFD > 2 {
+		out = append(out, optHoldFD+strconv.Itoa(opt.HoldFD))
 	}
 	return append(append(out, "--"), argv...)
 }
@@ -200,6 +210,12 @@ func parseShimArgs(args []string) (ShimOptions, []string, error) {
 				return opt, nil, fmt.Errorf("bad %s", a)
 			}
 			opt.GuardFDs = n
+		case strings.HasPrefix(a, optHoldFD):
+			n, err := strconv.Atoi(strings.TrimPrefix(a, optHoldFD))
+			if err != nil || n < 3 || n > 1<<16 {
+				return opt, nil, fmt.Errorf("bad %s", a)
+			}
+			opt.HoldFD = n
 		default:
 			return opt, nil, fmt.Errorf("unknown option %q", a)
 		}
@@ -293,4 +309,20 @@ func guardShutdown(lo, hi int) error {
 	err = unix.Prctl(unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&fprog)), 0, 0)
 	runtime.KeepAlive(prog)
 	return err
+}
+
+// hold waits for agentd's go-ahead on opt.HoldFD, then closes it so that
+// the app does not inherit it.
+func (opt ShimOptions) hold() {
+	if opt.HoldFD <= 2 {
+		return
+	}
+	var b [1]byte
+	for {
+		_, err := unix.Read(opt.HoldFD, b[:])
+		if err != unix.EINTR {
+			break
+		}
+	}
+	unix.Close(opt.HoldFD)
 }

@@ -61,6 +61,9 @@ type Config struct {
 	// systemd's fd store under "APP.NAME", and take it out again.
 	Store   func(name string, f *os.File)
 	Unstore func(name string)
+	// Scopes, if set (under systemd), gives each release of an app a
+	// cgroup of its own.
+	Scopes Scopes
 	// Mode is "systemd" or "embedded", for status.
 	Mode string
 	// TestPause, a test-only hook, blocks an operation at the named point
@@ -854,4 +857,17 @@ func (ag *Agent) Summary() string {
 		s += "; last: " + last
 	}
 	return s
+}
+
+// Scopes places app processes in a cgroup per release: under systemd a
+// scope unit, agentd-APP-vN.scope (package scope).
+type Scopes interface {
+	// Place moves pid, a new process of release of app, into the
+	// release's cgroup. drainTimeout is the app's: systemd's stop of the
+	// scope at shutdown allows it.
+	Place(app string, release, pid int, drainTimeout time.Duration) error
+	// KillRelease SIGKILLs whatever is left in the release's cgroup once
+	// none of its processes is supervised any more: processes that left
+	// their process group (daemons) and outlived the drain.
+	KillRelease(app string, release int) error
 }

@@ -111,6 +111,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	kind := a.readinessOf(typ)
 	userName := a.st.User
 	shimOpt := a.shimOptions(0)
+	drainTimeout := time.Duration(a.st.DrainTimeout)
 	a.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -146,10 +147,20 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	}
 	defer out.Close()
 	shimOpt.GuardFDs = len(files)
-	pr.p, err = supervisor.Start(supervisor.Spec{
+	spec := supervisor.Spec{
 		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
 		Env: env, Files: files, Names: names, Output: out, Credential: cred, ShimOptions: shimOpt,
-	})
+	}
+	if sc := ag.cfg.Scopes; sc != nil {
+		// Placed while the shim holds it, before it runs any app code.
+		// A failure leaves it in agentd's own cgroup, still supervised.
+		spec.Place = func(pid int) {
+			if err := sc.Place(a.st.Name, r.Version, pid, drainTimeout); err != nil {
+				ag.log.Warn("release cgroup", "app", a.st.Name, "process", name, "err", err)
+			}
+		}
+	}
+	pr.p, err = supervisor.Start(spec)
 	if err != nil {
 		pr.closeFiles()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -426,6 +437,7 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
 		}
 	}
 	w.halt()
+	ag.killDrainedReleases(a, procs)
 	d := time.Since(start)
 	ag.obs.DrainDone(a.st.Name, d, len(killed))
 	if len(killed) > 0 {
@@ -435,4 +447,32 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
 		o.res.ConnectionsCut += cut
 	}
 	return d, killed
+}
+
+// killDrainedReleases SIGKILLs what is left in the cgroup of each release
+// of procs that no longer has a live process: what the process-group kills
+// of the drain could not reach.
+func (ag *Agent) killDrainedReleases(a *app, procs []*proc) {
+	sc := ag.cfg.Scopes
+	if sc == nil {
+		return
+	}
+	a.mu.Lock()
+	live := map[int]bool{}
+	for _, p := range a.procs {
+		if !p.p.Exited() {
+			live[p.release] = true
+		}
+	}
+	a.mu.Unlock()
+	done := map[int]bool{}
+	for _, p := range procs {
+		if live[p.release] || done[p.release] {
+			continue
+		}
+		done[p.release] = true
+		if err := sc.KillRelease(a.st.Name, p.release); err != nil {
+			ag.log.Warn("release cgroup", "app", a.st.Name, "release", vname(p.release), "err", err)
+		}
+	}
 }

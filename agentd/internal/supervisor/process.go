@@ -39,6 +39,10 @@ type Spec struct {
 	// ShimOptions are what the exec shim applies before it execs Argv: no new
 	// privileges, resource limits, the guard of the inherited sockets.
 	ShimOptions sockets.ShimOptions
+	// Place, if set, is called with the new process's PID while the shim
+	// holds it, before it execs Argv (ShimOptions.HoldFD): to move it into
+	// its cgroup before it can fork anything.
+	Place func(pid int)
 }
 
 // Exit describes how a process ended.
@@ -118,7 +122,6 @@ func Start(s Spec) (*Process, error) {
 	if len(s.Argv) == 0 {
 		return nil, errors.New("start: no command")
 	}
-	argv := sockets.ShimArgvOpts(s.Shim, s.ShimOptions, s.Argv)
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
@@ -133,6 +136,26 @@ func Start(s Spec) (*Process, error) {
 		fds = append(fds, uintptr(sockets.Fd(f)))
 	}
 	env := append(append([]string(nil), s.Env...), sockets.Env(s.Names)...)
+	opt := s.ShimOptions
+	hold := [2]int{-1, -1}
+	if s.Place != nil {
+		// A plain blocking pipe, not os.Pipe: the shim's blocking read of
+		// its end is the hold.
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			return nil, fmt.Errorf("start %q: hold pipe: %w", s.Argv, err)
+		}
+		hold = p
+		opt.HoldFD = len(fds)
+		fds = append(fds, uintptr(hold[0]))
+	}
+	release := func() {
+		if hold[1] >= 0 {
+			unix.Write(hold[1], []byte{1})
+			unix.Close(hold[1])
+		}
+	}
+	argv := sockets.ShimArgvOpts(s.Shim, opt, s.Argv)
 	var pid int
 	err = Fork(func() (err error) {
 		pid, err = syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
@@ -149,8 +172,16 @@ func Start(s Spec) (*Process, error) {
 	// The files must stay open until the fork has dup'ed them.
 	runtime.KeepAlive(s.Files)
 	runtime.KeepAlive(out)
+	if hold[0] >= 0 {
+		unix.Close(hold[0])
+	}
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
+	}
+	if s.Place != nil {
+		s.Place(pid)
+		release()
 	}
 	p := &Process{pid: pid, startedAt: time.Now(), done: make(chan struct{}), pidfd: -1}
 	// The kernel's record of the start, so that a later agentd can tell

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -144,5 +145,44 @@ func TestOnExit(t *testing.T) {
 	p.OnExit(func() { after <- p.Exit() })
 	if ex := <-after; ex.Code != 0 {
 		t.Errorf("registered after the exit: saw %+v", ex)
+	}
+}
+
+// TestPlaceHoldsTheProcess: with Spec.Place, the process is held in the
+// shim until Place returns (that is when agentd moves it into its scope):
+// during Place it has not exec'ed the command yet, and the hold pipe does
+// not leak into the app.
+func TestPlaceHoldsTheProcess(t *testing.T) {
+	exe, _ := os.Executable()
+	out, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var during, holdPipe string
+	p, err := Start(Spec{
+		Shim: exe, Argv: []string{"/bin/sh", "-c", "exec ls -l /proc/self/fd/"}, Env: os.Environ(), Output: out,
+		Place: func(pid int) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			during = string(b)
+			// fd 3: the first after stdio, as there are no sockets.
+			holdPipe, _ = os.Readlink(fmt.Sprintf("/proc/%d/fd/3", pid))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if !strings.Contains(during, sockets.ShimArg) {
+		t.Errorf("during Place the process ran %q, want the shim still holding it", during)
+	}
+	if ex := p.Exit(); ex.Code != 0 {
+		t.Fatalf("exit %v", ex)
+	}
+	b, _ := os.ReadFile(out.Name())
+	if !strings.HasPrefix(holdPipe, "pipe:") {
+		t.Fatalf("fd 3 of the held process is %q, want the hold pipe", holdPipe)
+	}
+	if strings.Contains(string(b), holdPipe) {
+		t.Errorf("the hold pipe leaked into the app; its fds:\n%s", b)
 	}
 }
