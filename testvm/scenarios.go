@@ -363,6 +363,7 @@ hctl config set %[1]s BOOT_DELAY=%[2]s
 		return err
 	}
 	s.pass("1", "formation web=%d ready: %s", formation, fmtProcs(m))
+	s.checkScopes("1", m)
 	body, err := s.curl()
 	s.check("1", err == nil && strings.HasPrefix(body, "hello from "+appName+" v"), "curl from the host through the forward: %q (%v)", body, err)
 	return nil
@@ -447,6 +448,7 @@ func (s *suite) s2Deploys() error {
 	}
 	sent, failed := s.judge("2", rs)
 	s.check("2", failed == 0, "%d deploys under load: %d requests, %d failed (processes %s -> %s)", n, sent, failed, fmtProcs(before), fmtProcs(after))
+	s.checkScopes("2", after)
 	return nil
 }
 
@@ -661,6 +663,11 @@ func (s *suite) s5Reboot() error {
 		return err
 	}
 	s.pass("5", "formation web=%d ready %.1fs after the reboot began: %s", formation, time.Since(start).Seconds(), fmtProcs(m))
+	// At the shutdown systemd stopped the release's scope after agentd:
+	// SIGTERM to its processes, which drained.
+	stops, _ := s.run("journalctl -b -1 --no-pager -o cat | grep -cE '^(Stopping|Stopped) agentd-" + appName + "-v[0-9]+\\.scope' || true")
+	s.check("5", strings.TrimSpace(stops) != "0", "the shutdown stopped the release's scope unit (journal lines: %s)", strings.TrimSpace(stops))
+	s.checkScopes("5", m)
 	st, err := s.status()
 	if err != nil {
 		return err
@@ -728,4 +735,40 @@ func orNone(s string) string {
 		return "nothing"
 	}
 	return s
+}
+
+// checkScopes checks that every process of the formation m
+// ("vN/web.1" -> pid) runs in its release's scope unit,
+// agentd-hello-vN.scope, and that no other release's scope is left.
+func (s *suite) checkScopes(scenario string, m map[string]int) {
+	want := map[string]bool{}
+	var got []string
+	ok := len(m) > 0
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		rel, _, _ := strings.Cut(k, "/")
+		unit := "agentd-" + appName + "-" + rel + ".scope"
+		want[unit] = true
+		cg, err := s.run(fmt.Sprintf("cat /proc/%d/cgroup", m[k]))
+		cg = strings.TrimSpace(cg)
+		got = append(got, fmt.Sprintf("%s=%s", k, strings.TrimPrefix(cg, "0::")))
+		if err != nil || cg != "0::/system.slice/"+unit {
+			ok = false
+		}
+	}
+	units, _ := s.run("systemctl list-units --all --plain --no-legend 'agentd-" + appName + "-*.scope' | awk '{print $1, $3, $4}'")
+	var listed []string
+	for _, line := range strings.Split(strings.TrimSpace(units), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		listed = append(listed, strings.Join(f, " "))
+		if !want[f[0]] || len(f) < 3 || f[1] != "active" {
+			ok = false
+		}
+	}
+	if len(listed) != len(want) {
+		ok = false
+	}
+	s.check(scenario, ok, "a scope unit per release: processes %s; units: %s", strings.Join(got, " "), strings.Join(listed, ", "))
 }
