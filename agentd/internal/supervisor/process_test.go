@@ -162,8 +162,13 @@ func TestPlaceHoldsTheProcess(t *testing.T) {
 	p, err := Start(Spec{
 		Shim: exe, Argv: []string{"/bin/sh", "-c", "exec ls -l /proc/self/fd/"}, Env: os.Environ(), Output: out,
 		Place: func(pid int) {
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			during = string(b)
+			// The exec of the shim may still be setting up the new image
+			// (its argv not yet in place: an empty cmdline). Held, it
+			// cannot get any further than the shim while this runs.
+			for deadline := time.Now().Add(10 * time.Second); during == "" && time.Now().Before(deadline); {
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				during = string(b)
+			}
 			// fd 3: the first after stdio, as there are no sockets.
 			holdPipe, _ = os.Readlink(fmt.Sprintf("/proc/%d/fd/3", pid))
 		},
