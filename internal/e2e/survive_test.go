@@ -170,19 +170,17 @@ func TestRestartAndCrashKeepApps(t *testing.T) {
 // PID other than old, and returns that PID.
 func waitRestartedReady(t *testing.T, e *env, app string, old int) int {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		ps := e.ps(app)
+	pid := 0
+	waitPs(t, e, app, fmt.Sprintf("web.1 restarted and ready after pid %d ended", old), func(ps []api.Process) bool {
 		for _, p := range ps {
 			if p.Name == "web.1" && p.PID != 0 && p.PID != old && p.State == api.StateReady {
-				return p.PID
+				pid = p.PID
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("web.1 of %s not restarted and ready after pid %d ended: %+v", app, old, ps)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false
+	})
+	return pid
 }
 
 // TestKillDuringEachPhase kills agentd with SIGKILL in every phase of a
@@ -309,19 +307,27 @@ func TestKillDuringEachPhase(t *testing.T) {
 // reach on its own. It polls hctl ps as an operator would.
 func waitSettled(t *testing.T, e *env, app, want string) {
 	t.Helper()
+	waitPs(t, e, app, "one ready "+want+" web.1", func(ps []api.Process) bool {
+		return len(ps) == 1 && ps[0].Release == want && ps[0].State == api.StateReady
+	})
+}
+
+// waitPs asks agentd for app's processes until done is true of them,
+// for at most 90 s.
+func waitPs(t *testing.T, e *env, app, what string, done func([]api.Process) bool) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	var ps []api.Process
 	for {
-		ps = e.ps(app)
-		if len(ps) == 1 && ps[0].Release == want && ps[0].State == api.StateReady {
+		ps := e.ps(app)
+		if done(ps) {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("app %s did not settle on one ready %s web.1: %+v", app, want, ps)
+			t.Fatalf("app %s: no %s: %+v", app, what, ps)
 		case <-tick.C:
 		}
 	}

@@ -21,7 +21,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -157,10 +156,7 @@ func (m *Manager) create(ctx context.Context, unit string, pid int, o Options) e
 // isExists reports systemd's "Unit X already exists." error.
 func isExists(err error) bool {
 	var de dbus.Error
-	if errors.As(err, &de) {
-		return de.Name == "org.freedesktop.systemd1.UnitExists"
-	}
-	return err != nil && strings.Contains(err.Error(), "already exists")
+	return errors.As(err, &de) && de.Name == "org.freedesktop.systemd1.UnitExists"
 }
 
 // Kill sends sig to every process left in the scope unit. A scope that no
