@@ -78,7 +78,13 @@ testvm-break:
 	$(GO) run ./testvm -break $(TESTVM_FLAGS)
 
 ## check: everything a commit must pass.
-check: fmt vet staticcheck test
+check: fmt vet tidy staticcheck test
+
+## tidy: fails when `go mod tidy` would change go.mod or go.sum (prints the diff); run
+## `go mod tidy` and commit the result.
+.PHONY: tidy
+tidy:
+	$(GO) mod tidy -diff
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
