@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -277,18 +278,44 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, run func(emit fu
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	events := make(chan api.Event, 4096)
+	events := make(chan api.Event, streamBuffer)
 	done := make(chan struct{})
+	// The result never goes through events: a client that stopped reading
+	// may lose progress lines, but one that reads on must get the outcome.
+	var (
+		mu      sync.Mutex
+		final   *api.Event
+		dropped int
+	)
 	go func() {
 		defer close(done)
-		run(func(e api.Event) {
+		res := run(func(e api.Event) {
+			if e.Type == "result" {
+				mu.Lock()
+				final = &e
+				mu.Unlock()
+				return
+			}
 			select {
 			case events <- e:
 			default:
 				// A client that stopped reading loses progress lines, never
 				// the operation.
+				mu.Lock()
+				dropped++
+				mu.Unlock()
 			}
 		})
+		mu.Lock()
+		if final == nil {
+			// Every operation emits its result; this keeps the promise of
+			// a last "result" event should one ever return without.
+			final = &api.Event{Time: time.Now().UTC(), Type: "result", Message: "failed", Result: &res}
+			if res.OK {
+				final.Message = "ok"
+			}
+		}
+		mu.Unlock()
 	}()
 	enc := json.NewEncoder(w)
 	// Write deadlines are per write; none may outlive this answer on a
@@ -311,14 +338,35 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, run func(emit fu
 		case e := <-events:
 			write(e)
 		case <-done:
-			for {
-				select {
-				case e := <-events:
-					write(e)
-				default:
-					return
-				}
+			drain(events, write)
+			// done closed after final was set; the lock orders the read.
+			mu.Lock()
+			e, n := *final, dropped
+			mu.Unlock()
+			if n > 0 {
+				// Say so, so that a reader does not take the gap for
+				// phases that did not happen.
+				write(api.Event{Time: time.Now().UTC(), Type: "info",
+					Message: fmt.Sprintf("%d progress lines were not sent: the client read too slowly", n)})
 			}
+			write(e)
+			return
+		}
+	}
+}
+
+// streamBuffer is how many progress lines an operation may be ahead of a
+// slow client before lines are dropped.
+const streamBuffer = 4096
+
+// drain writes what events holds now, without waiting for more.
+func drain(events <-chan api.Event, write func(api.Event)) {
+	for {
+		select {
+		case e := <-events:
+			write(e)
+		default:
+			return
 		}
 	}
 }
