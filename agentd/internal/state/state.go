@@ -12,7 +12,8 @@ import (
 	"path/filepath"
 )
 
-// WriteFile atomically replaces path with data.
+// WriteFile atomically replaces path with data. The content path had
+// before becomes path's previous generation, PATH.prev (see Load).
 func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
@@ -38,9 +39,14 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	if err = keepPrevious(path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	// One fsync makes both renames durable. Should only the second reach
+	// the disk, PREV is an older generation: still a good one.
 	return SyncDir(dir)
 }
 
@@ -79,7 +85,8 @@ func ReadJSON(path string, v any) error {
 	return nil
 }
 
-// CleanTemp removes temporary files a crash left behind in dir.
+// CleanTemp removes temporary files a crash left behind in dir. It never
+// touches generations (.prev) or the quarantine.
 func CleanTemp(dir string) error {
 	matches, err := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
 	if err != nil {

@@ -20,8 +20,8 @@ func TestWriteJSONReplacesAtomically(t *testing.T) {
 		}
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Fatalf("directory holds %d entries, want only app.json", len(entries))
+	if len(entries) != 2 || entries[0].Name() != "app.json" || entries[1].Name() != "app.json.prev" {
+		t.Fatalf("directory holds %v, want only app.json and its previous generation", entries)
 	}
 	fi, _ := os.Stat(p)
 	if fi.Mode().Perm() != 0o600 {

@@ -1,0 +1,87 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// PrevSuffix names a state file's previous generation: a1.json.prev.
+const PrevSuffix = ".prev"
+
+// Prev is the path of path's previous generation.
+func Prev(path string) string { return path + PrevSuffix }
+
+// keepPrevious makes path's current content its previous generation, just
+// before a new one is renamed over it. A hard link costs no copy and no
+// fsync: the content was fsynced when it was written, and the new content
+// always gets a new inode, so an in-place edit of the current file never
+// reaches the previous one. It is linked under a temporary name and renamed,
+// so PREV is at every instant a whole file.
+func keepPrevious(path string) error {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil // the first generation
+	}
+	dir, prev := filepath.Dir(path), Prev(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(prev)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("keep the previous generation: %w", err)
+	}
+	tmp := f.Name()
+	f.Close()
+	os.Remove(tmp)
+	if err := os.Link(path, tmp); err != nil {
+		// A file system without hard links: copy it.
+		b, rerr := os.ReadFile(path)
+		if rerr != nil {
+			return fmt.Errorf("keep the previous generation: %w", errors.Join(err, rerr))
+		}
+		if werr := writeTemp(tmp, b); werr != nil {
+			return fmt.Errorf("keep the previous generation: %w", errors.Join(err, werr))
+		}
+	}
+	if err := os.Rename(tmp, prev); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("keep the previous generation: %w", err)
+	}
+	return nil
+}
+
+// writeTemp writes and fsyncs a new file, for a rename that follows.
+func writeTemp(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
+
+// Remove removes path and its previous generation (an app destroyed), so
+// that an app created later under the same name never recovers the old
+// one's state. The quarantine is kept.
+func Remove(path string) error {
+	var errs []error
+	// The previous generation first: a crash in between leaves the app's
+	// current file, never an old generation alone that Load would revive.
+	for _, p := range []string{Prev(path), path} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}
