@@ -21,13 +21,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/grammar"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -41,54 +41,40 @@ type Kind struct {
 
 // Default is the kind used when a process type has none: uptime:5s, as
 // Dokku's default check.
-var Default = Kind{Name: "uptime", Uptime: 5 * time.Second}
+var Default = Kind{Name: grammar.KindUptime, Uptime: grammar.DefaultUptime}
 
-func (k Kind) String() string {
-	switch k.Name {
-	case "http":
-		return "http:" + k.Path
-	case "exec":
-		return "exec:" + k.Cmd
-	case "uptime":
-		return "uptime:" + k.Uptime.String()
-	}
-	return k.Name
+func (k Kind) String() string { return k.spec().String() }
+
+func (k Kind) spec() grammar.Readiness {
+	return grammar.Readiness{Kind: k.Name, Path: k.Path, Cmd: k.Cmd, Uptime: k.Uptime}
 }
 
 // NeedsProbe reports whether the kind probes a private socket.
-func (k Kind) NeedsProbe() bool { return k.Name == "http" || k.Name == "tcp" }
+func (k Kind) NeedsProbe() bool { return k.Name == grammar.KindHTTP || k.Name == grammar.KindTCP }
 
-// Parse parses a readiness kind.
+// Parse parses a readiness kind. The syntax is package grammar's (hctl
+// checks with the same rules); a bad kind is a *grammar.Error
+// (errors.Is(err, grammar.ErrBadReadiness)).
 func Parse(s string) (Kind, error) {
-	name, arg, hasArg := strings.Cut(s, ":")
-	switch name {
-	case "notify", "tcp":
-		if hasArg {
-			return Kind{}, fmt.Errorf("readiness %q: %s takes no argument", s, name)
-		}
-		return Kind{Name: name}, nil
-	case "http":
-		if !strings.HasPrefix(arg, "/") || strings.ContainsAny(arg, " \r\n\t") {
-			return Kind{}, fmt.Errorf("readiness %q: want http:/PATH, e.g. http:/healthz", s)
-		}
-		return Kind{Name: "http", Path: arg}, nil
-	case "exec":
-		if strings.TrimSpace(arg) == "" {
-			return Kind{}, fmt.Errorf("readiness %q: want exec:COMMAND", s)
-		}
-		return Kind{Name: "exec", Cmd: arg}, nil
-	case "uptime":
-		if !hasArg {
-			return Default, nil
-		}
-		d, err := time.ParseDuration(arg)
-		if err != nil || d < 0 {
-			return Kind{}, fmt.Errorf("readiness %q: want uptime:DURATION, e.g. uptime:5s", s)
-		}
-		return Kind{Name: "uptime", Uptime: d}, nil
+	r, err := grammar.ParseReadiness(s)
+	if err != nil {
+		return Kind{}, parseError{err}
 	}
-	return Kind{}, fmt.Errorf("readiness %q: unknown kind (notify, http:PATH, tcp, exec:CMD, uptime:DURATION)", s)
+	return Kind{Name: r.Kind, Path: r.Path, Cmd: r.Cmd, Uptime: r.Uptime}, nil
 }
+
+// parseError words a grammar error as this package always has, "readiness
+// "KIND": REASON", for the messages agentd passes on to users.
+type parseError struct{ err error }
+
+func (e parseError) Error() string {
+	if g, ok := errors.AsType[*grammar.Error](e.err); ok {
+		return fmt.Sprintf("readiness %q: %s", g.Input, g.Reason)
+	}
+	return e.err.Error()
+}
+
+func (e parseError) Unwrap() error { return e.err }
 
 // Probe is a private listening socket for one process's http/tcp check.
 type Probe struct {
