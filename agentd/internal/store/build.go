@@ -1,0 +1,201 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+// link makes a hard link; a variable so a test can provoke EMLINK (ext4
+// caps an inode at 65,000 links) without making 65,000 links.
+var link = os.Link
+
+// build makes the tree t, from blobs already in the store and from staged
+// files (content hash -> a file of this filesystem holding exactly that
+// content, synced or not), and returns its digest. Staged files are adopted
+// as blobs (chmod, mtime, link), so a file uploaded once is written once.
+func (s *Store) build(t *tree, staged map[string]string) (string, error) {
+	digest := t.digest()
+	tmp, err := os.MkdirTemp(s.tmp, "tree-")
+	if err != nil {
+		return "", fmt.Errorf("building release: %w", err)
+	}
+	defer removeAll(tmp)
+	dirs := t.dirs()
+	for _, d := range dirs[1:] {
+		if err := os.Mkdir(filepath.Join(tmp, d), 0o755); err != nil {
+			return "", fmt.Errorf("building release: %w", err)
+		}
+	}
+	for _, n := range t.nodes {
+		if n.typ == api.EntrySymlink {
+			if err := os.Symlink(n.target, filepath.Join(tmp, n.path)); err != nil {
+				return "", fmt.Errorf("building release: %w", err)
+			}
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Has(digest) {
+		// The same content is here already (a redeploy, a rollback's
+		// content uploaded again): nothing to build.
+		s.pinTree(digest)
+		return digest, nil
+	}
+	// New blobs first, all of them, then one sync, then their names: a
+	// name in blobs/ must never point at data a crash could lose.
+	adopted := map[string]string{} // blob path -> inode to link there
+	used := map[string]bool{}      // staged files already adopted
+	for _, n := range t.files {
+		bp := s.blobPath(n.hash, n.exec, n.mtimeNs)
+		if _, ok := adopted[bp]; ok {
+			continue
+		}
+		if _, err := os.Lstat(bp); err == nil {
+			continue
+		}
+		src, ok := staged[n.hash]
+		if !ok || used[n.hash] {
+			// Same content under another mode or mtime: a new inode.
+			if src = s.anyBlob(n.hash); src == "" {
+				if src, ok = staged[n.hash]; !ok {
+					return "", fmt.Errorf("building release: %w: the content of %q (sha256 %s) was never sent", ErrInvalid, n.path, n.hash)
+				}
+			}
+			cp := filepath.Join(tmp, ".blob-"+randomID())
+			if err := copyFile(src, cp); err != nil {
+				return "", fmt.Errorf("building release: %w", err)
+			}
+			src = cp
+		}
+		used[n.hash] = true
+		if err := seal(src, n.exec, n.mtimeNs); err != nil {
+			return "", fmt.Errorf("building release: %w", err)
+		}
+		adopted[bp] = src
+	}
+	if err := syncfs(s.dir); err != nil {
+		return "", fmt.Errorf("building release: %w", err)
+	}
+	for bp, src := range adopted {
+		if err := os.MkdirAll(filepath.Dir(bp), 0o755); err != nil {
+			return "", fmt.Errorf("building release: %w", err)
+		}
+		if err := link(src, bp); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("building release: storing blob: %w", err)
+		}
+	}
+	for _, n := range t.files {
+		bp, dst := s.blobPath(n.hash, n.exec, n.mtimeNs), filepath.Join(tmp, n.path)
+		err := link(bp, dst)
+		if errors.Is(err, unix.EMLINK) {
+			// This blob has all the links the filesystem allows: this
+			// tree gets its own copy, as read-only as the blob.
+			if err = copyFile(bp, dst); err == nil {
+				err = seal(dst, n.exec, n.mtimeNs)
+			}
+		}
+		if err != nil {
+			return "", fmt.Errorf("building release: %s: %w", n.path, err)
+		}
+	}
+	// Directories read-only, deepest first (a parent's mode never blocks
+	// the chmod of a child it lets us reach).
+	for _, d := range slices.Backward(dirs) {
+		if err := os.Chmod(filepath.Join(tmp, d), 0o555); err != nil {
+			return "", fmt.Errorf("building release: %w", err)
+		}
+	}
+	if err := syncfs(s.dir); err != nil {
+		return "", fmt.Errorf("building release: %w", err)
+	}
+	trees := filepath.Join(s.dir, "trees")
+	if err := renameNoReplace(tmp, s.Dir(digest)); err != nil {
+		if !s.Has(digest) {
+			return "", fmt.Errorf("building release: %w", err)
+		}
+		// Another process of this agentd built it meanwhile: keep theirs.
+	}
+	if err := syncDir(trees); err != nil {
+		return "", fmt.Errorf("building release: %w", err)
+	}
+	s.pinTree(digest)
+	return digest, nil
+}
+
+// dirs lists the tree's directories, "." first, then parents before
+// children (a path sorts after its own prefix).
+func (t *tree) dirs() []string {
+	var out []string
+	for p, n := range t.nodes {
+		if n.typ == api.EntryDir && p != "." {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return append([]string{"."}, out...)
+}
+
+// seal makes a file what a blob is: read-only for everyone, executable or
+// not, with the release's mtime.
+func seal(p string, exec bool, mtimeNs int64) error {
+	mode := os.FileMode(0o444)
+	if exec {
+		mode = 0o555
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		return err
+	}
+	ts := unix.NsecToTimespec(mtimeNs)
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// copyFile copies src to a new file dst: a reflink (FICLONE) where the
+// filesystem has them, else copy_file_range through io.Copy.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err != nil {
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+	}
+	return out.Close()
+}
+
+func syncfs(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	return nil
+}
+
+func renameNoReplace(oldpath, newpath string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
+	}
+	return nil
+}

@@ -1,0 +1,208 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+// UploadTTL is how long an upload may go untouched before a Collect
+// forgets it (and unpins what it relied on).
+const UploadTTL = 15 * time.Minute
+
+// Upload is a manifest-first upload in progress: its manifest is checked,
+// the content it lacked is arriving, and everything it relies on is pinned
+// against Collect until it is committed or aborted.
+type Upload struct {
+	ID string
+	s  *Store
+	t  *tree
+	// dir holds the files received so far, named by their hash.
+	dir string
+
+	mu   sync.Mutex
+	want map[string]int64 // missing hash -> size, until received
+	got  map[string]string
+	pins []string
+	used time.Time
+	done bool
+}
+
+// NewUpload checks a manifest (the artifact rules, see checkManifest) and
+// starts an upload of it. The answer lists the content hashes the store
+// has no blob of. Nothing is stored for a refused manifest.
+func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreated, error) {
+	t, err := checkManifest(entries, s.lim)
+	if err != nil {
+		return nil, api.UploadCreated{}, err
+	}
+	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, used: time.Now()}
+	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
+	sizes := map[string]int64{}
+	for _, n := range t.files {
+		if sz, ok := sizes[n.hash]; ok && sz != n.size {
+			return nil, api.UploadCreated{}, invalidf(n.path, "size %d, but another entry with sha256 %s has size %d", n.size, n.hash, sz)
+		}
+		sizes[n.hash] = n.size
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range slices.Sorted(maps.Keys(sizes)) {
+		if b := s.anyBlob(h); b != "" {
+			fi, err := os.Stat(b)
+			if err != nil {
+				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
+			}
+			if fi.Size() != sizes[h] {
+				return nil, api.UploadCreated{}, fmt.Errorf("%w: sha256 %s has %d bytes, not %d as the manifest says", ErrInvalid, h, fi.Size(), sizes[h])
+			}
+			u.pins = append(u.pins, h)
+			continue
+		}
+		u.want[h] = sizes[h]
+		res.Missing = append(res.Missing, h)
+		res.MissingBytes += sizes[h]
+	}
+	if u.dir, err = os.MkdirTemp(s.tmp, "upload-"); err != nil {
+		return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
+	}
+	for _, h := range u.pins {
+		s.pinned[h]++
+	}
+	s.uploads[u.ID] = u
+	return u, res, nil
+}
+
+// Upload returns the upload in progress with this id.
+func (s *Store) Upload(id string) (*Upload, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, ok := s.uploads[id]
+	if !ok {
+		return nil, fmt.Errorf("upload %q: %w (finished, expired after %v idle, or from an agentd since restarted)", id, ErrNotFound, UploadTTL)
+	}
+	return u, nil
+}
+
+// Put receives the content with this hash, which the upload listed as
+// missing. Bytes that do not hash to it, or more or fewer than the
+// manifest said, are refused and leave the upload as it was.
+func (u *Upload) Put(hash string, r io.Reader) error {
+	u.mu.Lock()
+	size, ok := u.want[hash]
+	_, have := u.got[hash]
+	done := u.done
+	u.used = time.Now()
+	u.mu.Unlock()
+	switch {
+	case done:
+		return fmt.Errorf("upload %s: %w: already committed or aborted", u.ID, ErrInvalid)
+	case have:
+		return nil // a retried PUT
+	case !ok:
+		return fmt.Errorf("%w: sha256 %q is not content this upload lacks", ErrInvalid, hash)
+	}
+	f, err := os.CreateTemp(u.dir, ".part-")
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	defer os.Remove(f.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, size+1))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("upload: receiving sha256 %s: %w", hash, err)
+	}
+	if n != size {
+		return fmt.Errorf("%w: sha256 %s: received %s bytes, the manifest says %d", ErrInvalid, hash, countOf(n, size), size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != hash {
+		return fmt.Errorf("%w: the bytes sent as sha256 %s hash to %s", ErrInvalid, hash, got)
+	}
+	dst := filepath.Join(u.dir, hash)
+	if err := os.Rename(f.Name(), dst); err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	u.mu.Lock()
+	delete(u.want, hash)
+	u.got[hash] = dst
+	u.mu.Unlock()
+	return nil
+}
+
+func countOf(n, size int64) string {
+	if n > size {
+		return fmt.Sprintf("more than %d", size)
+	}
+	return fmt.Sprint(n)
+}
+
+// Missing is how many of the contents the store lacked are still to come.
+func (u *Upload) Missing() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.want)
+}
+
+// Commit builds the release tree once every missing content has arrived,
+// returns its digest and ends the upload. An incomplete upload is refused
+// and stays open for the rest.
+func (u *Upload) Commit() (string, error) {
+	u.mu.Lock()
+	if u.done {
+		u.mu.Unlock()
+		return "", fmt.Errorf("upload %s: %w: already committed or aborted", u.ID, ErrInvalid)
+	}
+	if len(u.want) > 0 {
+		n := len(u.want)
+		u.mu.Unlock()
+		return "", fmt.Errorf("%w: upload %s still lacks %d of the files its manifest lists", ErrInvalid, u.ID, n)
+	}
+	u.done = true
+	u.mu.Unlock()
+	defer u.end()
+	return u.s.build(u.t, u.got)
+}
+
+// Abort forgets the upload and what it received.
+func (u *Upload) Abort() {
+	u.mu.Lock()
+	already := u.done
+	u.done = true
+	u.mu.Unlock()
+	if !already {
+		u.end()
+	}
+}
+
+func (u *Upload) end() {
+	s := u.s
+	s.mu.Lock()
+	for _, h := range u.pins {
+		if s.pinned[h]--; s.pinned[h] <= 0 {
+			delete(s.pinned, h)
+		}
+	}
+	u.pins = nil
+	delete(s.uploads, u.ID)
+	s.mu.Unlock()
+	removeAll(u.dir)
+}
+
+// expired reports whether the upload has been idle past UploadTTL.
+func (u *Upload) expired(now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return !u.done && now.Sub(u.used) > UploadTTL
+}
