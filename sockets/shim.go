@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -31,11 +32,13 @@ type ShimOptions struct {
 	// docs/security.md). Ignored on architectures other than amd64 and
 	// arm64. Needs NoNewPrivs (or CAP_SYS_ADMIN).
 	GuardFDs int
-	// HoldFD, when more than 2, is a pipe the shim reads one byte (or end
-	// of file) from, then closes, before anything else: agentd holds the
-	// process there until it has placed it (in its release's scope), so
-	// that nothing the app forks starts outside. agentd closing the pipe
-	// (by dying) lets it go too: a held process never hangs.
+	// HoldFD, when more than 2, is a pipe the shim reads one byte from,
+	// then closes, before anything else: agentd holds the process there
+	// until it has placed it (in its release's scope, so that nothing the
+	// app forks starts outside) and recorded it in its state. Only the byte
+	// lets it exec the app. End of file (agentd died first, or gave it up)
+	// makes the shim exit with ExitNotReleased without exec'ing: a held
+	// process never hangs, and never runs unrecorded.
 	HoldFD int
 }
 
@@ -311,18 +314,45 @@ func guardShutdown(lo, hi int) error {
 	return err
 }
 
-// hold waits for agentd's go-ahead on opt.HoldFD, then closes it so that
-// the app does not inherit it.
+// ExitNotReleased is the exit status of a held shim whose hold pipe
+// reached end of file without agentd's go-ahead byte: agentd died (or gave
+// the process up) before it recorded it, so the app is never exec'd and no
+// process can run that no state file knows of.
+const ExitNotReleased = 125
+
+// ErrNotReleased is hold's error when the pipe closed without the go-ahead.
+var ErrNotReleased = errors.New("agentd closed the hold without its go-ahead (it ended before recording this process): not starting the app")
+
+// hold waits for agentd's go-ahead on opt.HoldFD (see waitGoAhead). Without
+// it the shim exits here with ExitNotReleased, its own status rather than
+// the 127 of a command that could not be run, so that agentd and tests
+// tell "never started, as intended" from a failed exec.
 func (opt ShimOptions) hold() {
-	if opt.HoldFD <= 2 {
-		return
+	if err := opt.waitGoAhead(); err != nil {
+		fmt.Fprintln(os.Stderr, "agentd: exec shim:", err)
+		os.Exit(ExitNotReleased)
 	}
+}
+
+// waitGoAhead reads agentd's go-ahead byte from opt.HoldFD, then closes it
+// so that the app does not inherit it. End of file (agentd died, or gave
+// the process up) returns ErrNotReleased.
+func (opt ShimOptions) waitGoAhead() error {
+	if opt.HoldFD <= 2 {
+		return nil
+	}
+	defer unix.Close(opt.HoldFD)
 	var b [1]byte
 	for {
-		_, err := unix.Read(opt.HoldFD, b[:])
-		if err != unix.EINTR {
-			break
+		n, err := unix.Read(opt.HoldFD, b[:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return fmt.Errorf("hold pipe: %w", err)
+		case n == 0:
+			return ErrNotReleased
 		}
+		return nil
 	}
-	unix.Close(opt.HoldFD)
 }

@@ -43,6 +43,13 @@ type Spec struct {
 	// holds it, before it execs Argv (ShimOptions.HoldFD): to move it into
 	// its cgroup before it can fork anything.
 	Place func(pid int)
+	// Held makes Start return with the process still held in the shim
+	// (after Place): it execs Argv only once Release is called, so the
+	// caller can record it first (its PID and KernelStart are known). Should
+	// the caller die or call Cancel instead, the shim exits with
+	// sockets.ExitNotReleased without exec'ing: no process runs that the
+	// caller did not record.
+	Held bool
 }
 
 // Exit describes how a process ended.
@@ -75,6 +82,11 @@ type Process struct {
 
 	fdMu  sync.Mutex
 	pidfd int // adopted processes only
+	// hold is the write end of the hold pipe while holdOpen: until the
+	// process is released or cancelled. (A flag, so that the zero value of
+	// an adopted Process holds nothing, not fd 0.)
+	hold     int
+	holdOpen bool
 
 	mu     sync.Mutex
 	exit   Exit
@@ -138,7 +150,7 @@ func Start(s Spec) (*Process, error) {
 	env := append(append([]string(nil), s.Env...), sockets.Env(s.Names)...)
 	opt := s.ShimOptions
 	hold := [2]int{-1, -1}
-	if s.Place != nil {
+	if s.Place != nil || s.Held {
 		// A plain blocking pipe, not os.Pipe: the shim's blocking read of
 		// its end is the hold.
 		var p [2]int
@@ -148,12 +160,6 @@ func Start(s Spec) (*Process, error) {
 		hold = p
 		opt.HoldFD = len(fds)
 		fds = append(fds, uintptr(hold[0]))
-	}
-	release := func() {
-		if hold[1] >= 0 {
-			unix.Write(hold[1], []byte{1})
-			unix.Close(hold[1])
-		}
 	}
 	argv := sockets.ShimArgvOpts(s.Shim, opt, s.Argv)
 	var pid int
@@ -176,19 +182,63 @@ func Start(s Spec) (*Process, error) {
 		unix.Close(hold[0])
 	}
 	if err != nil {
-		release()
+		if hold[1] >= 0 {
+			unix.Close(hold[1])
+		}
 		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
 	}
 	if s.Place != nil {
 		s.Place(pid)
-		release()
 	}
-	p := &Process{pid: pid, startedAt: time.Now(), done: make(chan struct{}), pidfd: -1}
+	p := &Process{pid: pid, startedAt: time.Now(), done: make(chan struct{}), pidfd: -1, hold: hold[1], holdOpen: hold[1] >= 0}
 	// The kernel's record of the start, so that a later agentd can tell
-	// this process from another that got the same PID.
+	// this process from another that got the same PID. exec keeps it: it is
+	// already the app's while the shim holds it.
 	p.kernelStart, _ = StartTime(p.pid)
+	if !s.Held {
+		// An error means the shim is gone already; Done reports its exit.
+		p.Release()
+	}
 	go p.wait()
 	return p, nil
+}
+
+// Release lets a held process (Spec.Held) exec its command: it writes the
+// go-ahead byte and closes the hold pipe. Call it once the process is
+// recorded. It does nothing for a process that is not held (any more).
+func (p *Process) Release() error {
+	p.fdMu.Lock()
+	defer p.fdMu.Unlock()
+	if !p.holdOpen {
+		return nil
+	}
+	fd := p.hold
+	p.holdOpen = false
+	defer unix.Close(fd)
+	for {
+		_, err := unix.Write(fd, []byte{1})
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			// EPIPE: the shim is gone already; its exit says why.
+			return fmt.Errorf("release pid %d: %w", p.pid, err)
+		}
+		return nil
+	}
+}
+
+// Cancel gives up a held process without letting it exec: the hold pipe
+// is closed without the go-ahead and the shim exits with
+// sockets.ExitNotReleased (Done reports it). For when recording it failed.
+// It does nothing for a process that is not held (any more).
+func (p *Process) Cancel() {
+	p.fdMu.Lock()
+	defer p.fdMu.Unlock()
+	if p.holdOpen {
+		unix.Close(p.hold)
+		p.holdOpen = false
+	}
 }
 
 // wait waits for the group leader to exit, kills whatever it left behind in
@@ -225,6 +275,8 @@ func (p *Process) wait() {
 			break
 		}
 	}
+	// A held process that ended (killed in the shim) needs its pipe no more.
+	p.Cancel()
 	ex := Exit{Code: ws.ExitStatus(), At: time.Now()}
 	if ws.Signaled() {
 		ex.Code, ex.Signal = -1, syscall.Signal(ws.Signal())

@@ -46,6 +46,8 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "exit3":
 		os.Exit(3)
+	case "holder":
+		holderMain()
 	}
 	os.Exit(m.Run())
 }
