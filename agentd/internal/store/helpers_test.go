@@ -19,10 +19,12 @@ type ent struct {
 	mode             int64
 }
 
-func file(name, body string) ent      { return ent{name: name, body: body, typ: tar.TypeReg, mode: 0o644} }
-func exe(name, body string) ent       { return ent{name: name, body: body, typ: tar.TypeReg, mode: 0o755} }
-func dir(name string) ent             { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
-func symlink(name, target string) ent { return ent{name: name, link: target, typ: tar.TypeSymlink, mode: 0o777} }
+func file(name, body string) ent { return ent{name: name, body: body, typ: tar.TypeReg, mode: 0o644} }
+func exe(name, body string) ent  { return ent{name: name, body: body, typ: tar.TypeReg, mode: 0o755} }
+func dir(name string) ent        { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
+func symlink(name, target string) ent {
+	return ent{name: name, link: target, typ: tar.TypeSymlink, mode: 0o777}
+}
 
 var testMtime = time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
 
@@ -154,4 +156,3 @@ func oldDigest(t *testing.T, tgz []byte) string {
 	}
 	return d
 }
-

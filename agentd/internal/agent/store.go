@@ -1,0 +1,178 @@
+package agent
+
+// The agent's side of the release store (package store): the calls the
+// core makes to prepare a release from an upload or a .tar.gz, to find a
+// release's directory, to collect garbage by reference, and to give each
+// app its writable data directory. The core owns when to call them; see
+// each function's comment.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/artifact"
+	"github.com/agentd/agentd/agentd/internal/store"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
+)
+
+// stores holds each Agent's store, opened on first use. (A field of Agent
+// once the core takes it over; a map keeps this file the only one edited.)
+var stores sync.Map // *Agent -> *storeOnce
+
+type storeOnce struct {
+	once sync.Once
+	s    *store.Store
+	err  error
+}
+
+// Store returns the agent's release store under STATE/store, opening it on
+// first use.
+func (ag *Agent) Store() (*store.Store, error) {
+	v, _ := stores.LoadOrStore(ag, &storeOnce{})
+	so := v.(*storeOnce)
+	so.once.Do(func() {
+		so.s, so.err = store.Open(filepath.Join(ag.cfg.StateDir, "store"), artifact.Limits{MaxBytes: ag.cfg.MaxArtifactBytes})
+	})
+	return so.s, so.err
+}
+
+// PrepareUpload is the DeployRequest.Prepare of a deploy from a committed
+// manifest-first upload: it builds the release tree from the store and
+// returns its digest. A refused upload wraps store.ErrInvalid.
+func (ag *Agent) PrepareUpload(u *store.Upload) func() (string, error) {
+	return func() (string, error) {
+		d, err := u.Commit()
+		if err != nil {
+			return "", err
+		}
+		return d, ag.storeReady(d)
+	}
+}
+
+// ImportArtifact stores a .tar.gz artifact (today's ag.unpack, with the
+// same checks and limits) and returns its digest.
+// Core: call it where ops.go calls ag.unpack(req.Artifact).
+func (ag *Agent) ImportArtifact(r io.Reader) (string, error) {
+	s, err := ag.Store()
+	if err != nil {
+		return "", err
+	}
+	d, err := s.ImportTarGz(r)
+	if err != nil {
+		return "", err
+	}
+	return d, ag.storeReady(d)
+}
+
+// storeReady makes a freshly built tree safe to exec and visible where
+// the core of this version looks for release content.
+func (ag *Agent) storeReady(digest string) error {
+	// A process of another app forked while a blob was open for writing
+	// could still hold it, and an exec of it would fail with ETXTBSY.
+	supervisor.ForkFence()
+	s, err := ag.Store()
+	if err != nil {
+		return err
+	}
+	// Until the core asks ReleaseDir, slugs/sha256-… names the tree as a
+	// symlink (pruneSlugs removes only the link; Collect owns the tree).
+	slug := filepath.Join(ag.cfg.StateDir, "slugs", filepath.Base(s.Dir(digest)))
+	if _, err := os.Lstat(slug); err == nil {
+		return nil
+	}
+	if err := os.Symlink(s.Dir(digest), slug); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("linking release %s: %w", digest, err)
+	}
+	return nil
+}
+
+// ReleaseDir is the directory a release's processes run in (their Dir):
+// the shared read-only tree, or for an --allow-root app a private copy per
+// release, so that what root writes reaches no other release.
+// Core: use it wherever slugDir(r.Digest) is used as a process's Dir.
+func (ag *Agent) ReleaseDir(app string, version int, digest string, allowRoot bool) (string, error) {
+	s, err := ag.Store()
+	if err != nil {
+		return "", err
+	}
+	if !allowRoot {
+		if !s.Has(digest) {
+			return "", fmt.Errorf("release %s of %s: content %s: %w", "v"+strconv.Itoa(version), app, digest, store.ErrNotFound)
+		}
+		return s.Dir(digest), nil
+	}
+	return s.Private(digest, store.PrivateName(app, version))
+}
+
+// CollectStore removes from the store what refs does not name.
+// Core: call it where pruneSlugs runs, with the digest of every release of
+// every app's state (quarantined and previous generations included) and of
+// every running or draining process, and store.PrivateName(app, version)
+// of each such release of an --allow-root app. Uploads in progress are
+// protected by the store itself.
+func (ag *Agent) CollectStore(refs store.Refs) (store.Collected, error) {
+	s, err := ag.Store()
+	if err != nil {
+		return store.Collected{}, err
+	}
+	return s.Collect(refs)
+}
+
+// StoreUsage is the store's part of `hctl status` (api.Status could carry
+// it as `Store *api.StoreUsage`), with the same refs as CollectStore.
+func (ag *Agent) StoreUsage(refs store.Refs) (api.StoreUsage, error) {
+	s, err := ag.Store()
+	if err != nil {
+		return api.StoreUsage{}, err
+	}
+	return s.Usage(refs)
+}
+
+// DataDir is an app's writable directory, STATE/data/APP: the release
+// tree is read-only, so state an app keeps on disk goes here (and, with
+// HOME and TMPDIR pointing into it, what libraries write by default).
+func (ag *Agent) DataDir(app string) string {
+	return filepath.Join(ag.cfg.StateDir, "data", app)
+}
+
+// DataEnv creates the app's data directory (owned by its user, mode 0700)
+// and returns the variables that point into it: HOME=STATE/data/APP and
+// TMPDIR=STATE/data/APP/tmp.
+// Core: append its result in procEnv after the base variables and before
+// the config vars (an app may set its own TMPDIR), for every process and
+// the release phase. userName is the app's user ("" for agentd's own).
+func (ag *Agent) DataEnv(app, userName string) ([]string, error) {
+	dir := ag.DataDir(app)
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory of %s: %w", app, err)
+	}
+	if userName != "" && os.Geteuid() == 0 {
+		u, err := user.Lookup(userName)
+		if err != nil {
+			return nil, fmt.Errorf("data directory of %s: %w", app, err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		for _, d := range []string{dir, tmp} {
+			if err := os.Lchown(d, uid, gid); err != nil {
+				return nil, fmt.Errorf("data directory of %s: %w", app, err)
+			}
+		}
+	}
+	for _, d := range []string{dir, tmp} {
+		// MkdirAll leaves an existing directory's mode; the app's data is
+		// its own, never readable by other apps' users.
+		if err := os.Chmod(d, 0o700); err != nil {
+			return nil, fmt.Errorf("data directory of %s: %w", app, err)
+		}
+	}
+	return []string{"HOME=" + dir, "TMPDIR=" + tmp}, nil
+}
