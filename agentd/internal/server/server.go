@@ -103,6 +103,10 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("PATCH /v1/apps/{app}/config", s.admin(s.changeConfig))
 	m.HandleFunc("GET /v1/apps/{app}/logs", s.private(s.logs))
 	m.HandleFunc("POST /v1/agent/upgrade", s.admin(s.upgrade))
+	m.HandleFunc("POST /v1/uploads", s.admin(s.createUpload))
+	m.HandleFunc("POST /v1/uploads/{id}/blobs", s.admin(s.putBlobs))
+	m.HandleFunc("DELETE /v1/uploads/{id}", s.admin(s.abortUpload))
+	m.HandleFunc("POST /v1/apps/{app}/uploads/{id}/deploy", s.admin(s.deployUpload))
 	if s.Metrics != nil {
 		m.Handle("GET /metrics", s.Metrics)
 	}

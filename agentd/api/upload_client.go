@@ -1,0 +1,116 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"syscall"
+)
+
+// ErrUploadUnsupported is returned by [Client.CreateUpload] when the agentd
+// answering cannot take a manifest-first upload (an older agentd, or one
+// whose deploys cannot start from one): send the .tar.gz instead.
+var ErrUploadUnsupported = errors.New("this agentd does not take manifest-first uploads")
+
+// BlobRef is one content to send: its hash, its size, and where the
+// client reads it from.
+type BlobRef struct {
+	SHA256 string
+	Size   int64
+	Path   string
+}
+
+// CreateUpload sends a manifest and returns what agentd lacks of it.
+func (c *Client) CreateUpload(ctx context.Context, m *UploadManifest) (*UploadCreated, error) {
+	var out UploadCreated
+	err := c.sendJSON(ctx, http.MethodPost, "/v1/uploads", m, &out)
+	var e *Error
+	// The route is not under an app, so a 404 means no such endpoint.
+	if errors.As(err, &e) && (e.Code == CodeNotFound || e.Code == CodeUnavailable) {
+		return nil, fmt.Errorf("%w: %w", ErrUploadUnsupported, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// SendBlobs sends the contents an upload lacks, uncompressed, in one
+// request: for each, a line "SHA256 SIZE\n" and then SIZE bytes. It
+// returns how many content bytes it sent. A file whose size changed since
+// it was hashed fails the send; one whose bytes changed is refused by
+// agentd (they no longer match the hash).
+func (c *Client) SendBlobs(ctx context.Context, id string, blobs []BlobRef) (int64, error) {
+	pr, pw := io.Pipe()
+	var sent int64
+	go func() {
+		var err error
+		for _, b := range blobs {
+			if err = writeBlob(pw, b, &sent); err != nil {
+				break
+			}
+		}
+		pw.CloseWithError(err)
+	}()
+	resp, err := c.do(ctx, http.MethodPost, "/v1/uploads/"+url.PathEscape(id)+"/blobs", nil, pr, "application/octet-stream")
+	pr.Close()
+	if err != nil {
+		return sent, err
+	}
+	drainClose(resp.Body)
+	return sent, nil
+}
+
+func writeBlob(w io.Writer, b BlobRef, sent *int64) error {
+	f, err := openNoFollow(b.Path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := io.WriteString(w, b.SHA256+" "+strconv.FormatInt(b.Size, 10)+"\n"); err != nil {
+		return err
+	}
+	n, err := io.CopyN(w, f, b.Size)
+	*sent += n
+	if err == io.EOF {
+		return fmt.Errorf("%s: file shrank while being sent", b.Path)
+	}
+	return err
+}
+
+// DeployUpload deploys the release an upload describes, as [Client.Deploy]
+// does a .tar.gz: same options, same event stream and result.
+func (c *Client) DeployUpload(ctx context.Context, app, id string, opt DeployOptions, onEvent func(Event)) (*OpResult, error) {
+	q := url.Values{}
+	if opt.Message != "" {
+		q.Set("message", opt.Message)
+	}
+	if opt.SkipReleasePhase {
+		q.Set("skip_release_phase", "1")
+	}
+	if opt.ReleaseID != "" {
+		q.Set("release_id", opt.ReleaseID)
+	}
+	return c.stream(ctx, app, http.MethodPost, appPath(app)+"/uploads/"+url.PathEscape(id)+"/deploy", q, nil, "", onEvent)
+}
+
+// AbortUpload forgets an upload (after a failure on the client's side).
+func (c *Client) AbortUpload(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, http.MethodDelete, "/v1/uploads/"+url.PathEscape(id), nil, nil, "")
+	if err != nil {
+		return err
+	}
+	drainClose(resp.Body)
+	return nil
+}
+
+// openNoFollow opens a file to send, never through a symlink swapped in
+// since the scan.
+func openNoFollow(p string) (*os.File, error) {
+	return os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+}

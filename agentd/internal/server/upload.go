@@ -1,0 +1,166 @@
+package server
+
+// Handlers of the manifest-first upload (routes in agentd/api/upload.go):
+// the manifest, the missing contents, the deploy from the committed
+// upload. Every check is the store's; these map its errors to statuses.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/agent"
+	"github.com/agentd/agentd/agentd/internal/artifact"
+	"github.com/agentd/agentd/agentd/internal/store"
+)
+
+// maxManifest bounds a manifest's JSON: 100,000 entries (artifact's file
+// limit) of long paths fit.
+const maxManifest = 64 << 20
+
+func uploadErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeErr(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: err.Error()})
+	case errors.Is(err, artifact.ErrTooLarge):
+		writeErr(w, http.StatusRequestEntityTooLarge, &api.Error{Code: api.CodeBadRequest, Message: err.Error()})
+	case errors.Is(err, store.ErrInvalid), errors.Is(err, artifact.ErrInvalid), errors.Is(err, errUploadStalled):
+		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: err.Error()})
+	default:
+		writeErr(w, http.StatusInternalServerError, &api.Error{Code: api.CodeInternal, Message: err.Error()})
+	}
+}
+
+func (s *Server) createUpload(w http.ResponseWriter, r *http.Request) {
+	if !canPrepare() {
+		writeErr(w, http.StatusNotImplemented, &api.Error{Code: api.CodeUnavailable,
+			Message: "this agentd cannot deploy from an upload yet; send the .tar.gz"})
+		return
+	}
+	st, err := s.Agent.Store()
+	if err != nil {
+		uploadErr(w, err)
+		return
+	}
+	var m api.UploadManifest
+	body := newIdleBody(w, http.MaxBytesReader(w, r.Body, maxManifest), s.UploadIdle)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: "bad manifest: " + err.Error()})
+		return
+	}
+	_, res, err := st.NewUpload(m.Entries)
+	if err != nil {
+		uploadErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, res)
+}
+
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) (*store.Upload, bool) {
+	st, err := s.Agent.Store()
+	if err == nil {
+		var u *store.Upload
+		if u, err = st.Upload(r.PathValue("id")); err == nil {
+			return u, true
+		}
+	}
+	uploadErr(w, err)
+	return nil, false
+}
+
+// putBlobs reads frames "SHA256 SIZE\n" + SIZE bytes until the body ends.
+func (s *Server) putBlobs(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.upload(w, r)
+	if !ok {
+		return
+	}
+	br := bufio.NewReaderSize(newIdleBody(w, http.MaxBytesReader(w, r.Body, s.MaxUpload), s.UploadIdle), 256<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == io.EOF && len(line) == 0 {
+			break
+		}
+		if err != nil {
+			uploadErr(w, fmt.Errorf("%w: reading a content header: %w", store.ErrInvalid, err))
+			return
+		}
+		hash, sz, _ := strings.Cut(strings.TrimSuffix(string(line), "\n"), " ")
+		size, err := strconv.ParseInt(sz, 10, 64)
+		if err != nil || size < 0 {
+			uploadErr(w, fmt.Errorf("%w: content header %q: want \"SHA256 SIZE\"", store.ErrInvalid, line))
+			return
+		}
+		if err := u.Put(hash, io.LimitReader(br, size)); err != nil {
+			uploadErr(w, err)
+			return
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) abortUpload(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.upload(w, r)
+	if !ok {
+		return
+	}
+	u.Abort()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) deployUpload(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.upload(w, r)
+	if !ok {
+		return
+	}
+	if n := u.Missing(); n > 0 {
+		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest,
+			Message: fmt.Sprintf("upload %s still lacks %d of the files its manifest lists", u.ID, n)})
+		return
+	}
+	q := r.URL.Query()
+	req := agent.DeployRequest{
+		App: r.PathValue("app"), Message: q.Get("message"), SkipReleasePhase: boolParam(r, "skip_release_phase"),
+		ReleaseID: q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
+	}
+	if !setPrepare(&req, s.Agent.PrepareUpload(u)) {
+		writeErr(w, http.StatusNotImplemented, &api.Error{Code: api.CodeUnavailable,
+			Message: "this agentd cannot deploy from an upload yet; send the .tar.gz"})
+		return
+	}
+	if _, err := s.Agent.AppInfo(req.App); err != nil {
+		fail(w, err)
+		return
+	}
+	s.stream(w, r, func(emit func(api.Event)) api.OpResult { return s.Agent.Deploy(req, emit) })
+}
+
+// prepareType is the type of DeployRequest.Prepare: when set, the core
+// calls it instead of unpacking Artifact.
+var prepareType = reflect.TypeFor[func() (string, error)]()
+
+// canPrepare reports whether the core's DeployRequest has Prepare. The
+// field arrives with the core's rewrite, in progress beside this file;
+// until then uploads answer 501 and hctl sends the .tar.gz. Once it has
+// landed, setPrepare is `req.Prepare = f` and this goes.
+func canPrepare() bool {
+	f, ok := reflect.TypeFor[agent.DeployRequest]().FieldByName("Prepare")
+	return ok && f.Type == prepareType
+}
+
+func setPrepare(req *agent.DeployRequest, f func() (string, error)) bool {
+	if !canPrepare() {
+		return false
+	}
+	reflect.ValueOf(req).Elem().FieldByName("Prepare").Set(reflect.ValueOf(f))
+	return true
+}
+
