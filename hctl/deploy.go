@@ -100,16 +100,40 @@ func (h *hctl) deployCommand() *cli.Command {
 			if err := checkAppName(cmd, app); err != nil {
 				return err
 			}
-			art, err := openArtifact(cmd, path)
-			if err != nil {
-				return err
-			}
-			defer art.Close()
 			opt := api.DeployOptions{
 				Message:          cmd.String("message"),
 				SkipReleasePhase: cmd.Bool("skip-release-phase"),
 				ReleaseID:        cmd.String("release-id"),
 			}
+			if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+				// A directory goes manifest first: only what agentd lacks
+				// is sent (see upload.go).
+				d, err := scanDirUpload(path)
+				if err != nil {
+					return usagef(cmd, "%v", err)
+				}
+				return h.runOp(ctx, "deploy", app,
+					func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
+						id, err := h.upload(ctx, d)
+						switch {
+						case err != nil:
+							return nil, err
+						case id != "":
+							return h.client().DeployUpload(ctx, app, id, opt, on)
+						}
+						art, err := api.OpenArtifact(path)
+						if err != nil {
+							return nil, err
+						}
+						defer art.Close()
+						return h.client().Deploy(ctx, app, art, opt, on)
+					}, liveSummary)
+			}
+			art, err := openArtifact(cmd, path)
+			if err != nil {
+				return err
+			}
+			defer art.Close()
 			return h.runOp(ctx, "deploy", app,
 				func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
 					return h.client().Deploy(ctx, app, art, opt, on)

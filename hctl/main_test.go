@@ -349,7 +349,9 @@ func TestDeploy(t *testing.T) {
 	if r.stderr != wantErr {
 		t.Errorf("stderr %q\nwant   %q", r.stderr, wantErr)
 	}
-	if s := f.sent(); len(s) != 1 || s[0] != "POST /v1/apps/myapp/deploys?message=fix+login&release_id=abc123&skip_release_phase=1" {
+	// A directory is offered manifest first; this fake, like an agentd
+	// before the store, answers 404, and the .tar.gz follows.
+	if s := f.sent(); len(s) != 2 || s[0] != "POST /v1/uploads" || s[1] != "POST /v1/apps/myapp/deploys?message=fix+login&release_id=abc123&skip_release_phase=1" {
 		t.Errorf("sent %v", s)
 	}
 	if f.lastBody() == "" {

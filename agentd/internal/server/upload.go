@@ -163,4 +163,3 @@ func setPrepare(req *agent.DeployRequest, f func() (string, error)) bool {
 	reflect.ValueOf(req).Elem().FieldByName("Prepare").Set(reflect.ValueOf(f))
 	return true
 }
-

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// hashCache remembers the sha256 of files by path, size, mtime, ctime and
+// inode, as git's index does, so a deploy of a 256 MB tree with one
+// changed file reads one file. It lives in $XDG_CACHE_HOME/hctl (or
+// ~/.cache/hctl); losing it costs one full read, nothing else.
+type hashCache struct {
+	path    string
+	entries map[string]cacheEntry // by absolute path
+	seen    map[string]bool
+	hashed  int   // files read this run
+	read    int64 // bytes read this run
+}
+
+type cacheEntry struct {
+	Size     int64  `json:"size"`
+	MTimeNs  int64  `json:"mtime_ns"`
+	CTimeNs  int64  `json:"ctime_ns"`
+	Ino      uint64 `json:"ino"`
+	Dev      uint64 `json:"dev"`
+	SHA256   string `json:"sha256"`
+	HashedAt int64  `json:"hashed_at_ns"`
+}
+
+// racyWindow: a file changed within this long before it was hashed may
+// change again without its mtime moving (timestamps are coarse, a jiffy
+// or so), so its entry is not trusted next time and it is read again.
+const racyWindow = 50 * time.Millisecond
+
+const cacheVersion = "hctl-hash-cache-v1"
+
+type cacheFile struct {
+	Version string                `json:"version"`
+	Entries map[string]cacheEntry `json:"entries"`
+}
+
+func cacheDir() (string, error) {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "hctl"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(home, ".cache", "hctl"), nil
+}
+
+// loadHashCache reads the cache; a missing or unreadable one is empty
+// (the deploy then reads every file, as without a cache).
+func loadHashCache() *hashCache {
+	c := &hashCache{entries: map[string]cacheEntry{}, seen: map[string]bool{}}
+	dir, err := cacheDir()
+	if err != nil {
+		return c
+	}
+	c.path = filepath.Join(dir, "hashes.json")
+	b, err := os.ReadFile(c.path)
+	if err != nil {
+		return c
+	}
+	var f cacheFile
+	if json.Unmarshal(b, &f) == nil && f.Version == cacheVersion && f.Entries != nil {
+		c.entries = f.Entries
+	}
+	return c
+}
+
+// sum returns the sha256 of the regular file at p (absolute), whose lstat
+// is st, from the cache when nothing about the file changed.
+func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
+	key := cacheEntry{Size: st.Size, MTimeNs: st.Mtim.Nano(), CTimeNs: st.Ctim.Nano(), Ino: st.Ino, Dev: st.Dev}
+	c.seen[p] = true
+	if e, ok := c.entries[p]; ok && e.SHA256 != "" && e.HashedAt-e.MTimeNs > int64(racyWindow) {
+		e2 := e
+		e2.SHA256, e2.HashedAt = "", 0
+		if e2 == key {
+			return e.SHA256, nil
+		}
+	}
+	key.HashedAt = time.Now().UnixNano()
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", err
+	}
+	if n != st.Size {
+		return "", fmt.Errorf("%s: changed while being read", p)
+	}
+	c.hashed++
+	c.read += n
+	key.SHA256 = hex.EncodeToString(h.Sum(nil))
+	c.entries[p] = key
+	return key.SHA256, nil
+}
+
+// save writes the cache back, dropping entries under root that this scan
+// did not see (deleted files). Failing to save only costs the next deploy
+// a full read, so the error is for a warning.
+func (c *hashCache) save(root string) error {
+	if c.path == "" {
+		return errors.New("no cache directory")
+	}
+	prefix := root + string(filepath.Separator)
+	for p := range c.entries {
+		if len(p) > len(prefix) && p[:len(prefix)] == prefix && !c.seen[p] {
+			delete(c.entries, p)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(cacheFile{Version: cacheVersion, Entries: c.entries})
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".hashes-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), c.path)
+}

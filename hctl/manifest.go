@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+// scanManifest lists dir as an upload manifest, hashing its files through
+// the cache, and returns where each content can be read from. It refuses
+// what agentd refuses (special files, symlinks out of the tree) with a
+// message before anything is sent. dir itself may be a symlink.
+func scanManifest(dir string, cache *hashCache) (*api.UploadManifest, map[string]api.BlobRef, string, error) {
+	root, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		root, err = filepath.Abs(root)
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("reading %s: %w", dir, err)
+	}
+	m := &api.UploadManifest{}
+	blobs := map[string]api.BlobRef{}
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		shown := filepath.Join(dir, rel)
+		rel = filepath.ToSlash(rel)
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			return &os.PathError{Op: "lstat", Path: shown, Err: err}
+		}
+		e := api.ManifestEntry{Path: rel, Mode: st.Mode & 0o777}
+		switch st.Mode & syscall.S_IFMT {
+		case syscall.S_IFDIR:
+			e.Type = api.EntryDir
+		case syscall.S_IFLNK:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			if err := checkTarget(rel, target); err != nil {
+				return fmt.Errorf("%s: %w", shown, err)
+			}
+			e.Type, e.Target = api.EntrySymlink, target
+		case syscall.S_IFREG:
+			sum, err := cache.sum(p, &st)
+			if err != nil {
+				return err
+			}
+			e.Type, e.Size, e.SHA256, e.MTimeNs = api.EntryFile, st.Size, sum, st.Mtim.Nano()
+			if _, ok := blobs[sum]; !ok {
+				blobs[sum] = api.BlobRef{SHA256: sum, Size: st.Size, Path: p}
+			}
+		default:
+			return fmt.Errorf("%s: cannot deploy a special file (socket, FIFO or device): a release may hold only directories, regular files and symlinks", shown)
+		}
+		m.Entries = append(m.Entries, e)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("reading %s: %w", dir, err)
+	}
+	return m, blobs, root, nil
+}
+
+// checkTarget refuses the symlinks agentd refuses, before the upload.
+func checkTarget(rel, target string) error {
+	if strings.HasPrefix(target, "/") {
+		return fmt.Errorf("symlink to absolute path %q: agentd accepts only relative symlinks that stay inside the release", target)
+	}
+	if r := path.Join(path.Dir(rel), target); r == ".." || strings.HasPrefix(r, "../") {
+		return fmt.Errorf("symlink to %q points outside the directory, which agentd refuses", target)
+	}
+	return nil
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+// dirUpload is a directory scanned for a manifest-first upload.
+type dirUpload struct {
+	dir, root string
+	cache     *hashCache
+	manifest  *api.UploadManifest
+	blobs     map[string]api.BlobRef
+}
+
+// scanDirUpload reads dir for an upload; its errors are the user's (a
+// special file, a symlink out of the tree).
+func scanDirUpload(dir string) (*dirUpload, error) {
+	d := &dirUpload{dir: dir, cache: loadHashCache()}
+	var err error
+	d.manifest, d.blobs, d.root, err = scanManifest(dir, d.cache)
+	return d, err
+}
+
+// upload runs the manifest-first upload of a directory: the manifest,
+// then only the contents agentd lacks, uncompressed. It returns the
+// upload's id, or "" when agentd cannot take such an upload (the caller
+// then sends a .tar.gz, as before).
+func (h *hctl) upload(ctx context.Context, d *dirUpload) (string, error) {
+	dir, m, blobs, root, cache := d.dir, d.manifest, d.blobs, d.root, d.cache
+	c := h.client()
+	res, err := c.CreateUpload(ctx, m)
+	if errors.Is(err, api.ErrUploadUnsupported) {
+		// An older agentd: the .tar.gz works as it always did, so say
+		// nothing (prepare's line says what happened).
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	// The cache is saved once agentd accepted the manifest: its hashes
+	// were worth keeping.
+	if err := cache.save(root); err != nil {
+		fmt.Fprintf(h.stderr, "       (hash cache not saved: %v)\n", err)
+	}
+	send := make([]api.BlobRef, 0, len(res.Missing))
+	for _, hsh := range res.Missing {
+		b, ok := blobs[hsh]
+		if !ok {
+			c.AbortUpload(ctx, res.ID)
+			return "", fmt.Errorf("agentd asked for content %s that %s does not hold", hsh, dir)
+		}
+		send = append(send, b)
+	}
+	slices.SortFunc(send, func(a, b api.BlobRef) int { return strings.Compare(a.Path, b.Path) })
+	sent, err := c.SendBlobs(ctx, res.ID, send)
+	if err != nil {
+		c.AbortUpload(context.WithoutCancel(ctx), res.ID)
+		return "", fmt.Errorf("sending %s: %w", dir, err)
+	}
+	files, bytes := 0, int64(0)
+	for _, e := range m.Entries {
+		if e.Type == api.EntryFile {
+			files++
+			bytes += e.Size
+		}
+	}
+	fmt.Fprintf(h.stderr, "-----> upload: sent %d of %d files (%s of %s; hashed %d files, %s)\n",
+		len(send), files, sizeStr(sent), sizeStr(bytes), cache.hashed, sizeStr(cache.read))
+	return res.ID, nil
+}
+
+// sizeStr is a byte count for people: "0 B", "12.3 MB".
+func sizeStr(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}

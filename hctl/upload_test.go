@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+// uploadFake is the upload side of an agentd, remembering which contents
+// it holds and counting the content bytes it receives.
+type uploadFake struct {
+	mu       sync.Mutex
+	have     map[string]bool
+	pending  map[string]bool
+	received int64
+	manifest api.UploadManifest
+}
+
+func (f *fakeAgentd) uploads(t *testing.T) *uploadFake {
+	u := &uploadFake{have: map[string]bool{}}
+	f.mux.HandleFunc("POST /v1/uploads", func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		u.manifest = api.UploadManifest{}
+		if err := json.NewDecoder(r.Body).Decode(&u.manifest); err != nil {
+			t.Errorf("manifest: %v", err)
+		}
+		res := api.UploadCreated{ID: "u1", Missing: []string{}}
+		u.pending = map[string]bool{}
+		for _, e := range u.manifest.Entries {
+			if e.Type == api.EntryFile && !u.have[e.SHA256] && !u.pending[e.SHA256] {
+				u.pending[e.SHA256] = true
+				res.Missing = append(res.Missing, e.SHA256)
+			}
+		}
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(res)
+	})
+	f.mux.HandleFunc("POST /v1/uploads/{id}/blobs", func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		br := bufio.NewReader(r.Body)
+		for {
+			var hash string
+			var size int64
+			if _, err := fmt.Fscanf(br, "%s %d\n", &hash, &size); err != nil {
+				break
+			}
+			n, _ := io.CopyN(io.Discard, br, size)
+			u.received += n
+			u.have[hash] = true
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	f.events("POST /v1/apps/{app}/uploads/{id}/deploy",
+		api.Event{Type: "result", Result: &api.OpResult{App: "myapp", OK: true, Changed: true, Release: "v2"}})
+	return u
+}
+
+func (u *uploadFake) bytes() int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.received
+}
+
+var hashedRE = regexp.MustCompile(`hashed (\d+) files`)
+
+func hashed(t *testing.T, r result) string {
+	t.Helper()
+	m := hashedRE.FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("no upload line: %s", r)
+	}
+	return m[1]
+}
+
+// A directory deploys manifest first: a second deploy of the unchanged
+// tree sends no file bytes and reads no file (the hash cache), and a
+// one-file change sends and reads that file alone.
+func TestDeployDirSendsOnlyWhatAgentdLacks(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	f := newFake(t)
+	u := f.uploads(t)
+	dir := artifactDir(t)
+	big := strings.Repeat("x", 1<<20)
+	for i := range 4 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("lib%d.so", i)), []byte(big+fmt.Sprint(i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("lib0.so", filepath.Join(dir, "current.so")); err != nil {
+		t.Fatal(err)
+	}
+	// Files written just now are "racily clean" (their mtime may not
+	// move on the next write): age them, as a build's output is by the
+	// time it is deployed again.
+	old := time.Now().Add(-time.Hour)
+	for _, n := range []string{"Procfile", "lib0.so", "lib1.so", "lib2.so", "lib3.so"} {
+		os.Chtimes(filepath.Join(dir, n), old, old)
+	}
+
+	r := hctlRun(t, "deploy", "myapp", dir)
+	wantExit(t, r, 0)
+	total := int64(4*(1<<20+1) + len("web: ./server\n"))
+	if got := u.bytes(); got != total {
+		t.Errorf("first deploy sent %d bytes, want %d", got, total)
+	}
+	if hashed(t, r) != "5" {
+		t.Errorf("first deploy: %s", r.stderr)
+	}
+	var link api.ManifestEntry
+	for _, e := range u.manifest.Entries {
+		if e.Path == "current.so" {
+			link = e
+		}
+	}
+	if link.Type != api.EntrySymlink || link.Target != "lib0.so" {
+		t.Errorf("symlink in the manifest: %+v", link)
+	}
+
+	r = hctlRun(t, "deploy", "myapp", dir)
+	wantExit(t, r, 0)
+	if got := u.bytes(); got != total {
+		t.Errorf("an unchanged tree sent %d more bytes", got-total)
+	}
+	if hashed(t, r) != "0" || !strings.Contains(r.stderr, "sent 0 of 5 files (0 B") {
+		t.Errorf("an unchanged tree was read again: %s", r.stderr)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "lib2.so"), []byte(big+"changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = hctlRun(t, "deploy", "myapp", dir)
+	wantExit(t, r, 0)
+	if got, want := u.bytes()-total, int64(1<<20+len("changed")); got != want {
+		t.Errorf("one changed file: sent %d bytes, want %d", got, want)
+	}
+	if hashed(t, r) != "1" {
+		t.Errorf("one changed file: %s", r.stderr)
+	}
+	if s := f.sent(); s[len(s)-1] != "POST /v1/apps/myapp/uploads/u1/deploy" {
+		t.Errorf("sent %v", s)
+	}
+}
+
+// What agentd would refuse is bad usage before anything is sent.
+func TestDeployDirRefusesSpecialFilesAndEscapes(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	f := newFake(t)
+	f.uploads(t)
+	dir := artifactDir(t)
+	if err := os.Symlink("../../etc/passwd", filepath.Join(dir, "out")); err != nil {
+		t.Fatal(err)
+	}
+	r := hctlRun(t, "deploy", "myapp", dir)
+	wantExit(t, r, 2)
+	if !strings.Contains(r.stderr, "points outside") || len(f.sent()) != 0 {
+		t.Errorf("%s\nsent %v", r, f.sent())
+	}
+}
