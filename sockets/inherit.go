@@ -70,19 +70,71 @@ func RunShim(args []string) error {
 	if err := opt.apply(); err != nil {
 		return fmt.Errorf("exec shim: %w", err)
 	}
-	return fmt.Errorf("exec shim: %s: %w", path, syscall.Exec(path, argv, os.Environ()))
+	err = syscall.Exec(path, argv, os.Environ())
+	if err == syscall.ENOEXEC {
+		// An executable script without "#!": a shell runs it, as bash -c
+		// and execvp(3) do, so a direct exec changes nothing for it.
+		sh := ShellArgv("")[0]
+		err = syscall.Exec(sh, append([]string{sh, path}, argv[1:]...), os.Environ())
+	}
+	return fmt.Errorf("exec shim: %s: %w", path, err)
 }
 
-// ShellArgv returns the argv that runs a Procfile command line. bash is
-// preferred, as on Heroku, because it execs a lone simple command of "-c"
-// in place (dash forks it), which keeps LISTEN_PID equal to the app's PID
-// for "./server --port $PORT". Compound lines should end in "exec ./server"
-// (docs/app-contract.md).
+// ShellArgv returns the argv that runs a Procfile command line. A line
+// without shell syntax is split on blanks and exec'd directly, as systemd's
+// ExecStart does: no shell between the shim and the app's first
+// instruction. Anything a shell would interpret (see [NeedsShell]) runs
+// under bash, preferred as on Heroku because it execs a lone simple
+// command of "-c" in place (dash forks it), which keeps LISTEN_PID equal to
+// the app's PID for "./server --port $PORT". Compound lines should end in
+// "exec ./server" (docs/app-contract.md).
 func ShellArgv(command string) []string {
+	if argv, ok := directArgv(command); ok {
+		return argv
+	}
 	for _, sh := range []string{"/bin/bash", "/usr/bin/bash"} {
 		if _, err := os.Stat(sh); err == nil {
 			return []string{sh, "-c", command}
 		}
 	}
 	return []string{"/bin/sh", "-c", command}
+}
+
+// shellChars are the characters that make a command line need a shell:
+// expansions, quoting, redirections, pipes, lists, globs, comments,
+// history and brace expansion, and line breaks.
+const shellChars = "$;&|<>()\\`*?[]{}~#!'\"\n\r"
+
+// shellWords are bash's builtins and keywords: as a command's first word
+// they mean something only bash knows, even where a program of the same
+// name exists ("exec", "cd", "ulimit", "source").
+var shellWords = map[string]bool{}
+
+func init() {
+	for _, w := range strings.Fields(". : [ alias bg bind break builtin caller cd command compgen complete compopt " +
+		"continue declare dirs disown echo enable eval exec exit export false fc fg getopts hash help history " +
+		"jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly return set shift " +
+		"shopt source suspend test times trap true type typeset ulimit umask unalias unset wait if then else " +
+		"elif fi case esac for select while until do done in function time coproc") {
+		shellWords[w] = true
+	}
+}
+
+// NeedsShell reports whether a Procfile command line needs a shell to
+// mean what it says: any of shellChars, a first word that is a shell
+// builtin or keyword, or an environment assignment ("A=b ./server").
+func NeedsShell(command string) bool {
+	_, ok := directArgv(command)
+	return !ok
+}
+
+func directArgv(command string) ([]string, bool) {
+	if strings.ContainsAny(command, shellChars) {
+		return nil, false
+	}
+	argv := strings.FieldsFunc(command, func(r rune) bool { return r == ' ' || r == '\t' })
+	if len(argv) == 0 || shellWords[argv[0]] || strings.Contains(argv[0], "=") {
+		return nil, false
+	}
+	return argv, true
 }
