@@ -101,3 +101,21 @@ func TestShimDirectExec(t *testing.T) {
 		t.Errorf("got %q, want %q", out.String(), want)
 	}
 }
+
+func TestShimBinary(t *testing.T) {
+	dir := t.TempDir()
+	exe := dir + "/agentd"
+	if got := ShimBinary(exe); got != exe {
+		t.Errorf("without agentd-shim: %s", got)
+	}
+	if err := os.WriteFile(dir+"/agentd-shim", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := ShimBinary(exe); got != exe && os.Geteuid() != 0 {
+		t.Errorf("with a non-executable agentd-shim: %s", got)
+	}
+	os.Chmod(dir+"/agentd-shim", 0o755)
+	if got := ShimBinary(exe); got != dir+"/agentd-shim" {
+		t.Errorf("with agentd-shim: %s", got)
+	}
+}
