@@ -42,6 +42,15 @@ fleet-test:
 	internal/fleet/install-deps.sh
 	AGENTD_FLEET_TEST=1 $(GO) test -count=1 -v -run '^TestFleet$$' -timeout 8m ./internal/fleet
 
+## soak: 100 kill -9 of agentd at random instants of every kind of operation under kept-alive
+## and new-connection POST load, each restart checked (one active release in formation, no
+## unsupervised process, no failed request), then 1,000 deploys in a row watching agentd's RSS,
+## fds, goroutines and state directory (internal/soak). Prints its seed and figures; SOAK_SEED=N
+## replays a kill schedule. About 10 minutes on 2 cores; never part of `make test`.
+.PHONY: soak
+soak:
+	AGENTD_SOAK=1 $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 20m ./internal/soak
+
 .PHONY: units-verify package package-test
 
 ## units-verify: systemd-analyze verify on units/ (part of `make test` too; skipped
