@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/internal/harness"
+)
+
+// The manifest-first upload end to end, with the real agentd and hctl
+// (docs/concepts.md, "The release store"). Needs the core to call the
+// store (DeployRequest.Prepare, ReleaseDir, DataEnv).
+
+var sentRE = regexp.MustCompile(`upload: sent (\d+) of (\d+) files \(([^;]+) of`)
+
+// uploadLine returns the files and bytes hctl says it sent.
+func uploadLine(t *testing.T, r harness.Result) (files int, sent string) {
+	t.Helper()
+	m := sentRE.FindStringSubmatch(r.Stderr)
+	if m == nil {
+		t.Fatalf("no manifest-first upload (did agentd fall back to the .tar.gz?):\n%s", r)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n, m[3]
+}
+
+// storeRelease is a release directory: the test app, the Procfile and a
+// 2 MB data file.
+func (e *env) storeRelease(name string) string {
+	e.t.Helper()
+	dir := filepath.Join(e.dir, name)
+	if _, err := harness.Release(dir, "web: "+bins.TestApp+"\n", nil); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data.bin"), []byte(strings.Repeat("d", 2_000_000)), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return dir
+}
+
+func (e *env) deployR(app, dir string, args ...string) (api.OpResult, harness.Result) {
+	e.t.Helper()
+	var res api.OpResult
+	r := e.ag.HctlJSON(&res, append([]string{"deploy", app, dir}, args...)...)
+	if r.Code != 0 || !res.OK {
+		e.t.Fatalf("deploy %s: %s", dir, r)
+	}
+	return res, r
+}
+
+// A second deploy of an unchanged tree sends no file bytes; a one-file
+// change sends that file alone; a .tar.gz of the active content is
+// "nothing to do" (one digest for both paths); rollback and config
+// changes work from releases made by uploads.
+func TestDeployDirSendsOnlyChanges(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	e := start(t)
+	url := e.createApp("web", "--readiness", "web=notify")
+	dir := e.storeRelease("tree")
+
+	res, r := e.deployR("web", dir)
+	if files, _ := uploadLine(t, r); files != 2 || !res.Changed || res.Release != "v1" {
+		t.Fatalf("first deploy: sent %d files, %+v", files, res)
+	}
+	res, r = e.deployR("web", dir)
+	if files, sent := uploadLine(t, r); files != 0 || sent != "0 B" || res.Changed {
+		t.Errorf("unchanged tree: sent %d files (%s), changed %v", files, sent, res.Changed)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "VERSION"), []byte("2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, r = e.deployR("web", dir)
+	if files, sent := uploadLine(t, r); files != 1 || sent != "1 B" || !res.Changed || res.Release != "v2" {
+		t.Errorf("one new file: sent %d files (%s), %+v", files, sent, res)
+	}
+	if got := get(t, url); !strings.Contains(got, "release=v2") {
+		t.Errorf("after the upload deploy the app answers %q", got)
+	}
+
+	// The same content as a .tar.gz: the digest is the same.
+	tgz := filepath.Join(e.dir, "tree.tar.gz")
+	f, err := os.Create(tgz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := api.PackDir(f, dir); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if res, _ := e.deployR("web", tgz); res.Changed {
+		t.Errorf("the .tar.gz of the active tree made a new release: %+v", res)
+	}
+
+	if res := e.mustHctl("rollback", "web"); !strings.Contains(res.Stdout, "v3 is live") {
+		t.Errorf("rollback: %s", res)
+	}
+	if res := e.mustHctl("config", "set", "web", "A=b"); !strings.Contains(res.Stdout, "v4") {
+		t.Errorf("config set: %s", res)
+	}
+	if got := get(t, url); !strings.Contains(got, "release=v4") {
+		t.Errorf("after rollback and config the app answers %q", got)
+	}
+}
+
+// A lying upload is refused through the real control API, and the app
+// keeps serving its release.
+func TestLyingUploadRefused(t *testing.T) {
+	e := start(t)
+	url := e.createApp("web", "--readiness", "web=notify")
+	dir := e.storeRelease("tree")
+	e.deployR("web", dir)
+	c := api.NewClient(e.ag.Socket)
+	ctx := t.Context()
+	body := "web: ./x\n"
+	up, err := c.CreateUpload(ctx, &api.UploadManifest{Entries: []api.ManifestEntry{
+		{Path: "Procfile", Type: api.EntryFile, Mode: 0o644, Size: int64(len(body)), SHA256: strings.Repeat("ab", 32)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(e.dir, "lie")
+	os.WriteFile(p, []byte(body), 0o644)
+	_, err = c.SendBlobs(ctx, up.ID, []api.BlobRef{{SHA256: up.Missing[0], Size: int64(len(body)), Path: p}})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeBadRequest {
+		t.Errorf("lying content: %v, want a bad request", err)
+	}
+	if _, err := c.DeployUpload(ctx, "web", up.ID, api.DeployOptions{}, nil); err == nil {
+		t.Error("a deploy of the lying upload succeeded")
+	}
+	if got := get(t, url); !strings.Contains(got, "release=v1") {
+		t.Errorf("after the refused upload the app answers %q", got)
+	}
+	for _, m := range []*api.UploadManifest{
+		{Entries: []api.ManifestEntry{{Path: "../x", Type: api.EntryFile, SHA256: strings.Repeat("ab", 32)}}},
+		{Entries: []api.ManifestEntry{{Path: "l", Type: api.EntrySymlink, Target: "/etc/passwd"}}},
+		{Entries: []api.ManifestEntry{{Path: "dev", Type: "chardev"}}},
+	} {
+		if _, err := c.CreateUpload(ctx, m); !errors.As(err, &ae) || ae.Code != api.CodeBadRequest {
+			t.Errorf("hostile manifest %+v: %v", m.Entries[0], err)
+		}
+	}
+}
+
+// Processes run in a release tree they cannot change: an --allow-root
+// app in a private copy, every app with HOME and TMPDIR in its data dir.
+func TestReleaseTreeImmutable(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	e := start(t)
+	e.createApp("web", "--readiness", "web=notify")
+	dir := e.storeRelease("tree")
+	e.deployR("web", dir)
+	pid := e.ps("web")[0].PID
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trees := filepath.Join(e.ag.StateDir, "store", "trees")
+	if strings.HasPrefix(cwd, trees) {
+		t.Errorf("an --allow-root app runs in the shared tree %s", cwd)
+	}
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(e.ag.StateDir, "data", "web")
+	for _, want := range []string{"HOME=" + data, "TMPDIR=" + filepath.Join(data, "tmp")} {
+		if !strings.Contains("\x00"+string(environ)+"\x00", "\x00"+want+"\x00") {
+			t.Errorf("process environment lacks %s", want)
+		}
+	}
+	entries, _ := os.ReadDir(trees)
+	for _, t2 := range entries {
+		fi, err := os.Stat(filepath.Join(trees, t2.Name(), "data.bin"))
+		if err != nil || fi.Mode().Perm() != 0o444 {
+			t.Errorf("blob %s: %v %v, want read-only", t2.Name(), fi, err)
+		}
+	}
+}
+
