@@ -1,6 +1,8 @@
 // Command agentd holds app sockets and switches releases without dropping
-// a request. See DESIGN.md and docs/ for the model; this file only wires
-// flags to the agent, the control API and metrics.
+// a request. See DESIGN.md and docs/ for the model. This file only parses
+// flags and wires the parts together: intake (what systemd passes),
+// upgrade (tableflip), controlsock (hctl's socket), watchdog (sd_notify),
+// the agent, the control API and metrics.
 package main
 
 import (
@@ -14,21 +16,19 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/cloudflare/tableflip"
-	"github.com/coreos/go-systemd/v22/daemon"
-
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/agent"
+	"github.com/agentd/agentd/agentd/internal/controlsock"
+	"github.com/agentd/agentd/agentd/internal/intake"
 	"github.com/agentd/agentd/agentd/internal/journal"
 	"github.com/agentd/agentd/agentd/internal/metrics"
 	"github.com/agentd/agentd/agentd/internal/scope"
 	"github.com/agentd/agentd/agentd/internal/server"
+	"github.com/agentd/agentd/agentd/internal/upgrade"
+	"github.com/agentd/agentd/agentd/internal/watchdog"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -123,51 +123,20 @@ Flags:
 		return fmt.Errorf("runtime directory: %w", err)
 	}
 	// Under systemd: sockets passed by name (socket units and the fd
-	// store), and sd_notify. "control" is the control socket; the others
-	// are app sockets named APP.NAME, claimed when their app is loaded or
-	// created, and kept meanwhile.
-	mode := "embedded"
-	if os.Getenv("NOTIFY_SOCKET") != "" {
-		mode = "systemd"
-	}
-	activated, err := sockets.TakeActivated()
+	// store), and sd_notify.
+	in, err := intake.Take(log)
 	if err != nil {
-		return fmt.Errorf("socket activation: %w", err)
+		return err
 	}
-	var controlFile *os.File
-	pool := map[string]*os.File{}
-	var poolMu sync.Mutex
-	for _, a := range activated {
-		if a.Name == "control" {
-			controlFile = a.File
-		} else {
-			pool[a.Name] = a.File
-		}
-	}
-	claim := func(name string) *os.File {
-		poolMu.Lock()
-		defer poolMu.Unlock()
-		f := pool[name]
-		delete(pool, name)
-		return f
-	}
-	notify := func(state string) {
-		if mode == "systemd" {
-			if err := sockets.Notify(state); err != nil {
-				log.Warn("sd_notify", "err", err)
-			}
-		}
-	}
+	mode := in.Mode
+	sd := watchdog.NewNotifier(mode == intake.ModeSystemd, log)
 
-	// tableflip passes the control socket and every app socket to a new
-	// agentd on SIGHUP (or `hctl agent upgrade`): the sockets never close,
-	// and the app processes, adopted by the new agentd, never stop.
-	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: 2 * time.Minute, PIDFile: *pidFile})
+	upg, err := upgrade.New(*pidFile, log, sd.Notify)
 	if err != nil {
-		return fmt.Errorf("upgrader: %w", err)
+		return err
 	}
 	defer upg.Stop()
-	ln, err := controlListener(upg, controlFile, sp, *group)
+	ln, err := controlsock.Listen(upg.Fds(), in.Control, sp, *group)
 	if err != nil {
 		return err
 	}
@@ -175,7 +144,7 @@ Flags:
 	defer func() {
 		// Under systemd the socket file belongs to agentd.socket; after an
 		// upgrade it belongs to the new agentd.
-		if !upgraded && mode == "embedded" {
+		if !upgraded && mode == intake.ModeEmbedded {
 			os.Remove(sp)
 		}
 	}()
@@ -188,16 +157,10 @@ Flags:
 	cfg := agent.Config{
 		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: exe, Version: version, Log: log,
 		KeepReleases: *keep, Metrics: m, MaxArtifactBytes: artifactBytes, MaxLogBytes: logBytes,
-		Inherit: func(key string) *os.File {
-			f, err := upg.Fds.File(key)
-			if err != nil {
-				log.Warn("inherited socket", "key", key, "err", err)
-			}
-			return f
-		},
+		Inherit:   upg.Inherit,
 		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),
 		Mode:      mode,
-		Claim:     claim,
+		Claim:     in.Claim,
 	}
 	if jw != nil {
 		cfg.Journal = func(o agent.LineOrigin, line string) error {
@@ -210,7 +173,7 @@ Flags:
 	case "auto":
 		// INVOCATION_ID: systemd runs agentd as a service (not merely a
 		// NOTIFY_SOCKET from a test harness or systemd-socket-activate).
-		if mode == "systemd" && os.Getenv("INVOCATION_ID") != "" && os.Geteuid() == 0 {
+		if mode == intake.ModeSystemd && os.Getenv("INVOCATION_ID") != "" && os.Geteuid() == 0 {
 			if sm, err := scope.Connect(context.Background()); err != nil {
 				log.Warn("release scopes off: app processes stay in agentd's cgroup", "err", err)
 			} else {
@@ -222,52 +185,15 @@ Flags:
 	default:
 		return fmt.Errorf("--release-scopes %q: want auto or off", *scopesMode)
 	}
-	if mode == "systemd" {
-		cfg.Store = func(name string, f *os.File) {
-			if err := sockets.Store(name, f); err != nil {
-				log.Warn("fd store", "socket", name, "err", err)
-			}
-		}
-		cfg.Unstore = func(name string) {
-			if err := sockets.Unstore(name); err != nil {
-				log.Warn("fd store", "socket", name, "err", err)
-			}
-		}
-	}
+	cfg.Store, cfg.Unstore = in.FDStore()
 	ag, err = agent.New(cfg)
-	poolMu.Lock()
-	for name := range pool {
-		// Kept, not closed: an app created later with this name gets it.
-		log.Warn("socket from systemd matches no app yet; kept for an app of that name", "fdname", name)
-	}
-	poolMu.Unlock()
+	in.WarnUnclaimed()
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	var upgradeMu sync.Mutex
-	upgrade := func() error {
-		upgradeMu.Lock()
-		defer upgradeMu.Unlock()
-		log.Info("upgrade: waiting for operations in progress, then starting a new agentd")
-		notify("RELOADING=1\nSTATUS=upgrading: handing over to a new agentd")
-		files, thaw := ag.Freeze()
-		for key, f := range files {
-			if err := upg.Fds.AddFile(key, f); err != nil {
-				thaw()
-				notify("READY=1\nSTATUS=upgrade failed, carrying on: " + err.Error())
-				return fmt.Errorf("passing socket %s: %w", key, err)
-			}
-		}
-		if err := upg.Upgrade(); err != nil {
-			thaw()
-			log.Error("upgrade failed; this agentd carries on", "err", err)
-			notify("READY=1\nSTATUS=upgrade failed, carrying on: " + err.Error())
-			return err
-		}
-		return nil
-	}
-	srv := &server.Server{Agent: ag, Log: log, Metrics: m.Handler(), AdminGroup: *group, Upgrade: upgrade}
+	upgradeNow := func() error { return upg.Upgrade(ag) }
+	srv := &server.Server{Agent: ag, Log: log, Metrics: m.Handler(), AdminGroup: *group, Upgrade: upgradeNow}
 	// Each connection has its own goroutine; these bound how long an idle or
 	// slow client holds one (uploads: server.DefaultUploadIdle).
 	hs := &http.Server{Handler: srv.Handler(), ConnContext: server.ConnContext, ReadHeaderTimeout: 10 * time.Second,
@@ -286,34 +212,20 @@ Flags:
 		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- ms.Serve(mln) }()
 	}
-	// READY=1 once state is loaded, every socket held and the API serving.
-	// A new agentd after an upgrade also tells systemd its PID, and does so
-	// before tableflip lets the old one exit: systemd must never see the
-	// unit without a main process. The watchdog is then ours to feed.
-	if upg.HasParent() {
-		if os.Getenv("WATCHDOG_USEC") != "" {
-			os.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
-		}
-		notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=%s", os.Getpid(), ag.Summary()))
-	} else {
-		notify("READY=1\nSTATUS=" + ag.Summary())
-	}
+	// Signals are caught before anyone hears agentd is ready: their
+	// default action would kill it (systemctl stop or reload right after
+	// start), skipping the orderly stop.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	upg.OnSIGHUP(ag)
+	sd.Ready(ag.Summary(), upg.HasParent())
 	if err := upg.Ready(); err != nil {
-		return fmt.Errorf("upgrader: %w", err)
+		return err
 	}
 	log.Info("agentd ready", "version", version, "mode", mode, "control", sp, "state", *stateDir, "pid", os.Getpid(), "upgraded_from_parent", upg.HasParent())
 
-	go supervise(ag, notify, mode)
+	go sd.Supervise(context.Background(), ag)
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for range hup {
-			upgrade()
-		}
-	}()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case s := <-sig:
 		log.Info("stopping", "signal", s.String(), "stop_apps", *stopApps)
@@ -327,7 +239,7 @@ Flags:
 		log.Error("server failed", "err", err)
 	}
 	if !upgraded {
-		notify("STOPPING=1\nSTATUS=stopping")
+		sd.Notify("STOPPING=1\nSTATUS=stopping")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -337,97 +249,6 @@ Flags:
 	}
 	ag.Close(*stopApps)
 	return nil
-}
-
-// supervise feeds systemd's watchdog from a loop that takes every lock a
-// request takes (so a deadlocked agentd stops feeding it and systemd
-// restarts it, which the apps survive), and keeps STATUS= current.
-func supervise(ag *agent.Agent, notify func(string), mode string) {
-	if mode != "systemd" {
-		return
-	}
-	interval := 5 * time.Second
-	wd, err := daemon.SdWatchdogEnabled(false)
-	if err == nil && wd > 0 {
-		interval = min(interval, wd/2)
-	}
-	last := ""
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for range t.C {
-		ag.Ping()
-		msg := ""
-		if wd > 0 {
-			msg = "WATCHDOG=1"
-		}
-		if s := ag.Summary(); s != last {
-			last = s
-			msg += "\nSTATUS=" + s
-		}
-		if msg != "" {
-			notify(strings.TrimPrefix(msg, "\n"))
-		}
-	}
-}
-
-// controlKey names the control socket among the files tableflip passes to a
-// new agentd on upgrade.
-const controlKey = "control"
-
-// controlListener returns the control socket: the one a parent agentd
-// handed over on upgrade, else systemd's (agentd.socket), else one bound at
-// path. It is registered with tableflip as a plain file, not as a unix
-// listener: on a stop without upgrade tableflip unlinks the path of every
-// unix listener it holds, which would delete agentd.socket's file under
-// systemd (hctl then finds no socket until agentd.socket restarts), and,
-// because tableflip does it from a goroutine racing the exit, only
-// sometimes. agentd removes the file itself where it is agentd's to remove
-// (embedded mode, see run).
-func controlListener(upg *tableflip.Upgrader, fromSystemd *os.File, path, group string) (net.Listener, error) {
-	inherited, err := upg.Fds.File(controlKey)
-	if err != nil {
-		return nil, fmt.Errorf("control socket from the previous agentd: %w", err)
-	}
-	if inherited != nil {
-		if fromSystemd != nil {
-			fromSystemd.Close()
-		}
-		ln, err := net.FileListener(inherited)
-		inherited.Close()
-		if err != nil {
-			return nil, fmt.Errorf("control socket from the previous agentd: %w", err)
-		}
-		return ln, nil
-	}
-	var ln net.Listener
-	if fromSystemd != nil {
-		ln, err = net.FileListener(fromSystemd)
-		fromSystemd.Close()
-		if err != nil {
-			return nil, fmt.Errorf("control socket from systemd: %w", err)
-		}
-	} else if ln, err = server.Listen(path, group); err != nil {
-		return nil, err
-	}
-	ul, ok := ln.(*net.UnixListener)
-	if !ok {
-		ln.Close()
-		return nil, fmt.Errorf("control socket %s: not a unix stream socket", path)
-	}
-	// Closing the listener must never remove the path: the next agentd
-	// (after an upgrade) serves on it.
-	ul.SetUnlinkOnClose(false)
-	f, err := ul.File()
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	defer f.Close()
-	if err := upg.Fds.AddFile(controlKey, f); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	return ln, nil
 }
 
 // releaseScopes gives the deploy engine a scope unit per release.
