@@ -114,7 +114,7 @@ func (h *hctl) deployCommand() *cli.Command {
 				}
 				return h.runOp(ctx, "deploy", app,
 					func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
-						id, err := h.upload(ctx, d)
+						id, err := h.upload(ctx, app, d)
 						switch {
 						case err != nil:
 							return nil, err

@@ -31,7 +31,7 @@ func scanDirUpload(dir string) (*dirUpload, error) {
 // then only the contents agentd lacks, uncompressed. It returns the
 // upload's id, or "" when agentd cannot take such an upload (the caller
 // then sends a .tar.gz, as before).
-func (h *hctl) upload(ctx context.Context, d *dirUpload) (string, error) {
+func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, error) {
 	dir, m, blobs, root, cache := d.dir, d.manifest, d.blobs, d.root, d.cache
 	c := h.client()
 	res, err := c.CreateUpload(ctx, m)
@@ -41,7 +41,7 @@ func (h *hctl) upload(ctx context.Context, d *dirUpload) (string, error) {
 		return "", nil
 	}
 	if err != nil {
-		return "", err
+		return "", refused(app, err)
 	}
 	// The cache is saved once agentd accepted the manifest: its hashes
 	// were worth keeping.
@@ -61,7 +61,7 @@ func (h *hctl) upload(ctx context.Context, d *dirUpload) (string, error) {
 	sent, err := c.SendBlobs(ctx, res.ID, send)
 	if err != nil {
 		c.AbortUpload(context.WithoutCancel(ctx), res.ID)
-		return "", fmt.Errorf("sending %s: %w", dir, err)
+		return "", refused(app, fmt.Errorf("sending %s: %w", dir, err))
 	}
 	files, bytes := 0, int64(0)
 	for _, e := range m.Entries {
@@ -87,4 +87,15 @@ func sizeStr(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+// refused makes agentd's refusal of the content (too large, a path out of
+// the tree, a lying manifest) a failed deploy, exit 1, as the same
+// refusal of a .tar.gz is.
+func refused(app string, err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeBadRequest {
+		return &opError{msg: fmt.Sprintf("deploy of %s failed: %s; nothing running was touched", app, ae.Message), code: ae.Code}
+	}
+	return err
 }

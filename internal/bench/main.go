@@ -19,6 +19,10 @@
 //     and through nginx in front of it, in the same run.
 //   - scale: agentd with 100 apps of 4 processes: RSS and CPU idle and
 //     during 10 concurrent deploys, `hctl ps` latency, time to deploy all.
+//   - store: deploy to first response from the new code, minus the app's
+//     boot, for 8/64/256 MiB of new files and 256 MiB with one changed
+//     file, by .tar.gz and manifest first, beside cp -a + sync; and the
+//     process start chain against a direct fork+exec (store.go).
 //
 // Load comes from internal/loadgen, which never retries and classifies
 // every failure (refused, reset, eof, timeout, non2xx), in its three client
@@ -74,7 +78,7 @@ type options struct {
 	mdOut      string
 }
 
-var allScenarios = []string{"deploys", "crosscheck", "proxy", "scale"}
+var allScenarios = []string{"deploys", "crosscheck", "proxy", "scale", "store"}
 
 func main() {
 	var o options
@@ -156,6 +160,7 @@ func main() {
 type binaries struct {
 	harness.Bins
 	BenchApp, TinyApp string
+	Shim              string // agentd-shim
 	Nginx, Wrk, Hey   string // empty when not installed
 }
 
@@ -263,6 +268,11 @@ func run(o options) error {
 	if o.scenarios["scale"] {
 		if res.Scale, err = scaleScenario(o, bins, filepath.Join(dir, "scale")); err != nil {
 			res.fail("scale", err)
+		}
+	}
+	if o.scenarios["store"] {
+		if res.Store, err = storeScenario(o, bins, filepath.Join(dir, "store")); err != nil {
+			res.fail("store", err)
 		}
 	}
 	res.Seconds = time.Since(benchStart).Seconds()
@@ -378,11 +388,12 @@ func build(b binaries, dir string) (binaries, error) {
 	b.Bins = bins
 	b.BenchApp = filepath.Join(dir, "benchapp")
 	b.TinyApp = filepath.Join(dir, "tinyapp")
+	b.Shim = filepath.Join(dir, "agentd-shim")
 	root, err := harness.ModuleRoot()
 	if err != nil {
 		return b, err
 	}
-	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./internal/bench/benchapp", "./internal/bench/tinyapp")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./internal/bench/benchapp", "./internal/bench/tinyapp", "./sockets/cmd/agentd-shim")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -66,6 +66,9 @@ func report(r *results) string {
 	if s := r.Scale; s != nil {
 		reportScale(&b, s)
 	}
+	if s := r.Store; s != nil {
+		reportStore(&b, s)
+	}
 	if len(r.Errors) > 0 {
 		p("## Scenarios that failed\n\n")
 		for _, e := range r.Errors {

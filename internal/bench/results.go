@@ -26,6 +26,7 @@ type results struct {
 	CrossCheck    *crossResults   `json:"crosscheck,omitempty"`
 	Proxy         *proxyResults   `json:"proxy,omitempty"`
 	Scale         *scaleResults   `json:"scale,omitempty"`
+	Store         *storeResults   `json:"store,omitempty"`
 	Targets       []targetOutcome `json:"targets"`
 	Skipped       []string        `json:"skipped,omitempty"`
 	Errors        []string        `json:"errors,omitempty"`
@@ -235,6 +236,9 @@ func targets(r *results) []targetOutcome {
 			Value: s.IdleRSS.format(fmtMiB),
 			Met:   s.IdleRSS.valid() && s.IdleRSS.Max < 30,
 		})
+	}
+	if s := r.Store; s != nil {
+		ts = append(ts, storeTargets(s)...)
 	}
 	return ts
 }

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// storeTargets judges the store scenario against issue 14's targets.
+func storeTargets(s *storeResults) []targetOutcome {
+	var ts []targetOutcome
+	for _, c := range s.Cases {
+		switch {
+		case c.MiB == 8 && c.CpA.valid():
+			ts = append(ts, targetOutcome{
+				Name:  "8 MiB release: new code live ≤ app boot + 30 ms",
+				Value: c.Manifest.format(fmtDur) + " beyond the app's boot",
+				Met:   c.Manifest.valid() && c.Manifest.Median <= 0.030,
+			})
+		case c.MiB == 256 && c.CpA.valid():
+			ts = append(ts, targetOutcome{
+				Name:  "256 MiB of new files: within 1.5× of cp -a + sync",
+				Value: fmt.Sprintf("%s against %s (%.2f×)", c.Manifest.format(fmtDur), c.CpA.format(fmtDur), ratio(c.Manifest.Median, c.CpA.Median)),
+				Met:   c.Manifest.valid() && c.Manifest.Median <= 1.5*c.CpA.Median,
+			})
+		case c.MiB == 256:
+			ts = append(ts, targetOutcome{
+				Name:  "256 MiB, one file changed: new code live ≤ app boot + 30 ms",
+				Value: c.Manifest.format(fmtDur) + " beyond the app's boot",
+				Met:   c.Manifest.valid() && c.Manifest.Median <= 0.030,
+			})
+		}
+	}
+	if len(s.StartChain) >= 4 {
+		direct, after := s.StartChain[0].Seconds, s.StartChain[3].Seconds
+		ts = append(ts, targetOutcome{
+			Name:  "process start chain ≤ 1 ms median over a direct fork+exec",
+			Value: fmt.Sprintf("%s over (%s against %s)", fmtDur(after.Median-direct.Median), fmtDur(after.Median), fmtDur(direct.Median)),
+			Met:   after.valid() && after.Median-direct.Median <= 0.001,
+		})
+	}
+	return ts
+}
+
+func reportStore(b *strings.Builder, s *storeResults) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("## Deploys as fast as the disk: the release store\n\n")
+	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection), minus the app's own boot ")
+	p("(the same binary started directly, fork to first answer: %s), with `notify` readiness and no load. ", s.AppBoot.format(fmtDur))
+	p("Each release is the app's binary, its Procfile and N files of 1 MiB of random bytes. ")
+	p("**.tar.gz** is the path a directory took before the store, and still takes for a `.tar.gz`: packed (counted here), sent, unpacked, digested. ")
+	p("**manifest** is `hctl deploy DIR` now: the manifest, then only the files agentd lacks, uncompressed; the release is built of hard links to read-only blobs. ")
+	p("**cp -a + sync** copies the same tree on the same disk: the local physical reference. ")
+	p("The one-file case changes one 1 MiB file of the 256 MiB tree deployed just before (hctl's hash cache warm). %s.\n\n", plural(s.Runs, "run"))
+	p("| release | cp -a + sync | .tar.gz (before) | manifest (after) | of which prepare | sent |\n|---|---|---|---|---|---|\n")
+	for _, c := range s.Cases {
+		p("| %s | %s | %s | %s | %s | %s |\n", c.Name, c.CpA.format(fmtDur), c.TarGz.format(fmtDur), bold(c.Manifest.format(fmtDur)), c.Prepare.format(fmtDur), c.SentMiB.format(fmtMiB))
+	}
+	p("\n")
+	if len(s.StartChain) > 0 {
+		p("The process start chain, fork to exit of `/bin/true` (%d each, interleaved):\n\n| chain | time | over fork+exec |\n|---|---|---|\n", s.StartChain[0].Seconds.N)
+		for _, c := range s.StartChain {
+			p("| %s | %s | %s |\n", c.What, c.Seconds.format(fmtDur), fmtDur(c.Seconds.Median-s.StartChain[0].Seconds.Median))
+		}
+		p("\n")
+	}
+}
