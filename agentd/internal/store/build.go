@@ -51,8 +51,10 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 		s.pinTree(digest)
 		return digest, nil
 	}
-	// New blobs first, all of them, then one sync, then their names: a
-	// name in blobs/ must never point at data a crash could lose.
+	// New blobs first, then their names: a name in blobs/ must never point
+	// at data a crash could lose, so every staged file was synced when it
+	// was received (Upload.Put; artifact.Unpack syncs what it unpacks) and
+	// every copy is synced as it is made.
 	adopted := map[string]string{} // blob path -> inode to link there
 	used := map[string]bool{}      // staged files already adopted
 	for _, n := range t.files {
@@ -83,9 +85,6 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 		}
 		adopted[bp] = src
 	}
-	if err := syncfs(s.dir); err != nil {
-		return "", fmt.Errorf("building release: %w", err)
-	}
 	for bp, src := range adopted {
 		if err := os.MkdirAll(filepath.Dir(bp), 0o755); err != nil {
 			return "", fmt.Errorf("building release: %w", err)
@@ -115,9 +114,11 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 			return "", fmt.Errorf("building release: %w", err)
 		}
 	}
-	if err := syncfs(s.dir); err != nil {
-		return "", fmt.Errorf("building release: %w", err)
-	}
+	// No sync of the whole filesystem (syncfs waits for every other
+	// writer's dirty data too): the data is durable already, and the
+	// tree's directories and links are metadata, which the journal (ext4,
+	// XFS) commits in order, so the fsync of trees/ after the rename makes
+	// the rename and everything before it durable.
 	trees := filepath.Join(s.dir, "trees")
 	if err := renameNoReplace(tmp, s.Dir(digest)); err != nil {
 		if !s.Has(digest) {
@@ -177,19 +178,11 @@ func copyFile(src, dst string) error {
 			return err
 		}
 	}
-	return out.Close()
-}
-
-func syncfs(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
+	if err := out.Sync(); err != nil {
+		out.Close()
 		return err
 	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("sync: %w", err)
-	}
-	return nil
+	return out.Close()
 }
 
 func renameNoReplace(oldpath, newpath string) error {

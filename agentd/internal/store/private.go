@@ -80,10 +80,11 @@ func (s *Store) Private(digest, name string) (string, error) {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", fmt.Errorf("private copy: %w", err)
 	}
-	if err := syncfs(s.dir); err != nil {
+	if err := renameNoReplace(tmp, dst); err != nil && !errors.Is(err, unix.EEXIST) {
 		return "", fmt.Errorf("private copy: %w", err)
 	}
-	if err := renameNoReplace(tmp, dst); err != nil && !errors.Is(err, unix.EEXIST) {
+	// Each file was synced by copyFile; this commits the names.
+	if err := syncDir(filepath.Join(s.dir, "private")); err != nil {
 		return "", fmt.Errorf("private copy: %w", err)
 	}
 	return dst, nil

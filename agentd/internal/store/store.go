@@ -17,10 +17,12 @@
 // either. Garbage is found by reference: a tree nothing names is removed,
 // then a blob no tree links (link count 1) and no upload in progress pins.
 //
-// Durability: file data is synced (one syncfs per import) before any name
-// in blobs/ or trees/ refers to it, and a tree is renamed into trees/ only
-// when complete, so after a crash every name in the store is whole;
-// leftovers of the crashed process in tmp/ are removed by the next Open.
+// Durability: a file's data is synced (as it arrives, or by Unpack) before
+// any name in blobs/ or trees/ refers to it, and a tree is renamed into
+// trees/ only when complete, then trees/ is synced: with a journal that
+// commits metadata in order (ext4, XFS), after a crash every name in the
+// store is whole. Leftovers of the crashed process in tmp/ are removed by
+// the next Open.
 package store
 
 import (

@@ -118,6 +118,12 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	defer os.Remove(f.Name())
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, size+1))
+	if err == nil && n == size {
+		// Durable before any name in the store can refer to it; one file
+		// at a time, as it arrives, so the disk works while the rest of
+		// the upload is still coming.
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
