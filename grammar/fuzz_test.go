@@ -72,10 +72,28 @@ func FuzzParseProcessName(f *testing.F) {
 	})
 }
 
+// agentdParseVersion is agentd's parseVersion as it was before grammar,
+// verbatim but for its message: the rule ParseRelease must keep.
+func agentdParseVersion(s string) (int, error) {
+	var v int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(s, "v"), "%d", &v); err != nil || v <= 0 || fmt.Sprintf("v%d", v) != "v"+strings.TrimPrefix(s, "v") {
+		return 0, errors.New("bad release")
+	}
+	return v, nil
+}
+
 func FuzzParseRelease(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		n, err := ParseRelease(s)
 		checkErr(t, err, ErrBadRelease)
+		// Up to nine digits (ParseRelease's cap; no app gets near) the two
+		// agree.
+		if len(strings.TrimPrefix(s, "v")) <= 9 {
+			m, aerr := agentdParseVersion(s)
+			if (err == nil) != (aerr == nil) || n != m {
+				t.Fatalf("ParseRelease(%q) = %d, %v; agentd's parseVersion: %d, %v", s, n, err, m, aerr)
+			}
+		}
 		if err != nil {
 			return
 		}
