@@ -63,6 +63,7 @@ func (h *hctl) appsCommand() *cli.Command {
 			"  hctl apps destroy myapp --confirm myapp",
 		Commands: []*cli.Command{
 			h.appsCreateCommand(),
+			h.appsSetCommand(),
 			h.appsInfoCommand(),
 			h.appsDestroyCommand(),
 		},
@@ -94,7 +95,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 		Name:  "create",
 		Usage: "create an app and bind its listening sockets",
 		UsageText: "hctl apps create APP --socket [TYPE/]NAME=ADDR ... [--readiness TYPE=KIND ...] " +
-			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D]",
+			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D] [--bake D] [--max-surge N] [--strategy TYPE=S ...]",
 		Description: "ADDR is tcp://HOST:PORT, tcp6://[HOST]:PORT or unix:///path. TYPE is the process type\n" +
 			"that receives the socket (web by default). KIND is notify, http:PATH, tcp, exec:CMD or\n" +
 			"uptime:DURATION (the default, uptime:5s).\n\n" +
@@ -112,7 +113,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			"  hctl apps create shop --socket web=tcp://0.0.0.0:8000 --user shop --limit nofile=8192 \\\n" +
 			"      --limit nproc=256 --limit as=4G --release-timeout 10m\n" +
 			"  HCTL_SOCKET=/tmp/agentd.sock hctl apps create worker-only",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{
 				Name:  "socket",
 				Usage: "a listening socket of the app, `SPEC` = [TYPE/]NAME=ADDR (repeatable)",
@@ -156,7 +157,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 				Local:       true,
 				HideDefault: true,
 			},
-		},
+		}, rolloutFlags()...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			a, err := needArgs(cmd, 1, 1, "APP")
 			if err != nil {
@@ -188,6 +189,9 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			req.BootTimeout = api.Duration(cmd.Duration("boot-timeout"))
 			req.DrainTimeout = api.Duration(cmd.Duration("drain-timeout"))
 			req.ReleaseTimeout = api.Duration(cmd.Duration("release-timeout"))
+			if err := rolloutSettings(cmd, &req); err != nil {
+				return err
+			}
 			if req.Sockets == nil {
 				req.Sockets = []string{}
 			}

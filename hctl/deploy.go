@@ -39,6 +39,9 @@ func (h *hctl) runOp(ctx context.Context, what, app string,
 // liveSummary is the summary line of an operation that moves the app to a
 // release: "myapp v3 is live (switch 1.23s, drain 0.41s)".
 func liveSummary(res *api.OpResult) string {
+	if res.Detached {
+		return fmt.Sprintf("%s: started, and goes on without hctl: follow it with hctl wait %s, stop it with hctl cancel %s", res.App, res.App, res.App)
+	}
 	if !res.Changed {
 		return fmt.Sprintf("%s %s already active, nothing to do", res.App, orNone(res.Release))
 	}
@@ -90,6 +93,7 @@ func (h *hctl) deployCommand() *cli.Command {
 			&cli.StringFlag{Name: "message", Aliases: []string{"m"}, Usage: "describe the release (`MSG`)", Local: true},
 			&cli.BoolFlag{Name: "skip-release-phase", Usage: "do not run the release: command (it ran elsewhere)", Local: true},
 			&cli.StringFlag{Name: "release-id", Usage: "keep `ID` (a commit, a build number) with the release", Local: true},
+			&cli.BoolFlag{Name: "detach", Usage: "return once the deploy has started; follow it with hctl wait APP", Local: true},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			a, err := needArgs(cmd, 2, 2, "APP", "PATH")
@@ -104,6 +108,7 @@ func (h *hctl) deployCommand() *cli.Command {
 				Message:          cmd.String("message"),
 				SkipReleasePhase: cmd.Bool("skip-release-phase"),
 				ReleaseID:        cmd.String("release-id"),
+				Detach:           cmd.Bool("detach"),
 			}
 			if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 				// A directory goes manifest first: only what agentd lacks

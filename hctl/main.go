@@ -117,6 +117,9 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.restartCommand(),
 			h.configCommand(),
 			h.logsCommand(),
+			h.waitCommand(),
+			h.cancelCommand(),
+			h.bakeCommand(),
 			h.agentCommand(),
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {

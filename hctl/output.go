@@ -93,6 +93,10 @@ func opFailure(what, app string, res *api.OpResult, err error) error {
 		res.App = app
 	}
 	msg := fmt.Sprintf("%s of %s failed: %s", what, app, apiErr.Message)
+	if res.RolledBack {
+		// agentd's message names the rollback release that serves.
+		return &opError{msg: msg, code: apiErr.Code}
+	}
 	if what == "release phase" {
 		msg += "; nothing running was touched"
 	} else {
@@ -344,9 +348,15 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 		"readiness", fmtKV(a.Readiness),
 		"boot timeout", time.Duration(a.BootTimeout).String(),
 		"drain timeout", time.Duration(a.DrainTimeout).String(),
+		"bake", fmtBake(a.Bake),
+		"max surge", fmtSurge(a.MaxSurge),
+		"strategy", fmtKV(a.Strategy),
 		"user", a.User,
 		"created", fmtTime(a.CreatedAt),
 	)
+	if !a.BakeUntil.IsZero() {
+		fmt.Fprintf(w, "baking until %s\n", fmtTime(a.BakeUntil))
+	}
 	if len(a.Sockets) > 0 {
 		fmt.Fprintln(w, "\nsockets:")
 		writeSockets(w, a.Sockets, false)
@@ -362,6 +372,20 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 		fmt.Fprintln(w, "\nprocesses:")
 		writeProcesses(w, info.Processes)
 	}
+}
+
+func fmtBake(d api.Duration) string {
+	if d == 0 {
+		return "none"
+	}
+	return time.Duration(d).String()
+}
+
+func fmtSurge(n int) string {
+	if n == 0 {
+		return "the whole formation"
+	}
+	return strconv.Itoa(n)
 }
 
 func writeSockets(w io.Writer, socks []api.Socket, withApp bool) {

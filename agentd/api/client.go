@@ -104,6 +104,19 @@ type DeployOptions struct {
 	// ReleaseID is an opaque identifier of the build (a commit, a CI run),
 	// kept with the release.
 	ReleaseID string
+	// Detach returns once the operation has started (the artifact is in
+	// and the app's operation lock taken) instead of at its end; the
+	// result then has Detached set. Follow it with [Client.Attach].
+	Detach bool
+}
+
+// detachAt is the stop condition of a detached deploy: the first phase
+// after prepare, or the first event after the lock was taken.
+func (o DeployOptions) detachAt() func(Event) bool {
+	if !o.Detach {
+		return nil
+	}
+	return func(e Event) bool { return e.Type == "phase" && e.Phase != PhasePrepare }
 }
 
 // LogOptions are the options of [Client.Logs].
@@ -181,7 +194,7 @@ func (c *Client) Deploy(ctx context.Context, app string, artifact io.Reader, opt
 	if opt.ReleaseID != "" {
 		q.Set("release_id", opt.ReleaseID)
 	}
-	return c.stream(ctx, app, http.MethodPost, appPath(app)+"/deploys", q, artifact, "application/gzip", onEvent)
+	return c.streamUntil(ctx, app, http.MethodPost, appPath(app)+"/deploys", q, artifact, "application/gzip", onEvent, opt.detachAt())
 }
 
 // ReleasePhase runs only the release: command of artifact with app's
@@ -451,6 +464,13 @@ func decodeBody(resp *http.Response, out any) error {
 // stream sends a request whose answer is a stream of newline-delimited
 // events, passes each to onEvent, and returns the result of the last one.
 func (c *Client) stream(ctx context.Context, app, method, path string, q url.Values, body io.Reader, contentType string, onEvent func(Event)) (*OpResult, error) {
+	return c.streamUntil(ctx, app, method, path, q, body, contentType, onEvent, nil)
+}
+
+// streamUntil is stream that, with detach, returns a result with Detached
+// set at the first event for which detach is true: the operation goes on
+// in agentd without the client.
+func (c *Client) streamUntil(ctx context.Context, app, method, path string, q url.Values, body io.Reader, contentType string, onEvent func(Event), detach func(Event) bool) (*OpResult, error) {
 	resp, err := c.do(ctx, method, path, q, body, contentType)
 	if err != nil {
 		if ctx.Err() != nil && !isUnreachable(err) {
@@ -473,6 +493,9 @@ func (c *Client) stream(ctx context.Context, app, method, path string, q url.Val
 			onEvent(ev)
 		}
 		if ev.Type != "result" {
+			if detach != nil && detach(ev) {
+				return &OpResult{App: app, OK: true, Detached: true}, nil
+			}
 			continue
 		}
 		res := ev.Result

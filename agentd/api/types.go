@@ -61,6 +61,7 @@ const (
 	PhasePreboot   = "preboot"
 	PhaseReadiness = "readiness"
 	PhaseCutover   = "cutover"
+	PhaseBake      = "bake"
 	PhaseDrain     = "drain"
 )
 
@@ -73,6 +74,13 @@ const (
 	CodeDeployFailed = "deploy_failed"
 	CodeInternal     = "internal"
 	CodeUnavailable  = "unavailable"
+	// CodeCancelled: the operation was cancelled before its cutover.
+	CodeCancelled = "cancelled"
+	// CodeBakeFailed: the release failed its bake window and could not
+	// be rolled back; CodeRolledBack: it was rolled back automatically
+	// (OpResult.Release names the release that serves).
+	CodeBakeFailed = "bake_failed"
+	CodeRolledBack = "rolled_back"
 )
 
 // Error is the body of every failed request, and the error the client
@@ -158,6 +166,16 @@ type AppCreate struct {
 	Limits []string `json:"limits,omitempty"`
 	// ReleaseTimeout bounds the release phase (agentd's default: 15m).
 	ReleaseTimeout Duration `json:"release_timeout,omitempty"`
+
+	// Bake is how long a new release is watched after its cutover; a
+	// failure in that window rolls it back automatically. 0: no bake.
+	Bake Duration `json:"bake,omitempty"`
+	// MaxSurge bounds how many new processes of a type start beyond its
+	// formation before old ones retire; 0: the whole formation at once.
+	MaxSurge int `json:"max_surge,omitempty"`
+	// Strategy maps a process type to overlap (the default) or
+	// stop-first.
+	Strategy map[string]string `json:"strategy,omitempty"`
 }
 
 // App is an app's host-level settings.
@@ -177,6 +195,15 @@ type App struct {
 	AllowRoot      bool     `json:"allow_root,omitempty"`
 	Limits         []string `json:"limits,omitempty"`
 	ReleaseTimeout Duration `json:"release_timeout,omitempty"`
+
+	Bake     Duration          `json:"bake"`
+	MaxSurge int               `json:"max_surge"`
+	Strategy map[string]string `json:"strategy,omitempty"`
+	// Operation is the kind of the operation in progress, Phase its
+	// phase, BakeUntil the end of its bake window.
+	Operation string    `json:"operation,omitempty"`
+	Phase     string    `json:"phase,omitempty"`
+	BakeUntil time.Time `json:"bake_until,omitzero"`
 }
 
 // AppInfo answers GET /v1/apps/{app}.
@@ -286,6 +313,12 @@ type OpResult struct {
 	// ConnectionsCut is how many connections the killed processes still
 	// held open when SIGKILL cut them off.
 	ConnectionsCut int `json:"connections_cut,omitempty"`
+	// RolledBack: the new release failed its bake window and agentd
+	// rolled it back by itself; Release is the rollback release.
+	RolledBack bool `json:"rolled_back,omitempty"`
+	// Detached is set by the client that stopped following the operation
+	// once it had started (DeployOptions.Detach); agentd carries it on.
+	Detached bool `json:"detached,omitempty"`
 }
 
 // LogLine is one line of app output.

@@ -98,7 +98,9 @@ type listenerInfo struct {
 }
 
 func main() {
-	os.Exit(run())
+	code := run()
+	lifeLog("exit")
+	os.Exit(code)
 }
 
 func run() int {
@@ -153,6 +155,11 @@ func run() int {
 		defer stop()
 	}
 
+	ctx, exitCode, err := rolloutSetup(ctx, modes)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testapp:", err)
+		return exitUsage
+	}
 	if code, stop := beforeListen(modes); stop {
 		return code
 	}
@@ -241,7 +248,7 @@ func run() int {
 		return 1
 	}
 	fmt.Fprintln(os.Stderr, "testapp: drained")
-	return 0
+	return exitCode()
 }
 
 func parseModes(s string) (map[string]bool, error) {
@@ -400,9 +407,7 @@ func handler(c *contract) http.Handler {
 		}
 		fmt.Fprintln(w, n)
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("GET /healthz", healthzHandler)
 	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
 		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
 		if err != nil || ms < 0 {

@@ -2,10 +2,8 @@ package agent
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,11 +15,7 @@ import (
 	"github.com/agentd/agentd/sockets"
 )
 
-// appNameRe is the app name rule of DESIGN.md. It also keeps names safe as
-// path components: no '/', no '..'.
-var appNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,29}$`) })
-
-// Defaults of DESIGN.md: Heroku's R10 boot timeout and its drain timeout.
+// Defaults (docs/concepts.md): Heroku's R10 boot timeout and its drain timeout.
 const (
 	DefaultBootTimeout  = 60 * time.Second
 	DefaultDrainTimeout = 30 * time.Second
@@ -59,6 +53,15 @@ type appState struct {
 	Limits []string `json:"limits,omitempty"`
 	// ReleaseTimeout bounds the release phase; 0 for agentd's default.
 	ReleaseTimeout api.Duration `json:"release_timeout,omitempty"`
+
+	// Bake is how long a new release is watched after its cutover
+	// before it counts as good; 0: no bake.
+	Bake api.Duration `json:"bake,omitempty"`
+	// MaxSurge bounds the new processes of a type beyond its formation
+	// during a rollout; 0: the whole formation.
+	MaxSurge int `json:"max_surge,omitempty"`
+	// Strategy per process type: "overlap" (the default) or "stop-first".
+	Strategy map[string]string `json:"strategy,omitempty"`
 }
 
 type releaseState struct {
@@ -101,18 +104,14 @@ type opRecord struct {
 	Release int       `json:"release"`
 	Phase   string    `json:"phase"`
 	Started time.Time `json:"started"`
+	// BakeUntil is the end of the bake window (phase bake), so that a
+	// restarted agentd resumes the bake; Previous the release it rolls
+	// back to when the bake fails.
+	BakeUntil time.Time `json:"bake_until,omitzero"`
+	Previous  int       `json:"previous,omitempty"`
 }
 
 func vname(v int) string { return fmt.Sprintf("v%d", v) }
-
-// parseVersion accepts "v3" or "3".
-func parseVersion(s string) (int, error) {
-	var v int
-	if _, err := fmt.Sscanf(strings.TrimPrefix(s, "v"), "%d", &v); err != nil || v <= 0 || vname(v) != "v"+strings.TrimPrefix(s, "v") {
-		return 0, fmt.Errorf("bad release %q: want vN, e.g. v3", s)
-	}
-	return v, nil
-}
 
 func (r *releaseState) api(app string) api.Release {
 	keys := make([]string, 0, len(r.Config))
@@ -140,6 +139,13 @@ type app struct {
 	procs   []*proc
 	backoff map[string]*time.Timer // pending crash restarts by process name
 	gone    bool                   // destroyed
+
+	// cur is the operation holding the op lock (Attach, Cancel);
+	// cutover is set once its rollout is past the cutover; bakeEnd
+	// ends its bake early (EndBake).
+	cur     *op
+	cutover bool
+	bakeEnd chan bool
 }
 
 func (a *app) release(v int) *releaseState {
@@ -203,6 +209,8 @@ type proc struct {
 
 	// fwd: how much of the log file went to the journal (journal.go).
 	fwd logForward
+	// trigger fires when the process sent WATCHDOG=trigger (bake.go).
+	trigger signal
 }
 
 func (p *proc) name() string {

@@ -15,6 +15,7 @@ import (
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/notify"
 	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/rollout"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
 )
@@ -207,7 +208,7 @@ func (ag *Agent) attachNotify(a *app, p *proc) {
 			a.mu.Unlock()
 			go ag.watchNotify(a, p)
 			if starting {
-				if err := ag.waitReady(a, p, kind, boot); err != nil {
+				if err := ag.waitReady(context.Background(), a, p, kind, boot); err != nil {
 					ag.log.Warn("adopted process not ready", "app", a.st.Name, "process", p.name(), "err", err)
 				} else {
 					ag.saveReady(a)
@@ -229,6 +230,14 @@ func (ag *Agent) attachNotify(a *app, p *proc) {
 // watchNotify keeps the process's STATUS= and forwards EXTEND_TIMEOUT_USEC
 // to a readiness wait. It ends when the notify socket is closed.
 func (ag *Agent) watchNotify(a *app, p *proc) {
+	go func() {
+		select {
+		case <-p.ns.Triggered():
+			ag.log.Warn("process sent WATCHDOG=trigger", "app", a.st.Name, "process", p.name(), "pid", p.p.PID())
+			p.trigger.Fire()
+		case <-p.p.Done():
+		}
+	}()
 	for m := range p.ns.C() {
 		p.notified.Add(1)
 		a.mu.Lock()
@@ -271,46 +280,61 @@ func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 		ag.save(a)
 		return
 	}
-	// Crash restart with exponential backoff: 1s, 2s, 4s … 5 min. A new
-	// release starts new processes with a fresh count.
-	delay := min(time.Second<<min(p.restarts, 9), 5*time.Minute)
-	name := p.name()
-	ag.log.Info("restarting crashed process", "app", a.st.Name, "process", name, "in", delay)
-	a.backoff[name] = time.AfterFunc(delay, func() { ag.restartCrashed(a, p, r) })
+	// Crash restart with backoff; a new release starts new processes
+	// with a fresh count.
+	ag.scheduleRestart(a, p.typ, p.index, p.restarts)
 	ag.save(a)
 }
 
-func (ag *Agent) restartCrashed(a *app, old *proc, r *releaseState) {
+func (ag *Agent) restartCrashed(a *app, typ string, index, restarts int) {
 	if ag.frozen.Load() {
 		// A new agentd is taking over: it restarts what it finds crashed.
 		return
 	}
+	name := fmt.Sprintf("%s.%d", typ, index)
+	o := ag.newOp(a, "crash", func(api.Event) {})
+	o.lock()
+	defer o.unlock()
 	a.mu.Lock()
-	delete(a.backoff, old.name())
-	still := !a.gone && !old.retired && old.release == a.st.Active && old.index <= a.count(old.typ)
-	if still {
-		old.retired = true
+	delete(a.backoff, name)
+	r := a.release(a.st.Active)
+	still := !a.gone && r != nil && index <= a.count(typ) && r.Procfile[typ] != ""
+	for _, p := range a.liveProcs(a.st.Active, []string{typ}) {
+		if p.index == index {
+			still = false // the rollout in the meantime replaced it
+		}
 	}
+	if !still || ag.frozen.Load() {
+		a.mu.Unlock()
+		return
+	}
+	t := rollout.Target{Release: r.Version, Previous: r.Version, Types: []string{typ}, Formation: map[string]int{typ: a.count(typ)}}
+	o.restarts = map[string]int{name: restarts}
+	o.record(r.Version)
 	a.mu.Unlock()
-	if !still {
+	ag.obs.CrashRestart(a.st.Name, typ)
+	if res := o.rollout(nil, t); !res.OK {
+		ag.log.Warn("crash restart failed", "app", a.st.Name, "process", name, "err", res.Error)
+		a.mu.Lock()
+		ag.scheduleRestart(a, typ, index, restarts)
+		a.mu.Unlock()
+	}
+}
+
+// scheduleRestart restarts process TYPE.INDEX of the active release after
+// an exponential backoff: 1s, 2s, 4s … 5 min, by how often it was
+// restarted already. Callers hold a.mu.
+func (ag *Agent) scheduleRestart(a *app, typ string, index, restarts int) {
+	name := fmt.Sprintf("%s.%d", typ, index)
+	if a.gone {
 		return
 	}
-	ag.obs.CrashRestart(a.st.Name, old.typ)
-	np, err := ag.startProc(a, r, old.typ, old.index)
-	if err != nil {
-		ag.log.Error("crash restart failed", "app", a.st.Name, "process", old.name(), "err", err)
-		return
+	if t, ok := a.backoff[name]; ok {
+		t.Stop()
 	}
-	a.mu.Lock()
-	np.restarts = old.restarts + 1
-	boot := time.Duration(a.st.BootTimeout)
-	kind := a.readinessOf(np.typ)
-	a.mu.Unlock()
-	if err := ag.waitReady(a, np, kind, boot); err != nil {
-		ag.log.Warn("restarted process not ready", "app", a.st.Name, "process", np.name(), "err", err)
-		return
-	}
-	ag.saveReady(a)
+	delay := min(time.Second<<min(restarts, 9), 5*time.Minute)
+	ag.log.Info("restarting crashed process", "app", a.st.Name, "process", name, "in", delay)
+	a.backoff[name] = time.AfterFunc(delay, func() { ag.restartCrashed(a, typ, index, restarts+1) })
 }
 
 // saveReady records on disk that a process outside a deploy (a crash
@@ -330,8 +354,8 @@ var errBootTimeout = errors.New("not ready within the boot timeout")
 
 // waitReady waits for p to become ready by kind within boot, which the
 // process may extend with EXTEND_TIMEOUT_USEC.
-func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Duration) error {
-	ctx, cancel := context.WithCancel(context.Background())
+func (ag *Agent) waitReady(parent context.Context, a *app, p *proc, kind readiness.Kind, boot time.Duration) error {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	done := make(chan error, 1)
 	a.mu.Lock()
@@ -364,10 +388,8 @@ func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Durat
 				}
 				p.readyAt = time.Now()
 				a.mu.Unlock()
-				// The probe socket has done its job; the app keeps its copy.
-				if p.probe != nil {
-					p.probe.Close()
-				}
+				// agentd keeps its copy of the probe socket: a bake window
+				// probes it again (bake.go); it closes with the process.
 				ag.obs.ProcessReady(a.st.Name, p.typ, p.readyAt.Sub(p.p.StartedAt()))
 			}
 			return err
@@ -390,89 +412,6 @@ func (ag *Agent) waitReady(a *app, p *proc, kind readiness.Kind, boot time.Durat
 				return extended
 			}
 			return errBootTimeout
-		}
-	}
-}
-
-// drain stops procs: SIGTERM to each process group at once, then SIGKILL to
-// the groups still alive at the drain timeout. It reports how long it took
-// and which processes had to be killed; with o, the result also gets how
-// many connections the kills cut off.
-func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string) {
-	if len(procs) == 0 {
-		return 0, nil
-	}
-	start := time.Now()
-	a.mu.Lock()
-	timeout := time.Duration(a.st.DrainTimeout)
-	killAt := start.Add(timeout)
-	for _, p := range procs {
-		p.retired = true
-		p.state = api.StateDraining
-		p.killAt = killAt
-		if t, ok := a.backoff[p.name()]; ok && p.release == a.st.Active {
-			t.Stop()
-		}
-	}
-	ag.save(a)
-	a.mu.Unlock()
-	for _, p := range procs {
-		if err := p.p.Signal(syscall.SIGTERM); err != nil {
-			ag.log.Warn("SIGTERM", "app", a.st.Name, "process", p.name(), "err", err)
-		}
-	}
-	// While they drain, their open connections are counted for ps and the
-	// progress stream, and once more just before a SIGKILL.
-	w := ag.watchDrain(a, procs, o)
-	var killed []string
-	cut := 0
-	for _, p := range procs {
-		if k, n := w.killAfter(p, killAt); k {
-			killed = append(killed, vname(p.release)+" "+p.name())
-			cut += n
-			ag.log.Warn("SIGKILL at the drain timeout", "app", a.st.Name, "process", p.name(), "pid", p.p.PID(), "connections_cut", n)
-			if o != nil {
-				o.event("process", p.name(), fmt.Sprintf("%s %s (pid %d) outlived the %s drain timeout: SIGKILLed, %s", vname(p.release), p.name(), p.p.PID(), timeout, cutText(n)))
-			}
-		}
-	}
-	w.halt()
-	ag.killDrainedReleases(a, procs)
-	d := time.Since(start)
-	ag.obs.DrainDone(a.st.Name, d, len(killed))
-	if len(killed) > 0 {
-		ag.obs.ConnectionsCut(a.st.Name, cut)
-	}
-	if o != nil {
-		o.res.ConnectionsCut += cut
-	}
-	return d, killed
-}
-
-// killDrainedReleases SIGKILLs what is left in the cgroup of each release
-// of procs that no longer has a live process: what the process-group kills
-// of the drain could not reach.
-func (ag *Agent) killDrainedReleases(a *app, procs []*proc) {
-	sc := ag.cfg.Scopes
-	if sc == nil {
-		return
-	}
-	a.mu.Lock()
-	live := map[int]bool{}
-	for _, p := range a.procs {
-		if !p.p.Exited() {
-			live[p.release] = true
-		}
-	}
-	a.mu.Unlock()
-	done := map[int]bool{}
-	for _, p := range procs {
-		if live[p.release] || done[p.release] {
-			continue
-		}
-		done[p.release] = true
-		if err := sc.KillRelease(a.st.Name, p.release); err != nil {
-			ag.log.Warn("release cgroup", "app", a.st.Name, "release", vname(p.release), "err", err)
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/agentd/agentd/grammar"
+
 	"github.com/agentd/agentd/agentd/internal/readiness"
 	"github.com/agentd/agentd/sockets"
 )
@@ -31,7 +33,7 @@ func checkAppState(st *appState, name string) error {
 	if st.Name != name {
 		bad("the file of app %q holds app %q", name, st.Name)
 	}
-	if !appNameRe().MatchString(st.Name) {
+	if grammar.CheckAppName(st.Name) != nil {
 		bad("app name %q is not a valid app name", st.Name)
 	}
 

@@ -40,6 +40,7 @@ type Metrics struct {
 	cut      *prometheus.CounterVec
 	restarts *prometheus.CounterVec
 	active   *prometheus.GaugeVec
+	rollback *prometheus.CounterVec
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -82,12 +83,15 @@ func New(version string, procs func() []api.Process) *Metrics {
 	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "agentd_app_active_release_info", Help: "The release that serves each app: 1, labelled with app and release.",
 	}, []string{"app", "release"})
+	m.rollback = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_rollbacks_total", Help: "Rollbacks agentd made by itself, by app and why (bake: the new release failed its bake window).",
+	}, []string{"app", "why"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "agentd_build_info", Help: "agentd's version and the Go version it was built with: 1, labelled.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, build,
+	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, build,
 		&procCollector{list: procs},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -127,6 +131,11 @@ func (m *Metrics) CrashRestart(app, typ string) {
 	m.restarts.WithLabelValues(app, typ).Inc()
 }
 
+// Rollback implements agent.Observer.
+func (m *Metrics) Rollback(app, why string) {
+	m.rollback.WithLabelValues(app, why).Inc()
+}
+
 // ActiveRelease implements agent.Observer. The first call for an app also
 // starts its counters at zero.
 func (m *Metrics) ActiveRelease(app, release string) {
@@ -140,6 +149,7 @@ func (m *Metrics) ActiveRelease(app, release string) {
 		}
 		m.killed.WithLabelValues(app)
 		m.cut.WithLabelValues(app)
+		m.rollback.WithLabelValues(app, "bake")
 	}
 	if known && prev == release {
 		return
@@ -167,6 +177,7 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.cut.DeletePartialMatch(l)
 	m.restarts.DeletePartialMatch(l)
 	m.active.DeletePartialMatch(l)
+	m.rollback.DeletePartialMatch(l)
 }
 
 var (

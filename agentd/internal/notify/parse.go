@@ -43,6 +43,9 @@ type Message struct {
 	Fields        map[string]string // every KEY=VALUE, raw
 	SenderPID     int               // from SCM_CREDENTIALS, 0 if absent
 	Barrier       bool              // BARRIER=1
+	// WatchdogTrigger: WATCHDOG=trigger, the service's own "I am broken"
+	// (systemd ≥ 249).
+	WatchdogTrigger bool
 }
 
 // important reports whether m carries a state change that must reach the
@@ -96,6 +99,8 @@ func Parse(b []byte) (Message, error) {
 			m.Watchdog = true
 		case "BARRIER=1":
 			m.Barrier = true
+		case "WATCHDOG=trigger":
+			m.WatchdogTrigger = true
 		}
 		if _, dup := m.Fields[k]; dup {
 			continue

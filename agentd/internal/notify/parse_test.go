@@ -48,8 +48,13 @@ func TestParse(t *testing.T) {
 		},
 		{
 			name: "flag values other than 1 are not the flag",
-			in:   "READY=0\nSTOPPING=yes\nWATCHDOG=trigger",
-			want: Message{Fields: map[string]string{"READY": "0", "STOPPING": "yes", "WATCHDOG": "trigger"}},
+			in:   "READY=0\nSTOPPING=yes\nWATCHDOG=no",
+			want: Message{Fields: map[string]string{"READY": "0", "STOPPING": "yes", "WATCHDOG": "no"}},
+		},
+		{
+			name: "WATCHDOG=trigger is the process saying it is broken",
+			in:   "WATCHDOG=trigger",
+			want: Message{Fields: map[string]string{"WATCHDOG": "trigger"}, WatchdogTrigger: true},
 		},
 		{
 			// systemd: strv_contains for flags, first match for values.

@@ -43,9 +43,12 @@ type Socket struct {
 	c        chan Message
 	ready    chan struct{}
 	stopping chan struct{}
-	done     chan struct{}
-	dropped  atomic.Uint64
-	closing  atomic.Bool
+	// triggered is closed at the first WATCHDOG=trigger: sticky, like
+	// ready, so that no flood of other messages can hide it.
+	triggered chan struct{}
+	done      chan struct{}
+	dropped   atomic.Uint64
+	closing   atomic.Bool
 
 	mu     sync.Mutex
 	status string
@@ -103,12 +106,13 @@ func Listen(path string) (*Socket, error) {
 	}
 	conn := pc.(*net.UnixConn)
 	s := &Socket{
-		path:     path,
-		conn:     conn,
-		c:        make(chan Message, queueLen),
-		ready:    make(chan struct{}),
-		stopping: make(chan struct{}),
-		done:     make(chan struct{}),
+		path:      path,
+		conn:      conn,
+		c:         make(chan Message, queueLen),
+		ready:     make(chan struct{}),
+		stopping:  make(chan struct{}),
+		triggered: make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	fail := func(err error) (*Socket, error) {
 		conn.Close()
@@ -174,6 +178,9 @@ func (s *Socket) Ready() <-chan struct{} { return s.ready }
 
 // Stopping returns a channel closed once STOPPING=1 has arrived.
 func (s *Socket) Stopping() <-chan struct{} { return s.stopping }
+
+// Triggered is closed once the process sent WATCHDOG=trigger.
+func (s *Socket) Triggered() <-chan struct{} { return s.triggered }
 
 // Status returns the last STATUS= received ("" if none).
 func (s *Socket) Status() string {
@@ -335,6 +342,9 @@ func (s *Socket) handle(b []byte, flags, pid int) {
 	}
 	if m.Stopping && !isClosed(s.stopping) {
 		close(s.stopping)
+	}
+	if m.WatchdogTrigger && !isClosed(s.triggered) {
+		close(s.triggered)
 	}
 	s.push(m)
 }

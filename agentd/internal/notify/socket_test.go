@@ -568,3 +568,23 @@ func TestListenPaths(t *testing.T) {
 		}
 	})
 }
+
+// TestTriggerThroughFlood: WATCHDOG=trigger (the process says it is
+// broken) sent amid a flood of other messages that nobody reads still
+// reaches agentd.
+func TestTriggerThroughFlood(t *testing.T) {
+	s := listen(t)
+	c := dial(t, s.Path())
+	for i := range 5000 {
+		if i == 2500 {
+			send(t, c, "WATCHDOG=trigger")
+			continue
+		}
+		send(t, c, fmt.Sprintf("STATUS=%d", i))
+	}
+	select {
+	case <-s.Triggered():
+	case <-time.After(wait):
+		t.Fatal("WATCHDOG=trigger lost in the flood")
+	}
+}

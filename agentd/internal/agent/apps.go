@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/agentd/agentd/grammar"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/state"
+	"github.com/agentd/agentd/sockets"
+)
+
+// The life of an app: created with its sockets and settings, changed
+// (SetApp, settings.go), destroyed.
+
+// CreateApp validates req, binds the app's sockets and persists it. Bad
+// input changes nothing.
+func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
+	if err := grammar.CheckAppName(req.Name); err != nil {
+		return api.App{}, badRequest(err)
+	}
+	if len(req.Sockets) == 0 {
+		return api.App{}, errf(api.CodeBadRequest, "app %s: at least one --socket [TYPE/]NAME=ADDR is needed", req.Name)
+	}
+	st := appState{
+		Name: req.Name, Formation: map[string]int{}, Readiness: map[string]string{},
+		BootTimeout: req.BootTimeout, DrainTimeout: req.DrainTimeout, User: req.User,
+		CreatedAt: time.Now().UTC(), Config: map[string]string{},
+	}
+	if st.BootTimeout <= 0 {
+		st.BootTimeout = api.Duration(DefaultBootTimeout)
+	}
+	if st.DrainTimeout <= 0 {
+		st.DrainTimeout = api.Duration(DefaultDrainTimeout)
+	}
+	names := map[string]bool{}
+	for _, s := range req.Sockets {
+		spec, err := sockets.ParseSpec(s)
+		if err != nil {
+			return api.App{}, errf(api.CodeBadRequest, "%v", err)
+		}
+		if names[spec.Name] {
+			return api.App{}, errf(api.CodeBadRequest, "socket name %q given twice", spec.Name)
+		}
+		names[spec.Name] = true
+		st.Sockets = append(st.Sockets, spec)
+	}
+	for typ, kind := range req.Readiness {
+		if _, err := readiness.Parse(kind); err != nil {
+			return api.App{}, errf(api.CodeBadRequest, "readiness for %s: %v", typ, err)
+		}
+		st.Readiness[typ] = kind
+	}
+	if req.User != "" {
+		if _, err := lookupUser(req.User); err != nil {
+			return api.App{}, errf(api.CodeBadRequest, "%v", err)
+		}
+	}
+	if err := checkSecurity(req, &st); err != nil {
+		return api.App{}, err
+	}
+	if err := checkRollout(time.Duration(req.Bake), req.MaxSurge, req.Strategy); err != nil {
+		return api.App{}, err
+	}
+	st.Bake, st.MaxSurge = req.Bake, req.MaxSurge
+	for typ, s := range req.Strategy {
+		if s != "" && s != api.StrategyOverlap {
+			if st.Strategy == nil {
+				st.Strategy = map[string]string{}
+			}
+			st.Strategy[typ] = s
+		}
+	}
+
+	if ag.frozen.Load() {
+		return api.App{}, errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): try again in a moment")
+	}
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	if _, ok := ag.apps[req.Name]; ok {
+		return api.App{}, errf(api.CodeConflict, "app %s already exists", req.Name)
+	}
+	for _, other := range ag.apps {
+		for _, h := range other.held {
+			for _, spec := range st.Sockets {
+				if h.Spec.Network == "unix" && spec.Network == "unix" && h.Spec.Address == spec.Address {
+					return api.App{}, errf(api.CodeConflict, "socket %s: %s is app %s's socket", spec.Name, spec.Addr, other.st.Name)
+				}
+			}
+		}
+	}
+	a := &app{op: make(chan struct{}, 1), st: st, backoff: map[string]*time.Timer{}}
+	for _, spec := range st.Sockets {
+		h, err := ag.claimOrListen(req.Name, spec)
+		if err != nil {
+			for _, h := range a.held {
+				h.Close()
+			}
+			code := api.CodeBadRequest
+			if errors.Is(err, sockets.ErrInUse) {
+				code = api.CodeConflict
+			}
+			return api.App{}, errf(code, "%v", err)
+		}
+		a.held = append(a.held, h)
+		a.st.Bound = append(a.st.Bound, h.Bound())
+	}
+	if err := ag.save(a); err != nil {
+		for _, h := range a.held {
+			h.Close()
+		}
+		return api.App{}, errf(api.CodeInternal, "saving app %s: %v", req.Name, err)
+	}
+	ag.apps[req.Name] = a
+	ag.obs.ActiveRelease(req.Name, "")
+	ag.log.Info("app created", "app", req.Name, "sockets", len(a.held))
+	return ag.appAPI(a), nil
+}
+
+func lookupUser(name string) (*user.User, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: %w", name, err)
+	}
+	if os.Geteuid() != 0 && u.Uid != strconv.Itoa(os.Geteuid()) {
+		return nil, fmt.Errorf("user %q: agentd runs as uid %d and can only run apps as another user when it runs as root", name, os.Geteuid())
+	}
+	return u, nil
+}
+
+// DestroyApp stops every process of the app (draining them), closes its
+// sockets and removes its state. confirm must repeat the name.
+func (ag *Agent) DestroyApp(name, confirm string) error {
+	a, err := ag.get(name)
+	if err != nil {
+		return err
+	}
+	if confirm != name {
+		return errf(api.CodeBadRequest, "destroying %s stops it and deletes its releases: confirm with --confirm %s", name, name)
+	}
+	a.op <- struct{}{}
+	defer func() { <-a.op }()
+	a.mu.Lock()
+	procs := a.liveProcs(0, nil)
+	for _, p := range procs {
+		p.retired = true
+	}
+	for _, t := range a.backoff {
+		t.Stop()
+	}
+	a.mu.Unlock()
+	ag.drain(a, procs, nil)
+	a.mu.Lock()
+	a.gone = true
+	for _, h := range a.held {
+		h.Close()
+		if ag.cfg.Unstore != nil {
+			ag.cfg.Unstore(name + "." + h.Spec.Name)
+		}
+	}
+	a.held = nil
+	a.mu.Unlock()
+	ag.mu.Lock()
+	delete(ag.apps, name)
+	ag.mu.Unlock()
+	ag.obs.AppDestroyed(name)
+	if err := os.Remove(ag.cfg.appFile(name)); err != nil {
+		return errf(api.CodeInternal, "removing state of %s: %v", name, err)
+	}
+	state.SyncDir(ag.cfg.appsDir())
+	os.RemoveAll(filepath.Join(ag.cfg.logsDir(), name))
+	ag.pruneSlugs()
+	ag.log.Info("app destroyed", "app", name)
+	return nil
+}

@@ -1,0 +1,48 @@
+// Package agent is agentd's core: apps, their releases and processes, and
+// the operations that change what runs. It knows nothing of HTTP or the
+// CLI: the control API calls its methods and streams the events they emit.
+// The sequence of a switch (release phase, preboot, readiness, cutover,
+// bake, drain) is not here but in package rollout, the engine every
+// operation hands its target to; this package is the engine's host: it
+// starts, watches, signals and records real processes.
+//
+// # One deploy, from the API to the old processes' SIGKILL
+//
+//	server.deploy          (server/server.go)  decodes the request, streams events
+//	Agent.Deploy           (ops.go)            prepare: the artifact stored, a pending
+//	                                           release recorded, the op lock taken
+//	op.rollout             (rollout.go)        the target (release, formation,
+//	                                           settings) handed to the engine
+//	rollout.Engine.Run     (rollout/engine.go) plan, release phase, preboot, readiness,
+//	                                           cutover, bake, drain
+//	host.Start, AwaitReady (host.go)           startProc and waitReady (procs.go)
+//	host.Activate          (host.go)           the cutover saved
+//	host.Retire            (host.go)           drain (drain.go): SIGTERM, connections
+//	                                           counted, SIGKILL at the drain timeout
+//
+// A failed bake comes back from the engine as a rollout.BakeError, and
+// op.bakeFailed (rollout.go) deploys the previous release again through the
+// engine. A crash restart (procs.go restartCrashed) and the reconcile after
+// an agentd restart (recover.go) are rollouts too, of one release to itself.
+//
+// # Files by job
+//
+//	agent.go     the Agent: configuration, loading the state, close, freeze
+//	apps.go      create and destroy an app; settings.go: change its settings
+//	ops.go       the operations: deploy, rollback, config, restart, scale
+//	op.go        an operation: its lock, phases, events, cancel, attach
+//	rollout.go   targets, the engine's run, failure and automatic rollback
+//	host.go      the engine's host: processes as the engine sees them
+//	bake.go      what a bake window watches; the rest of one after a restart
+//	memest.go    the memory check before a preboot
+//	procs.go     starting a process, readiness, exits and crash restarts
+//	drain.go     stopping processes; observe.go: connections, socket use
+//	recover.go   adoption and reconcile after agentd (re)started
+//	release.go   artifacts, releases, the release phase, pruning
+//	views.go     what the API shows: apps, processes, releases, status
+//	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
+//
+// What is saved before each step, and what survives what, is in
+// docs/survival.md; the model of releases and processes in package
+// rollout's documentation and docs/concepts.md.
+package agent

@@ -1,0 +1,278 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/rollout"
+)
+
+// host is how the rollout engine reaches one app for one operation: its
+// processes, sockets, clock and state (rollout.Host).
+type host struct {
+	ag *Agent
+	a  *app
+	o  *op
+	// r is the operation's new release, nil when it makes none.
+	r *releaseState
+	// formation, when set (scale), is saved at the cutover.
+	formation map[string]int
+	// restarts carries a crashed process's restart count to its
+	// replacement, by name.
+	restarts map[string]int
+	// started are the processes this operation started.
+	started []*proc
+	// target and previous: the releases of the rollout's target.
+	target, previous int
+}
+
+// procView is a process as the engine sees it: a snapshot of whether it
+// is being stopped, so that the engine never reads what app.mu guards.
+type procView struct {
+	p       *proc
+	retired bool
+}
+
+func (v procView) Type() string          { return v.p.typ }
+func (v procView) Index() int            { return v.p.index }
+func (v procView) Release() int          { return v.p.release }
+func (v procView) Retired() bool         { return v.retired }
+func (v procView) Done() <-chan struct{} { return v.p.p.Done() }
+func (v procView) Name() string          { return v.p.name() }
+
+func procsOf(ps []rollout.Proc) []*proc {
+	out := make([]*proc, len(ps))
+	for i, p := range ps {
+		out[i] = p.(procView).p
+	}
+	return out
+}
+
+func (h *host) Now() time.Time                         { return time.Now() }
+func (h *host) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+func (h *host) Live() []rollout.Proc {
+	h.a.mu.Lock()
+	defer h.a.mu.Unlock()
+	var out []rollout.Proc
+	for _, p := range h.a.procs {
+		if p.p.Exited() || p.typ == "release" && p.retired {
+			continue
+		}
+		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})
+	}
+	return out
+}
+
+func (h *host) Enter(ph rollout.Phase) error {
+	o, a := h.o, h.a
+	switch ph.Name {
+	case rollout.PhaseRelease:
+		o.enter(api.PhaseRelease, "running the release command: %s", h.r.Procfile["release"])
+		a.mu.Lock()
+		h.r.Status = api.StatusReleasing
+		o.record(h.r.Version)
+		a.mu.Unlock()
+		return nil
+	case rollout.PhasePreboot:
+		if o.kind == "scale" {
+			o.enter(api.PhasePreboot, "scaling %s", a.st.Name)
+		} else {
+			o.enter(api.PhasePreboot, "%s", ph.Message)
+		}
+		if h.r != nil {
+			a.mu.Lock()
+			var missing []string
+			for _, s := range a.held {
+				if _, ok := h.r.Procfile[s.Spec.Type]; !ok && !slices.Contains(missing, s.Spec.Type) {
+					missing = append(missing, s.Spec.Type)
+				}
+			}
+			a.mu.Unlock()
+			if len(missing) > 0 {
+				o.info("warning: the Procfile has no %s process type, so nothing serves its socket", strings.Join(missing, ", "))
+			}
+		}
+	case rollout.PhaseReadiness:
+		a.mu.Lock()
+		boot := time.Duration(a.st.BootTimeout)
+		a.mu.Unlock()
+		o.pause("preboot", h.r)
+		o.enter(api.PhaseReadiness, "%s (boot timeout %s)", ph.Message, boot)
+	case rollout.PhaseCutover:
+		o.enter(api.PhaseCutover, "%s", ph.Message)
+	case rollout.PhaseBake:
+		o.enter(api.PhaseBake, "%s, until %s", ph.Message, ph.Until.Format("15:04:05"))
+		a.mu.Lock()
+		o.recordUntil(h.target, ph.Until)
+		a.st.Op.Previous = h.previous
+		h.ag.save(a)
+		a.mu.Unlock()
+		return nil
+	case rollout.PhaseDrain:
+		a.mu.Lock()
+		timeout := time.Duration(a.st.DrainTimeout)
+		a.mu.Unlock()
+		o.enter(api.PhaseDrain, "%s, SIGKILL after %s", ph.Message, timeout)
+	default:
+		o.enter(ph.Name, "%s", ph.Message)
+	}
+	a.mu.Lock()
+	o.record(h.target)
+	a.mu.Unlock()
+	return nil
+}
+
+func (h *host) Info(msg string)                  { h.o.info("%s", msg) }
+func (h *host) Event(p rollout.Proc, msg string) { h.o.event("process", p.Name(), msg) }
+
+func (h *host) RunRelease(ctx context.Context, release int) error {
+	cmd, ok := h.r.Procfile["release"]
+	if !ok {
+		return nil
+	}
+	return h.ag.runRelease(ctx, h.a, h.r, cmd, h.o)
+}
+
+func (h *host) Start(ctx context.Context, release int, typ string, index int) (rollout.Proc, error) {
+	ag, a := h.ag, h.a
+	if ag.frozen.Load() {
+		// The new agentd owns the state now: a process started here
+		// would be recorded nowhere.
+		return nil, errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): nothing starts meanwhile")
+	}
+	a.mu.Lock()
+	r := a.release(release)
+	a.mu.Unlock()
+	if r == nil {
+		return nil, fmt.Errorf("release %s is gone", vname(release))
+	}
+	p, err := ag.startProc(a, r, typ, index)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if n, ok := h.restarts[p.name()]; ok {
+		p.restarts = n
+	}
+	a.mu.Unlock()
+	h.started = append(h.started, p)
+	h.o.event("process", p.name(), fmt.Sprintf("%s %s started (pid %d)", vname(r.Version), p.name(), p.p.PID()))
+	return procView{p: p}, nil
+}
+
+func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
+	p := rp.(procView).p
+	a := h.a
+	a.mu.Lock()
+	kind := a.readinessOf(p.typ)
+	boot := time.Duration(a.st.BootTimeout)
+	a.mu.Unlock()
+	err := h.ag.waitReady(ctx, a, p, kind, boot)
+	if err == nil {
+		err = h.ag.checkSockets(a, p)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return h.o.explain(p, kind, boot, err)
+	}
+	h.o.event("process", p.name(), fmt.Sprintf("%s %s ready (%s) in %.2fs", vname(p.release), p.name(), kind, p.readyAt.Sub(p.p.StartedAt()).Seconds()))
+	return nil
+}
+
+func (h *host) Retire(ps []rollout.Proc) <-chan rollout.Drain {
+	procs := procsOf(ps)
+	h.a.mu.Lock()
+	timeout := time.Duration(h.a.st.DrainTimeout)
+	for _, p := range procs {
+		p.retired = true
+	}
+	h.a.mu.Unlock()
+	ch := make(chan rollout.Drain, 1)
+	go func() {
+		d, killed, cut := h.ag.drain(h.a, procs, h.o)
+		ch <- rollout.Drain{Took: d, Killed: killed, Cut: cut, Timeout: timeout}
+	}()
+	return ch
+}
+
+func (h *host) Activate(t rollout.Target) error {
+	ag, a, o := h.ag, h.a, h.o
+	a.mu.Lock()
+	prev := a.st.Active
+	r := a.release(t.Release)
+	if r == nil {
+		a.mu.Unlock()
+		return fmt.Errorf("release %s is gone", vname(t.Release))
+	}
+	for _, p := range a.procs {
+		if !p.p.Exited() || (!t.AllTypes && !slices.Contains(t.Types, p.typ)) {
+			continue
+		}
+		// A crashed process of the types rolled out is replaced by the
+		// rollout: its pending restart must not start another.
+		if tm, ok := a.backoff[p.name()]; ok {
+			tm.Stop()
+			delete(a.backoff, p.name())
+		}
+		p.retired = true
+	}
+	if t.Release != prev {
+		if pr := a.release(prev); pr != nil {
+			pr.Status = api.StatusRetired
+		}
+		a.st.Active = t.Release
+		a.st.Config = maps.Clone(r.Config)
+	}
+	r.Status = api.StatusActive
+	r.Error = ""
+	if h.formation != nil {
+		maps.Copy(a.st.Formation, h.formation)
+	}
+	a.cutover = true
+	o.record(t.Release)
+	a.mu.Unlock()
+	ag.obs.ActiveRelease(a.st.Name, vname(t.Release))
+	o.pause("cutover", h.r)
+	return nil
+}
+
+func (h *host) Watch(ctx context.Context, ps []rollout.Proc) <-chan error {
+	return h.ag.watchBake(ctx, h.a, procsOf(ps))
+}
+
+func (h *host) Memory() (rollout.Memory, bool) {
+	return h.ag.memoryFor(h.a)
+}
+
+// explain turns a readiness failure into a message that says what went
+// wrong, with the last lines the process wrote.
+func (o *op) explain(p *proc, kind readiness.Kind, boot time.Duration, err error) error {
+	var what string
+	switch {
+	case errors.Is(err, readiness.ErrExited):
+		<-p.p.Done()
+		what = fmt.Sprintf("%s %s before it was ready", p.name(), p.p.Exit())
+	case errors.Is(err, errBootTimeout):
+		what = fmt.Sprintf("%s was not ready (%s) within the boot timeout of %s%s", p.name(), kind, boot, describeBootTimeout(err))
+	case strings.HasPrefix(err.Error(), p.name()):
+		what = err.Error()
+	default:
+		what = fmt.Sprintf("%s: %v", p.name(), err)
+	}
+	tail := tailLines(p.log, 5)
+	what += o.ag.hints(p, tail)
+	if tail != "" {
+		what += "; its last output:\n" + tail
+	}
+	return errors.New(what)
+}

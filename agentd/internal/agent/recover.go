@@ -1,0 +1,197 @@
+package agent
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/rollout"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/sockets"
+)
+
+// Recovery after agentd (re)started: adoption of the processes a previous
+// agentd started, the sockets taken back, the interrupted operation
+// reported, and a reconcile rollout (or the rest of a bake window).
+
+// recover brings a loaded app to one consistent state after agentd
+// (re)started, whether after an upgrade, a restart, a crash or a reboot:
+// processes a previous agentd started are adopted, the sockets are taken
+// back (inherited, or from the processes that hold them, or bound again),
+// an operation that was in progress is reported interrupted, and the app is
+// reconciled with its active release and formation in the background.
+func (ag *Agent) recover(a *app) {
+	for _, rec := range a.st.Processes {
+		sp, err := supervisor.Adopt(rec.PID, rec.StartedAt)
+		if err != nil {
+			ag.log.Info("process from before is gone", "app", a.st.Name, "process", rec.Name, "pid", rec.PID)
+			continue
+		}
+		pr := &proc{typ: rec.Type, index: rec.Index, release: rec.Release, p: sp, state: rec.State,
+			restarts: rec.Restarts, readyAt: rec.ReadyAt, log: rec.Log, notifyPath: rec.Notify,
+			extend: make(chan time.Duration, 1)}
+		pr.fwd.off = rec.LogSent
+		a.procs = append(a.procs, pr)
+		ag.log.Info("adopted process", "app", a.st.Name, "release", vname(rec.Release), "process", rec.Name, "pid", rec.PID, "state", rec.State)
+	}
+	for i, spec := range a.st.Sockets {
+		h, err := ag.reclaimSocket(a, i, spec)
+		if err != nil {
+			ag.log.Error("socket not available", "app", a.st.Name, "socket", spec.Name, "err", err)
+			continue
+		}
+		a.held = append(a.held, h)
+	}
+	var bake *opRecord
+	if op := a.st.Op; op != nil && op.Phase == rollout.PhaseBake && op.Release == a.st.Active && op.BakeUntil.After(time.Now()) {
+		// Past its cutover, in its bake window: the bake resumes.
+		bake = op
+		ag.log.Info("resuming the bake window of an interrupted deploy", "app", a.st.Name, "release", vname(op.Release), "until", op.BakeUntil)
+		a.st.Op = nil
+	}
+	if op := a.st.Op; op != nil {
+		if r := a.release(op.Release); r != nil && r.Status != api.StatusActive {
+			r.Status = api.StatusFailed
+			r.Error = fmt.Sprintf("interrupted: agentd stopped during the %s phase of the %s", op.Phase, op.Kind)
+		}
+		ag.log.Warn("operation interrupted by an agentd restart", "app", a.st.Name, "op", op.Kind, "phase", op.Phase)
+	}
+	if a.st.Op != nil {
+		// Any release left "releasing" or "pending" by the interruption.
+		for _, r := range a.st.Releases {
+			if r.Status == api.StatusPending || r.Status == api.StatusReleasing {
+				r.Status = api.StatusFailed
+				if r.Error == "" {
+					r.Error = "interrupted: agentd stopped before this release was switched to"
+				}
+			}
+		}
+	}
+	a.st.Op = nil
+	a.mu.Lock()
+	ag.save(a)
+	a.mu.Unlock()
+	ag.obs.ActiveRelease(a.st.Name, vnameOr(a.st.Active))
+	for _, p := range a.procs {
+		r := a.release(p.release)
+		p.p.OnExit(func() { ag.watchExit(a, p, r) })
+		go ag.attachNotify(a, p)
+	}
+	if len(a.held) == len(a.st.Sockets) {
+		go ag.reconcile(a, bake)
+	}
+}
+
+// reclaimSocket gets socket i of a back: from the previous agentd (an
+// upgrade), else from a running process that holds it (a restart or crash:
+// the apps kept it open and kept serving), else by binding it again at the
+// address it had.
+func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held, error) {
+	if ag.cfg.Inherit != nil {
+		if f := ag.cfg.Inherit(socketKey(a.st.Name, spec.Name)); f != nil {
+			if h, err := sockets.FromFile(spec, f); err == nil {
+				return h, nil
+			}
+			f.Close()
+		}
+	}
+	bound := ""
+	if i < len(a.st.Bound) {
+		bound = a.st.Bound[i]
+	}
+	if ag.cfg.Claim != nil {
+		if f := ag.cfg.Claim(a.st.Name + "." + spec.Name); f != nil {
+			if h, err := sockets.FromFile(spec, f); err == nil {
+				return h, nil
+			}
+			f.Close()
+		}
+	}
+	if bound != "" {
+		for _, p := range a.procs {
+			if p.typ != spec.Type || p.p.Exited() {
+				continue
+			}
+			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
+				ag.log.Info("socket taken back from a running process", "app", a.st.Name, "socket", spec.Name, "pid", p.p.PID())
+				return h, nil
+			}
+		}
+	}
+	again := spec
+	if bound != "" && spec.Network != "unix" {
+		// Port 0 was resolved once; keep the port the clients know.
+		again.Address = bound
+	}
+	return ag.listen(a.st.Name, again)
+}
+
+// listen binds a socket agentd owns itself and, under systemd, parks a
+// copy in the fd store so that a restarted agentd gets it back even when
+// no app process holds it.
+func (ag *Agent) listen(app string, spec sockets.Spec) (*sockets.Held, error) {
+	h, err := sockets.Listen(spec)
+	if err == nil && ag.cfg.Store != nil {
+		ag.cfg.Store(app+"."+spec.Name, h.File)
+	}
+	return h, err
+}
+
+// claimOrListen gives a new app the socket systemd passed for it by name,
+// or binds it.
+func (ag *Agent) claimOrListen(app string, spec sockets.Spec) (*sockets.Held, error) {
+	if ag.cfg.Claim != nil {
+		if f := ag.cfg.Claim(app + "." + spec.Name); f != nil {
+			h, err := sockets.FromFile(spec, f)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			ag.log.Info("socket from systemd", "app", app, "socket", spec.Name, "bound", h.Bound())
+			return h, nil
+		}
+	}
+	return ag.listen(app, spec)
+}
+
+func socketKey(app, name string) string { return "app/" + app + "/" + name }
+
+// reconcile makes the running processes match the active release and the
+// formation after agentd (re)started: processes an interrupted drain left
+// drain on, processes of other releases (an interrupted deploy's new ones)
+// retire, missing ones start, surplus ones retire: a rollout like any
+// other. A bake that was in progress resumes for the rest of its window.
+func (ag *Agent) reconcile(a *app, bake *opRecord) {
+	o := ag.newOp(a, "boot", func(api.Event) {})
+	o.lock()
+	defer o.unlock()
+	a.mu.Lock()
+	r := a.release(a.st.Active)
+	var draining []*proc
+	for _, p := range a.procs {
+		if !p.p.Exited() && p.state == api.StateDraining {
+			draining = append(draining, p)
+		}
+	}
+	var t rollout.Target
+	if r != nil {
+		t = a.target(r)
+		t.Previous = r.Version
+	}
+	a.mu.Unlock()
+	if len(draining) > 0 {
+		ag.log.Info("draining processes of an interrupted operation", "app", a.st.Name, "count", len(draining))
+		go ag.drain(a, draining, nil)
+	}
+	if r == nil {
+		return
+	}
+	if bake != nil {
+		ag.resumeBake(o, r, t, bake)
+		return
+	}
+	res := o.rollout(nil, t)
+	if !res.OK {
+		ag.log.Error("processes not ready after agentd start", "app", a.st.Name, "err", res.Error)
+	}
+}

@@ -1,0 +1,293 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/artifact"
+	"github.com/agentd/agentd/agentd/internal/procfile"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/sockets"
+)
+
+// Releases: receiving an artifact, recording a release, its release
+// phase, and what is pruned once releases are no longer kept.
+
+// unpack stores the artifact as a slug named by its content digest.
+func (ag *Agent) unpack(r io.Reader) (string, error) {
+	if r == nil {
+		return "", errors.New("no artifact")
+	}
+	tmp := filepath.Join(ag.cfg.slugsDir(), "tmp-"+randomID())
+	if err := artifact.Unpack(r, tmp, artifact.Limits{MaxBytes: ag.cfg.MaxArtifactBytes}); err != nil {
+		return "", err
+	}
+	// A process of another app forked while a file here was open for
+	// writing could still hold it, and the release's exec would fail with
+	// ETXTBSY: wait until every such fork has exec'd.
+	supervisor.ForkFence()
+	digest, err := artifact.Digest(tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	dst := ag.cfg.slugDir(digest)
+	if _, err := os.Stat(dst); err == nil {
+		// Same content as a slug we have: keep the one in use.
+		os.RemoveAll(tmp)
+		return digest, nil
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.RemoveAll(tmp)
+		// Two uploads of the same content, unpacked side by side: the one
+		// that renamed first left the slug we want (rename(2) onto a
+		// non-empty directory fails), so this one is a success too.
+		if _, serr := os.Stat(dst); serr == nil {
+			return digest, nil
+		}
+		return "", fmt.Errorf("storing slug %s: %w", shortDigest(digest), err)
+	}
+	return digest, nil
+}
+
+// newRelease records a new pending release. Callers hold a.mu.
+func (ag *Agent) newRelease(a *app, digest, source string, config map[string]string) *releaseState {
+	a.st.LastVersion++
+	r := &releaseState{
+		Version: a.st.LastVersion, Status: api.StatusPending, Source: source, Digest: digest,
+		Config: config, CreatedAt: time.Now().UTC(),
+	}
+	a.st.Releases = append(a.st.Releases, r)
+	return r
+}
+
+// runRelease runs the release command to completion, streaming its output.
+func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, command string, o *op) error {
+	a.mu.Lock()
+	env, err := ag.procEnv(a, r, "release")
+	userName := a.st.User
+	shimOpt := a.shimOptions(0)
+	releaseTimeout := ag.releaseTimeout(a)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	cred, err := credential(userName)
+	if err != nil {
+		return err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	logDir := filepath.Join(ag.cfg.logsDir(), a.st.Name)
+	os.MkdirAll(logDir, 0o750)
+	logf, err := os.OpenFile(filepath.Join(logDir, vname(r.Version)+".release.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return err
+	}
+	defer logf.Close()
+	p, err := supervisor.Start(supervisor.Spec{
+		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
+		Env: env, Output: pw, Credential: cred, ShimOptions: shimOpt,
+	})
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return err
+	}
+	// Tracked like any process, so that an agentd restarted meanwhile
+	// finds it and stops it with the interrupted deploy.
+	rp := &proc{typ: "release", release: r.Version, p: p, state: api.StateStarting, retired: true, extend: make(chan time.Duration, 1)}
+	a.mu.Lock()
+	a.procs = append(a.procs, rp)
+	ag.save(a)
+	a.mu.Unlock()
+	var tail []string
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		// agentd writes this log itself: past the log cap, lines are
+		// streamed but no longer kept.
+		kept, limit := int64(0), ag.maxLogBytes()
+		for sc.Scan() {
+			line := sc.Text()
+			if kept < limit {
+				n, _ := fmt.Fprintln(logf, line)
+				if kept += int64(n); kept >= limit {
+					fmt.Fprintf(logf, "agentd: the release command's output past %d bytes (the log cap) is not kept\n", limit)
+				}
+			}
+			o.event("output", "release", line)
+			if ag.cfg.Journal != nil {
+				ag.sendLine(LineOrigin{App: a.st.Name, Release: vname(r.Version), Process: "release", PID: p.PID()}, line)
+			}
+			tail = append(tail, line)
+			if len(tail) > 5 {
+				tail = tail[1:]
+			}
+		}
+		io.Copy(io.Discard, pr)
+		pr.Close()
+	}()
+	timeout := time.NewTimer(releaseTimeout)
+	defer timeout.Stop()
+	select {
+	case <-p.Done():
+	case <-ctx.Done():
+		p.Stop(10 * time.Second)
+		endOutput(copied, pr)
+		return fmt.Errorf("%q was stopped: %w", command, context.Cause(ctx))
+	case <-timeout.C:
+		killed := p.Stop(10 * time.Second)
+		endOutput(copied, pr)
+		how := "was stopped (SIGTERM)"
+		if killed {
+			how = "ignored SIGTERM for 10s and was SIGKILLed"
+		}
+		return fmt.Errorf("%q did not finish within the release timeout of %s and %s", command, releaseTimeout, how)
+	}
+	endOutput(copied, pr)
+	if ex := p.Exit(); ex.Code != 0 {
+		msg := fmt.Sprintf("%q %s", command, ex)
+		if len(tail) > 0 {
+			msg += "; its last output:\n" + strings.Join(tail, "\n")
+		}
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// tailLines returns the last n lines of a file, bounded to 4 KiB.
+func tailLines(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const max = 4096
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max64(0, fi.Size()-max)
+	b := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if off > 0 && len(lines) > 1 {
+		lines = lines[1:]
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.TrimSpace(strings.Join(lines, "\n"))
+}
+
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// RunReleasePhase runs only the release command of an artifact, with the
+// app's current config, for fleets where migrations run once.
+func (ag *Agent) RunReleasePhase(name string, art io.Reader, emit func(api.Event)) api.OpResult {
+	a, err := ag.get(name)
+	if err != nil {
+		return failNoApp(name, err, emit)
+	}
+	o := ag.newOp(a, "release-phase", emit)
+	o.enter(api.PhasePrepare, "receiving and unpacking the artifact")
+	digest, err := ag.unpack(art)
+	if err != nil {
+		return o.finish(errf(api.CodeBadRequest, "prepare: %v", err))
+	}
+	pf, err := procfile.ParseFile(filepath.Join(ag.cfg.slugDir(digest), "Procfile"))
+	if err != nil {
+		return o.finish(fmt.Errorf("prepare: %w", err))
+	}
+	cmd, ok := pf.Release()
+	if !ok {
+		o.info("the Procfile has no release command: nothing to run")
+		return o.finish(nil)
+	}
+	a.mu.Lock()
+	r := &releaseState{Version: a.st.LastVersion + 1, Digest: digest, Config: maps.Clone(a.st.Config), Procfile: pf.Map()}
+	a.mu.Unlock()
+	o.enter(api.PhaseRelease, "running the release command: %s", cmd)
+	if err := ag.runRelease(context.Background(), a, r, cmd, o); err != nil {
+		return o.finish(fmt.Errorf("release phase: %w", err))
+	}
+	o.res.Changed = true
+	return o.finish(nil)
+}
+
+// prune drops releases beyond the retention count (never the active one)
+// and forgets ended processes. Callers hold a.mu.
+func (ag *Agent) prune(a *app) {
+	if extra := len(a.st.Releases) - ag.cfg.KeepReleases; extra > 0 {
+		var kept []*releaseState
+		for _, r := range a.st.Releases {
+			if extra > 0 && r.Version != a.st.Active {
+				extra--
+				continue
+			}
+			kept = append(kept, r)
+		}
+		a.st.Releases = kept
+		go ag.pruneSlugs()
+	}
+	live := a.procs[:0]
+	for _, p := range a.procs {
+		if !p.p.Exited() || (p.state == api.StateCrashed && !p.retired) {
+			live = append(live, p)
+		}
+	}
+	a.procs = live
+}
+
+var pruneMu sync.Mutex
+
+// pruneSlugs removes slugs that no kept release of any app refers to.
+func (ag *Agent) pruneSlugs() {
+	pruneMu.Lock()
+	defer pruneMu.Unlock()
+	used := map[string]bool{}
+	ag.mu.Lock()
+	for _, a := range ag.apps {
+		a.mu.Lock()
+		for _, r := range a.st.Releases {
+			used[filepath.Base(ag.cfg.slugDir(r.Digest))] = true
+		}
+		a.mu.Unlock()
+	}
+	ag.mu.Unlock()
+	entries, _ := os.ReadDir(ag.cfg.slugsDir())
+	for _, e := range entries {
+		// A slug unpacked in the last hour may belong to a deploy that has
+		// not recorded its release yet.
+		if fi, err := e.Info(); err != nil || time.Since(fi.ModTime()) < time.Hour {
+			continue
+		}
+		if !used[e.Name()] && !strings.HasPrefix(e.Name(), "tmp-") {
+			os.RemoveAll(filepath.Join(ag.cfg.slugsDir(), e.Name()))
+		}
+	}
+}

@@ -1,0 +1,211 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/rollout"
+)
+
+// The core's side of the rollout engine: the target of an operation, the
+// engine's run, and what follows its outcome (a failed release, an
+// automatic rollback). The engine itself is package rollout; host.go is
+// how it reaches this app's processes.
+
+// target is the rollout that takes a to release r with the app's
+// formation and rollout settings: every process type of r, and processes
+// of types r lacks retire. Callers hold a.mu.
+func (a *app) target(r *releaseState) rollout.Target {
+	t := rollout.Target{Release: r.Version, Previous: a.st.Active, Formation: map[string]int{}, AllTypes: true,
+		MaxSurge: a.st.MaxSurge, Bake: time.Duration(a.st.Bake), Strategy: map[string]rollout.Strategy{}}
+	for _, typ := range r.Order {
+		if typ == "release" {
+			continue
+		}
+		t.Types = append(t.Types, typ)
+		t.Formation[typ] = a.count(typ)
+	}
+	for typ, s := range a.st.Strategy {
+		t.Strategy[typ] = rollout.Strategy(s)
+	}
+	return t
+}
+
+// rollout runs the engine to target t. r is the new release (nil when the
+// operation makes none: restart, scale, crash restart); it ends active, or
+// failed with the reason.
+func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
+	ag, a := o.ag, o.a
+	if t.Previous != 0 {
+		o.res.Previous = vname(t.Previous)
+	}
+	res, err := o.run(t, o.ctx, r)
+	var be *rollout.BakeError
+	if errors.As(err, &be) {
+		return o.bakeFailed(r, t, be)
+	}
+	if err != nil {
+		var re *rollout.Error
+		if errors.As(err, &re) && re.Cancelled {
+			err = &Error{Code: api.CodeCancelled, Msg: context.Cause(o.ctx).Error(), Err: err}
+		}
+		return o.fail(r, err)
+	}
+	o.mu.Lock()
+	o.res.Changed = o.res.Changed || !res.Plan.Empty() || t.Release != t.Previous
+	o.mu.Unlock()
+	o.endPhase()
+	a.mu.Lock()
+	if r != nil {
+		r.Phases = o.phaseTimes()
+	}
+	a.st.Op = nil
+	ag.prune(a)
+	ag.save(a)
+	a.mu.Unlock()
+	if o.kind != "scale" {
+		o.info("%s %s is live (switch %.2fs, drain %.2fs)", a.st.Name, vname(t.Release), o.res.SwitchSeconds, o.res.DrainSeconds)
+	}
+	return o.finish(nil)
+}
+
+// run is one run of the engine, its figures put in the result.
+func (o *op) run(t rollout.Target, ctx context.Context, r *releaseState) (rollout.Result, error) {
+	h := &host{ag: o.ag, a: o.a, o: o, r: r, target: t.Release, previous: t.Previous, restarts: o.restarts}
+	if r == nil || r.Procfile["release"] == "" {
+		t.ReleasePhase = false
+	}
+	if o.kind == "scale" {
+		h.formation = t.Formation
+	}
+	eng := rollout.Engine{Host: h}
+	o.a.mu.Lock()
+	o.a.cutover = false
+	bakeEnd := make(chan bool, 1)
+	o.a.bakeEnd = bakeEnd
+	o.a.mu.Unlock()
+	res, err := eng.Run(ctx, t, rollout.Controls{BakeEnd: bakeEnd})
+	o.a.mu.Lock()
+	o.a.bakeEnd = nil
+	o.a.mu.Unlock()
+	o.mu.Lock()
+	if res.Cutover {
+		o.res.SwitchSeconds = res.Switch.Seconds()
+	}
+	o.res.DrainSeconds = res.Drain.Took.Seconds()
+	o.res.Killed = append(o.res.Killed, res.Drain.Killed...)
+	o.res.ConnectionsCut += res.Drain.Cut
+	o.mu.Unlock()
+	return res, err
+}
+
+// fail marks r failed with err and ends the operation.
+func (o *op) fail(r *releaseState, err error) api.OpResult {
+	o.endPhase()
+	o.a.mu.Lock()
+	if r != nil && r.Status != api.StatusActive {
+		r.Status = api.StatusFailed
+		r.Error = err.Error()
+		r.Phases = o.phaseTimes()
+	}
+	o.a.st.Op = nil
+	o.ag.save(o.a)
+	act := o.a.st.Active
+	o.a.mu.Unlock()
+	if act != 0 {
+		err = &Error{Code: codeOf(err), Msg: fmt.Sprintf("%v (%s keeps serving)", err, vname(act)), Err: err}
+		o.mu.Lock()
+		o.res.Previous = vname(act)
+		o.mu.Unlock()
+	}
+	o.ag.log.Warn("operation failed", "app", o.a.st.Name, "op", o.kind, "err", err)
+	return o.finish(err)
+}
+
+// bakeFailed handles a release that failed its bake window after its
+// cutover: it is deployed away, the same zero-downtime way, by a new
+// release with the code and config of the release that served before it
+// (source "auto-rollback"), and marked failed with why.
+func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError) api.OpResult {
+	ag, a := o.ag, o.a
+	reason := fmt.Sprintf("%s failed its bake: %v", vname(t.Release), be.Reason)
+	if be.Aborted {
+		reason = fmt.Sprintf("%s: %v", vname(t.Release), be.Reason)
+	}
+	o.info("%s", reason)
+	ag.obs.Rollback(a.st.Name, "bake")
+	a.mu.Lock()
+	prev := a.release(t.Previous)
+	if r != nil {
+		r.Error = reason
+	}
+	if prev == nil || prev.Procfile == nil {
+		if r != nil {
+			r.Status = api.StatusFailed
+		}
+		a.st.Op = nil
+		ag.save(a)
+		a.mu.Unlock()
+		return o.finish(&Error{Code: api.CodeBakeFailed, Msg: reason + "; there is no earlier release to roll back to: it keeps serving"})
+	}
+	if _, err := os.Stat(ag.cfg.slugDir(prev.Digest)); err != nil {
+		a.mu.Unlock()
+		return o.fail(nil, &Error{Code: api.CodeBakeFailed, Msg: fmt.Sprintf("%s; the code of %s is no longer kept: it keeps serving", reason, vname(prev.Version))})
+	}
+	nr := ag.newRelease(a, prev.Digest, "auto-rollback", maps.Clone(prev.Config))
+	nr.Procfile, nr.Order = maps.Clone(prev.Procfile), slices.Clone(prev.Order)
+	nr.Message = fmt.Sprintf("automatic rollback to %s: %s", vname(prev.Version), reason)
+	nr.DeployedBy = "agentd"
+	o.record(nr.Version)
+	rt := a.target(nr)
+	a.mu.Unlock()
+	rt.Bake = 0 // the release it returns to has served before
+	o.enter(api.PhasePreboot, "rolling back to %s as %s", vname(prev.Version), vname(nr.Version))
+	// Not cancellable: the release that failed must not stay.
+	_, err := o.run(rt, context.Background(), nr)
+	a.mu.Lock()
+	if r != nil {
+		r.Status, r.Error = api.StatusFailed, reason
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return o.fail(nr, fmt.Errorf("%s; the automatic rollback to %s failed too: %w", reason, vname(prev.Version), err))
+	}
+	o.endPhase()
+	a.mu.Lock()
+	nr.Phases = o.phaseTimes()
+	a.st.Op = nil
+	ag.prune(a)
+	ag.save(a)
+	a.mu.Unlock()
+	o.mu.Lock()
+	o.res.Release, o.res.Previous, o.res.Changed, o.res.RolledBack = vname(nr.Version), vname(t.Release), true, true
+	o.mu.Unlock()
+	return o.finish(&Error{Code: api.CodeRolledBack,
+		Msg: fmt.Sprintf("%s; rolled back automatically: %s (the code and config of %s) serves", reason, vname(nr.Version), vname(prev.Version))})
+}
+
+// EndBake ends the bake window of the app's rollout in progress: pass
+// keeps the new release, !pass rolls it back as a failed bake would.
+func (ag *Agent) EndBake(name string, pass bool) error {
+	a, err := ag.get(name)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bakeEnd == nil || a.st.Op == nil || a.st.Op.Phase != rollout.PhaseBake {
+		return errf(api.CodeNotFound, "app %s has no release in its bake window", name)
+	}
+	select {
+	case a.bakeEnd <- pass:
+	default:
+	}
+	return nil
+}

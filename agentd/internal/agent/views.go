@@ -1,0 +1,189 @@
+package agent
+
+import (
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/agentd/agentd/grammar"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+// What the core shows of itself: apps, processes, releases, config and
+// status, as the control API's types.
+
+func (ag *Agent) appAPI(a *app) api.App {
+	out := api.App{
+		Name: a.st.Name, Formation: map[string]int{}, Readiness: maps.Clone(a.st.Readiness),
+		BootTimeout: a.st.BootTimeout, DrainTimeout: a.st.DrainTimeout, User: a.st.User,
+		CreatedAt: a.st.CreatedAt, Deploying: a.st.Op != nil,
+		AllowRoot: a.st.AllowRoot, Limits: a.st.Limits, ReleaseTimeout: a.st.ReleaseTimeout,
+		Bake: a.st.Bake, MaxSurge: a.st.MaxSurge, Strategy: maps.Clone(a.st.Strategy),
+	}
+	if op := a.st.Op; op != nil {
+		out.Operation, out.Phase, out.BakeUntil = op.Kind, op.Phase, op.BakeUntil
+	}
+	if a.st.Active != 0 {
+		out.ActiveRelease = vname(a.st.Active)
+		if r := a.release(a.st.Active); r != nil {
+			for _, t := range r.Order {
+				out.Formation[t] = a.count(t)
+			}
+		}
+	}
+	maps.Copy(out.Formation, a.st.Formation)
+	for i, spec := range a.st.Sockets {
+		s := api.Socket{App: a.st.Name, Type: spec.Type, Name: spec.Name, Addr: spec.Addr, InUse: a.socketInUse(spec.Type)}
+		if i < len(a.held) {
+			s.Bound = a.held[i].Bound()
+		}
+		out.Sockets = append(out.Sockets, s)
+	}
+	return out
+}
+
+// Apps lists every app, sorted by name.
+func (ag *Agent) Apps() []api.App {
+	ag.mu.Lock()
+	apps := slices.Collect(maps.Values(ag.apps))
+	ag.mu.Unlock()
+	out := make([]api.App, 0, len(apps))
+	for _, a := range apps {
+		a.mu.Lock()
+		out = append(out, ag.appAPI(a))
+		a.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// AppInfo describes one app with its active release and processes.
+func (ag *Agent) AppInfo(name string) (api.AppInfo, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return api.AppInfo{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	info := api.AppInfo{App: ag.appAPI(a), Processes: ag.procsAPI(a)}
+	if r := a.release(a.st.Active); r != nil {
+		rel := r.api(name)
+		info.Release = &rel
+	}
+	return info, nil
+}
+
+// procsAPI lists a's processes that are running or draining. Callers hold
+// a.mu.
+func (ag *Agent) procsAPI(a *app) []api.Process {
+	out := []api.Process{}
+	for _, p := range a.procs {
+		if p.p.Exited() && p.state != api.StateCrashed {
+			continue
+		}
+		out = append(out, p.api(a.st.Name))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].Release < out[j].Release
+	})
+	return out
+}
+
+// Ps lists processes of one app, or of all apps when name is "".
+func (ag *Agent) Ps(name string) ([]api.Process, error) {
+	var apps []*app
+	if name != "" {
+		a, err := ag.get(name)
+		if err != nil {
+			return nil, err
+		}
+		apps = []*app{a}
+	} else {
+		ag.mu.Lock()
+		apps = slices.Collect(maps.Values(ag.apps))
+		ag.mu.Unlock()
+	}
+	out := []api.Process{}
+	for _, a := range apps {
+		a.mu.Lock()
+		out = append(out, ag.procsAPI(a)...)
+		a.mu.Unlock()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].App < out[j].App })
+	return out, nil
+}
+
+// Releases lists an app's releases, newest first.
+func (ag *Agent) Releases(name string) ([]api.Release, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []api.Release{}
+	for i := len(a.st.Releases) - 1; i >= 0; i-- {
+		out = append(out, a.st.Releases[i].api(name))
+	}
+	return out, nil
+}
+
+// Release describes one release.
+func (ag *Agent) Release(name, version string) (api.Release, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return api.Release{}, err
+	}
+	v, err := grammar.ParseRelease(version)
+	if err != nil {
+		return api.Release{}, badRequest(err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.release(v)
+	if r == nil {
+		return api.Release{}, errf(api.CodeNotFound, "app %s has no release %s", name, vname(v))
+	}
+	return r.api(name), nil
+}
+
+// ConfigVars returns the app's current config vars.
+func (ag *Agent) ConfigVars(name string) (map[string]string, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.st.Config), nil
+}
+
+// Status summarises the agent.
+func (ag *Agent) Status() api.Status {
+	st := api.Status{
+		Version: ag.cfg.Version, PID: os.Getpid(), Mode: ag.cfg.Mode, StartedAt: ag.started,
+		UptimeSeconds: time.Since(ag.started).Seconds(), StateDir: ag.cfg.StateDir, Sockets: []api.Socket{},
+	}
+	for _, a := range ag.Apps() {
+		st.Apps++
+		st.Sockets = append(st.Sockets, a.Sockets...)
+	}
+	ps, _ := ag.Ps("")
+	st.Processes = len(ps)
+	return st
+}
+
+// LogDir is where an app's process output is written.
+func (ag *Agent) LogDir(name string) (string, error) {
+	if _, err := ag.get(name); err != nil {
+		return "", err
+	}
+	return filepath.Join(ag.cfg.logsDir(), name), nil
+}
