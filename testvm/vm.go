@@ -217,7 +217,11 @@ func (vm *VM) awaitBoot(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	m := exec.Command("ssh", "-F", vm.sshConfig, "-M", "-N", "-o", "ControlPersist=no", "testvm")
+	// The master's own messages (at INFO: "Timeout, server not
+	// responding", "Connection closed by remote host") go to a file: they
+	// tell who ended a connection that commands report as exit 255.
+	m := exec.Command("ssh", "-F", vm.sshConfig, "-M", "-N", "-o", "ControlPersist=no",
+		"-o", "LogLevel=INFO", "-E", vm.masterLog(), "testvm")
 	m.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := m.Start(); err != nil {
 		return fmt.Errorf("ssh master: %w", err)
@@ -242,6 +246,18 @@ func (vm *VM) awaitBoot(ctx context.Context) error {
 	}
 	fmt.Printf("   ssh answers %.1fs after power-on/reboot\n", time.Since(start).Seconds())
 	return nil
+}
+
+// masterLog is where the ssh ControlMaster logs.
+func (vm *VM) masterLog() string { return filepath.Join(vm.dir, "ssh-master.log") }
+
+// masterSays is the end of the ControlMaster's log, for an error.
+func (vm *VM) masterSays() string {
+	b, err := os.ReadFile(vm.masterLog())
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return "(nothing)"
+	}
+	return strings.TrimSpace(tail(string(b), 5))
 }
 
 // stopMaster ends the ssh ControlMaster this program started, by PID.
@@ -294,6 +310,29 @@ func (vm *VM) Reboot(ctx context.Context) error {
 	return vm.awaitBoot(ctx)
 }
 
+// Responsiveness measures, until stop is closed, how long the guest takes
+// to answer a new ssh connection (not the master's), once a second, and
+// returns the longest answer and the number of probes. It tells a guest
+// that stops answering (its ssh master then gives up after
+// ServerAliveInterval*ServerAliveCountMax) from one that closes a
+// connection.
+func (vm *VM) Responsiveness(ctx context.Context, stop <-chan struct{}) (longest time.Duration, probes int) {
+	for {
+		start := time.Now()
+		c := exec.CommandContext(ctx, "ssh", "-F", vm.sshConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", "testvm", "true")
+		c.Run()
+		longest = max(longest, time.Since(start))
+		probes++
+		select {
+		case <-stop:
+			return longest, probes
+		case <-ctx.Done():
+			return longest, probes
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // shellQuote quotes s for a POSIX shell.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
@@ -313,6 +352,12 @@ func (vm *VM) Run(ctx context.Context, script string) (string, error) {
 		}
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
+			if ee.ExitCode() == 255 {
+				// ssh's own status: the connection, not the command, ended.
+				// The master's log says whether the guest closed it or
+				// stopped answering.
+				msg += "; the ssh master logged: " + vm.masterSays()
+			}
 			return stdout.String(), fmt.Errorf("guest: %s: exit %d: %s", firstLine(script), ee.ExitCode(), msg)
 		}
 		return stdout.String(), fmt.Errorf("guest: %s: %v: %s", firstLine(script), err, msg)
