@@ -48,16 +48,26 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, used: time.Now()}
 	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
 	sizes := map[string]int64{}
+	exact := map[string]string{} // hash -> the blob path of its first entry
 	for _, n := range t.files {
 		if sz, ok := sizes[n.hash]; ok && sz != n.size {
 			return nil, api.UploadCreated{}, invalidf(n.path, "size %d, but another entry with sha256 %s has size %d", n.size, n.hash, sz)
+		}
+		if _, ok := sizes[n.hash]; !ok {
+			exact[n.hash] = s.blobPath(n.hash, n.exec, n.mtimeNs)
 		}
 		sizes[n.hash] = n.size
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range slices.Sorted(maps.Keys(sizes)) {
-		if b := s.anyBlob(h); b != "" {
+		// The blob of the very same file, as in the last release, is the
+		// common case: one stat, not a directory listing.
+		b := exact[h]
+		if _, err := os.Lstat(b); err != nil {
+			b = s.anyBlob(h)
+		}
+		if b != "" {
 			fi, err := os.Stat(b)
 			if err != nil {
 				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
