@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/internal/loadgen"
 )
@@ -118,8 +120,10 @@ func (s *soak) killRounds(ls []*loadgen.Run) {
 		for _, o := range orphans {
 			s.t.Errorf("%s: unsupervised: %s", what, o.desc)
 			// Ours (this run's agentd started it), and nobody else will
-			// ever stop it: by PID, so the run can count the rest.
-			killGroup(o.pid)
+			// ever stop it: by PID, so the run can count the rest. SIGTERM
+			// first: it shares the app's socket and may hold requests,
+			// which a SIGKILL would fail.
+			stopGroup(o.pid)
 		}
 		if total(byKind) > maxBadKills {
 			s.t.Fatalf("more than %d kills left the apps unsettled or unsupervised (%v): stopping", maxBadKills, byKind)
@@ -268,3 +272,17 @@ func (s *soak) info(app string) api.AppInfo {
 }
 
 func syscallKill(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
+
+// stopGroup stops the process group of pid as agentd would: SIGTERM, and
+// SIGKILL if it is still there after the drain timeout.
+func stopGroup(pid int) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone
+	}
+	defer unix.Close(fd)
+	syscall.Kill(-pid, syscall.SIGTERM)
+	if n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 15_000); n == 0 {
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}

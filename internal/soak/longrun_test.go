@@ -52,12 +52,29 @@ func (s *soak) longRun() {
 	}
 }
 
+// measure reads agentd's usage once it is quiet: the app settled (no old
+// process draining, whose pidfd and log agentd still hold) and the same
+// number of fds twice in a row (the connection of the hctl that asked has
+// closed).
 func (s *soak) measure() usage {
-	u, err := measure(s.ag.PID(), s.ag.Socket, s.ag.StateDir)
-	if err != nil {
-		s.t.Fatal(err)
+	deadline := time.Now().Add(settleTimeout)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for s.unsettled() != "" && time.Now().Before(deadline) {
+		<-tick.C
 	}
-	return u
+	pid := s.ag.PID()
+	var u usage
+	for prev := -1; ; prev = u.FDs {
+		var err error
+		if u, err = measure(pid, s.ag.Socket, s.ag.StateDir); err != nil {
+			s.t.Fatal(err)
+		}
+		if u.FDs == prev || time.Now().After(deadline) {
+			return u
+		}
+		<-tick.C
+	}
 }
 
 // limitedBuffer keeps the first max bytes of an hctl's output, for the
