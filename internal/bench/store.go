@@ -36,6 +36,9 @@ type storeResults struct {
 	Cases   []storeCase `json:"cases"`
 	// StartChain is the process start chain against a direct fork+exec.
 	StartChain []startCost `json:"process_start_chain"`
+	// PeakRSSMiB is agentd's peak resident memory (VmHWM) over the
+	// scenario: no file is held in memory whole.
+	PeakRSSMiB float64 `json:"agentd_peak_rss_mib"`
 }
 
 // storeCase is one release shape.
@@ -174,6 +177,11 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 	a := accs[len(sizes)]
 	out.Cases = append(out.Cases, storeCase{Name: "256 MiB, one 1 MiB file changed", MiB: 256,
 		TarGz: stat(a.tgz), Manifest: stat(a.man), Prepare: stat(a.prep), SentMiB: stat(a.sent)})
+	v := strings.Fields(firstField(fmt.Sprintf("/proc/%d/status", ag.PID()), "VmHWM"))
+	if len(v) > 0 {
+		kb, _ := strconv.ParseFloat(v[0], 64)
+		out.PeakRSSMiB = kb / 1024
+	}
 	n := 300
 	if o.quick {
 		n = 100

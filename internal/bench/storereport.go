@@ -30,6 +30,13 @@ func storeTargets(s *storeResults) []targetOutcome {
 			})
 		}
 	}
+	if s.PeakRSSMiB > 0 {
+		ts = append(ts, targetOutcome{
+			Name:  "agentd's RSS ≤ 64 MiB through 256 MiB deploys",
+			Value: fmt.Sprintf("peak %s", fmtMiB(s.PeakRSSMiB)),
+			Met:   s.PeakRSSMiB <= 64,
+		})
+	}
 	if len(s.StartChain) >= 4 {
 		direct, after := s.StartChain[0].Seconds, s.StartChain[3].Seconds
 		ts = append(ts, targetOutcome{
@@ -55,7 +62,7 @@ func reportStore(b *strings.Builder, s *storeResults) {
 	for _, c := range s.Cases {
 		p("| %s | %s | %s | %s | %s | %s |\n", c.Name, c.CpA.format(fmtDur), c.TarGz.format(fmtDur), bold(c.Manifest.format(fmtDur)), c.Prepare.format(fmtDur), c.SentMiB.format(fmtMiB))
 	}
-	p("\n")
+	p("\nagentd's peak RSS (VmHWM) over these deploys: %s.\n\n", fmtMiB(s.PeakRSSMiB))
 	if len(s.StartChain) > 0 {
 		p("The process start chain, fork to exit of `/bin/true` (%d each, interleaved):\n\n| chain | time | over fork+exec |\n|---|---|---|\n", s.StartChain[0].Seconds.N)
 		for _, c := range s.StartChain {
