@@ -52,9 +52,9 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 		return digest, nil
 	}
 	// New blobs first, then their names: a name in blobs/ must never point
-	// at data a crash could lose, so every staged file was synced when it
-	// was received (Upload.Put; artifact.Unpack syncs what it unpacks) and
-	// every copy is synced as it is made.
+	// at data a crash could lose, so every staged file is synced already
+	// (Upload.Commit; artifact.Unpack syncs what it unpacks) and every
+	// copy is synced as it is made.
 	adopted := map[string]string{} // blob path -> inode to link there
 	used := map[string]bool{}      // staged files already adopted
 	for _, n := range t.files {
