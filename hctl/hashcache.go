@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -20,6 +21,7 @@ import (
 type hashCache struct {
 	path    string
 	entries map[string]cacheEntry // by absolute path
+	mu      sync.Mutex            // sum runs on several goroutines
 	seen    map[string]bool
 	hashed  int   // files read this run
 	read    int64 // bytes read this run
@@ -82,8 +84,11 @@ func loadHashCache() *hashCache {
 // is st, from the cache when nothing about the file changed.
 func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
 	key := cacheEntry{Size: st.Size, MTimeNs: st.Mtim.Nano(), CTimeNs: st.Ctim.Nano(), Ino: st.Ino, Dev: st.Dev}
+	c.mu.Lock()
 	c.seen[p] = true
-	if e, ok := c.entries[p]; ok && e.SHA256 != "" && e.HashedAt-e.MTimeNs > int64(racyWindow) {
+	e, ok := c.entries[p]
+	c.mu.Unlock()
+	if ok && e.SHA256 != "" && e.HashedAt-e.MTimeNs > int64(racyWindow) {
 		e2 := e
 		e2.SHA256, e2.HashedAt = "", 0
 		if e2 == key {
@@ -104,10 +109,12 @@ func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
 	if n != st.Size {
 		return "", fmt.Errorf("%s: changed while being read", p)
 	}
+	key.SHA256 = hex.EncodeToString(h.Sum(nil))
+	c.mu.Lock()
 	c.hashed++
 	c.read += n
-	key.SHA256 = hex.EncodeToString(h.Sum(nil))
 	c.entries[p] = key
+	c.mu.Unlock()
 	return key.SHA256, nil
 }
 

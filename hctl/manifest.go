@@ -6,7 +6,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/agentd/agentd/agentd/api"
@@ -26,6 +28,12 @@ func scanManifest(dir string, cache *hashCache) (*api.UploadManifest, map[string
 	}
 	m := &api.UploadManifest{}
 	blobs := map[string]api.BlobRef{}
+	type pending struct {
+		entry int
+		path  string
+		st    syscall.Stat_t
+	}
+	var files []pending
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == root {
 			return err
@@ -54,14 +62,9 @@ func scanManifest(dir string, cache *hashCache) (*api.UploadManifest, map[string
 			}
 			e.Type, e.Target = api.EntrySymlink, target
 		case syscall.S_IFREG:
-			sum, err := cache.sum(p, &st)
-			if err != nil {
-				return err
-			}
-			e.Type, e.Size, e.SHA256, e.MTimeNs = api.EntryFile, st.Size, sum, st.Mtim.Nano()
-			if _, ok := blobs[sum]; !ok {
-				blobs[sum] = api.BlobRef{SHA256: sum, Size: st.Size, Path: p}
-			}
+			// Hashed below, on every core.
+			e.Type, e.Size, e.MTimeNs = api.EntryFile, st.Size, st.Mtim.Nano()
+			files = append(files, pending{len(m.Entries), p, st})
 		default:
 			return fmt.Errorf("%s: cannot deploy a special file (socket, FIFO or device): a release may hold only directories, regular files and symlinks", shown)
 		}
@@ -70,6 +73,31 @@ func scanManifest(dir string, cache *hashCache) (*api.UploadManifest, map[string
 	})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("reading %s: %w", dir, err)
+	}
+	sums := make([]string, len(files))
+	errs := make([]error, len(files))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for i := range next {
+				sums[i], errs[i] = cache.sum(files[i].path, &files[i].st)
+			}
+		})
+	}
+	for i := range files {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, f := range files {
+		if errs[i] != nil {
+			return nil, nil, "", fmt.Errorf("reading %s: %w", dir, errs[i])
+		}
+		m.Entries[f.entry].SHA256 = sums[i]
+		if _, ok := blobs[sums[i]]; !ok {
+			blobs[sums[i]] = api.BlobRef{SHA256: sums[i], Size: f.st.Size, Path: f.path}
+		}
 	}
 	return m, blobs, root, nil
 }
