@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/agentd/agentd/agentd/api"
 )
@@ -58,7 +61,7 @@ func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, er
 		send = append(send, b)
 	}
 	slices.SortFunc(send, func(a, b api.BlobRef) int { return strings.Compare(a.Path, b.Path) })
-	sent, err := c.SendBlobs(ctx, res.ID, send)
+	sent, err := sendParallel(ctx, c, res.ID, send)
 	if err != nil {
 		c.AbortUpload(context.WithoutCancel(ctx), res.ID)
 		return "", refused(app, fmt.Errorf("sending %s: %w", dir, err))
@@ -98,4 +101,35 @@ func refused(app string, err error) error {
 		return &opError{msg: fmt.Sprintf("deploy of %s failed: %s; nothing running was touched", app, ae.Message), code: ae.Code}
 	}
 	return err
+}
+
+// sendParallel sends the contents over one connection per core: agentd
+// hashes and writes what each connection brings on its own goroutine.
+func sendParallel(ctx context.Context, c *api.Client, id string, blobs []api.BlobRef) (int64, error) {
+	n := min(runtime.GOMAXPROCS(0), len(blobs))
+	if n <= 1 {
+		return c.SendBlobs(ctx, id, blobs)
+	}
+	// Deal the contents out largest first, each to the lightest stream.
+	parts := make([][]api.BlobRef, n)
+	load := make([]int64, n)
+	bySize := slices.Clone(blobs)
+	slices.SortStableFunc(bySize, func(a, b api.BlobRef) int { return cmp.Compare(b.Size, a.Size) })
+	for _, b := range bySize {
+		i := slices.Index(load, slices.Min(load))
+		parts[i] = append(parts[i], b)
+		load[i] += b.Size
+	}
+	sent := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range parts {
+		wg.Go(func() { sent[i], errs[i] = c.SendBlobs(ctx, id, parts[i]) })
+	}
+	wg.Wait()
+	var total int64
+	for _, s := range sent {
+		total += s
+	}
+	return total, errors.Join(errs...)
 }
