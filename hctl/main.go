@@ -211,6 +211,7 @@ func (h *hctl) finish(err error) int {
 	if err == nil {
 		return exitOK
 	}
+	err = reword(err)
 	code, jsonCode, msg := classify(err)
 	if h.root != nil && h.root.IsSet("timeout") && errors.Is(err, context.DeadlineExceeded) {
 		var unknown *api.OutcomeUnknownError

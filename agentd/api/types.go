@@ -88,7 +88,22 @@ const (
 type Error struct {
 	Message string `json:"error"`
 	Code    string `json:"code"`
+	// Reason, when set, says more precisely what is wrong (one of the
+	// Reason constants), and App which app it is about: a client words
+	// its own advice from them (hctl names its flags).
+	Reason string `json:"reason,omitempty"`
+	App    string `json:"app,omitempty"`
 }
+
+// Reasons carried in [Error].Reason.
+const (
+	ReasonNoSuchApp     = "no_such_app"
+	ReasonNoSuchRelease = "no_such_release"
+	ReasonNeedsSocket   = "needs_socket"
+	ReasonNeedsUser     = "needs_user"
+	ReasonUserIsRoot    = "user_is_root"
+	ReasonConfirm       = "confirm"
+)
 
 func (e *Error) Error() string { return e.Message }
 

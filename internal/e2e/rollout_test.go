@@ -427,3 +427,47 @@ func TestDetachWaitCancel(t *testing.T) {
 	}
 	checkNoOrphans(t, e, "dw")
 }
+
+// TestBakeSurvivesRestart: agentd killed with SIGKILL in a bake window;
+// the next agentd watches the rest of the window, and the release that
+// fails in it is rolled back as before the restart.
+func TestBakeSurvivesRestart(t *testing.T) {
+	e := start(t)
+	url := e.createApp("br", "--readiness", "web=http:/healthz", "--drain-timeout", "20s")
+	e.deploy("br", e.release(""))
+	e.mustHctl("apps", "set", "br", "--bake", "30s")
+	ls := startLoads(t, url)
+	cmd := exec.Command(bins.Hctl, "deploy", "br", e.release("unhealthy-after TESTAPP_UNHEALTHY_AFTER=6s"))
+	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+e.ag.Socket)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() && !strings.Contains(sc.Text(), "-----> bake") {
+	}
+	e.ag.Kill()
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	cmd.Wait()
+	if err := e.ag.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	var info api.AppInfo
+	e.json(&info, "apps", "info", "br")
+	if info.Phase != "bake" || info.BakeUntil.IsZero() {
+		t.Errorf("after the restart: phase %q, bake until %v; want the bake resumed", info.Phase, info.BakeUntil)
+	}
+	waitPs(t, e, "br", "the rollback release v3 alone", func(ps []api.Process) bool {
+		return len(ps) == 1 && ps[0].Release == "v3" && ps[0].State == api.StateReady
+	})
+	ls.stopAndCheck(t)
+	if v2 := releaseNamed(t, e, "br", "v2"); v2.Status != api.StatusFailed || !strings.Contains(v2.Error, "health probes") {
+		t.Errorf("v2 after a bake that failed across a restart: %s %q", v2.Status, v2.Error)
+	}
+	if v3 := releaseNamed(t, e, "br", "v3"); v3.Source != "auto-rollback" || v3.Status != api.StatusActive {
+		t.Errorf("v3: %s %s", v3.Source, v3.Status)
+	}
+}

@@ -37,6 +37,10 @@ const (
 	migrate      = `release: echo "migrated to $(cat VERSION)" >> /srv/migrations.log` + "\n"
 	goodProcfile = "web: ./goapp\n" + migrate
 	needsConf    = `web: if [ ! -r /srv/web.conf ]; then echo "/srv/web.conf is missing on this host" >&2; exit 3; fi; exec ./goapp` + "\n" + migrate
+	// failsBake serves, then 4 s after its start stops the way it would on
+	// SIGTERM (the shell's pid is goapp's after exec): a release that
+	// passes readiness and fails its bake window, losing no request.
+	failsBake = `web: (sleep 4; kill -TERM $$) & exec ./goapp` + "\n" + migrate
 )
 
 // The load through haproxy during each play: an open loop of POSTs on
@@ -217,8 +221,30 @@ func TestFleet(t *testing.T) {
 		}
 	}
 
+	// Release E fails its bake window on host 1: agentd rolls it back there
+	// by itself (host 1 serves D's code again), the play stops, hosts 2
+	// and 3 never get E.
+	relE := f.release("E", failsBake)
+	h2Releases, h3Releases := len(f.releases(h2)), len(f.releases(h3))
+	baking := f.play("release that fails its bake on host 1", relE, 1, true, map[string]any{"agentd_bake": "20s"})
+	if baking.play.Code == 0 {
+		t.Fatalf("%s: the play succeeded:\n%s", baking.name, baking.play.Tail(40))
+	}
+	f.wantNoDrops(baking)
+	rep = f.wantReport(baking, report{Failed: []string{"host1"}, NotReached: []string{"host2", "host3"}})
+	if o := rep.Hosts["host1"]; !strings.Contains(o.Error, "rolled back automatically") {
+		t.Errorf("%s: host1's failure in the report does not say it was rolled back: %+v", baking.name, o)
+	}
+	f.wantServing(relD, h1, h2, h3)
+	if rels := f.releases(h1); rels[0].Source != "auto-rollback" || rels[1].Status != api.StatusFailed || rels[1].ReleaseID != f.id(relE) {
+		t.Errorf("host1's newest releases are not E failed then its rollback: %+v", rels[:2])
+	}
+	if n2, n3 := len(f.releases(h2)), len(f.releases(h3)); n2 != h2Releases || n3 != h3Releases {
+		t.Errorf("hosts 2 and 3 were touched: %d and %d releases before the play, %d and %d after", h2Releases, h3Releases, n2, n3)
+	}
+
 	t.Logf("summary (whole test %.1fs):", time.Since(began).Seconds())
-	for _, s := range append([]*scenario{control, first}, rolling, allAtOnce, failing, rerun) {
+	for _, s := range append([]*scenario{control, first}, rolling, allAtOnce, failing, rerun, baking) {
 		t.Logf("  %-44s ansible exit %d in %5.1fs (%4.1fs CPU); %s", s.name, s.play.Code, s.play.Took.Seconds(), s.play.CPU.Seconds(), s.loadLine())
 	}
 }

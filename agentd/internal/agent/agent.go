@@ -121,6 +121,10 @@ type Error struct {
 	Code string
 	Msg  string
 	Err  error
+	// Reason and App, when set, say precisely what is wrong (api.Reason*)
+	// and of which app, so that a client words its own advice: the core's
+	// message names no flag of hctl's.
+	Reason, App string
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -204,7 +208,7 @@ func (ag *Agent) save(a *app) error {
 		a.st.Processes = append(a.st.Processes, procRecord{
 			Name: p.name(), Type: p.typ, Index: p.index, Release: p.release, PID: p.p.PID(),
 			StartedAt: p.p.KernelStart(), State: p.state, Restarts: p.restarts, ReadyAt: p.readyAt,
-			Notify: p.notifyPath, Log: p.log, LogSent: p.fwd.sent(),
+			Notify: p.notifyPath, Log: p.log, LogSent: p.fwd.sent(), Probe: p.probeAddr(),
 		})
 	}
 	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {
@@ -240,7 +244,7 @@ func (ag *Agent) get(name string) (*app, error) {
 	defer ag.mu.Unlock()
 	a, ok := ag.apps[name]
 	if !ok {
-		return nil, errf(api.CodeNotFound, "no app named %q (see `hctl apps`)", name)
+		return nil, &Error{Code: api.CodeNotFound, Msg: fmt.Sprintf("no app named %q", name), Reason: api.ReasonNoSuchApp, App: name}
 	}
 	return a, nil
 }

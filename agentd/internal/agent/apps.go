@@ -27,18 +27,18 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		return api.App{}, badRequest(err)
 	}
 	if len(req.Sockets) == 0 {
-		return api.App{}, errf(api.CodeBadRequest, "app %s: at least one --socket [TYPE/]NAME=ADDR is needed", req.Name)
+		return api.App{}, &Error{Code: api.CodeBadRequest, Msg: fmt.Sprintf("app %s needs at least one socket", req.Name), Reason: api.ReasonNeedsSocket, App: req.Name}
 	}
 	st := appState{
 		Name: req.Name, Formation: map[string]int{}, Readiness: map[string]string{},
-		BootTimeout: req.BootTimeout, DrainTimeout: req.DrainTimeout, User: req.User,
+		BootTimeout: duration(req.BootTimeout), DrainTimeout: duration(req.DrainTimeout), User: req.User,
 		CreatedAt: time.Now().UTC(), Config: map[string]string{},
 	}
 	if st.BootTimeout <= 0 {
-		st.BootTimeout = api.Duration(DefaultBootTimeout)
+		st.BootTimeout = duration(DefaultBootTimeout)
 	}
 	if st.DrainTimeout <= 0 {
-		st.DrainTimeout = api.Duration(DefaultDrainTimeout)
+		st.DrainTimeout = duration(DefaultDrainTimeout)
 	}
 	names := map[string]bool{}
 	for _, s := range req.Sockets {
@@ -69,7 +69,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 	if err := checkRollout(time.Duration(req.Bake), req.MaxSurge, req.Strategy); err != nil {
 		return api.App{}, err
 	}
-	st.Bake, st.MaxSurge = req.Bake, req.MaxSurge
+	st.Bake, st.MaxSurge = duration(req.Bake), req.MaxSurge
 	for typ, s := range req.Strategy {
 		if s != "" && s != api.StrategyOverlap {
 			if st.Strategy == nil {
@@ -143,7 +143,7 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 		return err
 	}
 	if confirm != name {
-		return errf(api.CodeBadRequest, "destroying %s stops it and deletes its releases: confirm with --confirm %s", name, name)
+		return &Error{Code: api.CodeBadRequest, Msg: fmt.Sprintf("destroying %s stops it and deletes its releases: confirm by repeating its name", name), Reason: api.ReasonConfirm, App: name}
 	}
 	a.op <- struct{}{}
 	defer func() { <-a.op }()

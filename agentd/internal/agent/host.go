@@ -109,12 +109,14 @@ func (h *host) Enter(ph rollout.Phase) error {
 	case rollout.PhaseCutover:
 		o.enter(api.PhaseCutover, "%s", ph.Message)
 	case rollout.PhaseBake:
-		o.enter(api.PhaseBake, "%s, until %s", ph.Message, ph.Until.Format("15:04:05"))
+		// Saved before it is announced: an agentd killed once the client
+		// saw the bake begin must find it on disk and resume it.
 		a.mu.Lock()
-		o.recordUntil(h.target, ph.Until)
-		a.st.Op.Previous = h.previous
+		a.st.Op = &opRecord{Kind: o.kind, Release: h.target, Phase: rollout.PhaseBake, Started: o.start,
+			BakeUntil: ph.Until, Previous: h.previous}
 		h.ag.save(a)
 		a.mu.Unlock()
+		o.enter(api.PhaseBake, "%s, until %s", ph.Message, ph.Until.Format("15:04:05"))
 		return nil
 	case rollout.PhaseDrain:
 		a.mu.Lock()

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -21,6 +23,49 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 )
 
+// The state file has types of its own, not the API's (agentd/api): what
+// agentd reads at start must not change when the wire format does.
+
+// duration is a time.Duration as the state file keeps it: a Go duration
+// string ("60s"); a number of seconds is read too.
+type duration time.Duration
+
+func (d duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("bad duration %q: %w", s, err)
+		}
+		*d = duration(v)
+		return nil
+	}
+	var secs float64
+	if err := json.Unmarshal(b, &secs); err != nil {
+		return errors.New(`a duration is a string like "30s" or a number of seconds`)
+	}
+	*d = duration(secs * float64(time.Second))
+	return nil
+}
+
+// phaseTime is how long one phase of a release's rollout took.
+type phaseTime struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+}
+
+func phaseTimesOf(ps []api.Phase) []phaseTime {
+	out := make([]phaseTime, len(ps))
+	for i, p := range ps {
+		out[i] = phaseTime{Name: p.Name, Seconds: p.Seconds}
+	}
+	return out
+}
+
+func (t phaseTime) api() api.Phase { return api.Phase{Name: t.Name, Seconds: t.Seconds} }
+
 // appState is what agentd persists of an app, one JSON file per app.
 type appState struct {
 	Name    string         `json:"name"`
@@ -30,8 +75,8 @@ type appState struct {
 	Bound        []string          `json:"bound,omitempty"`
 	Formation    map[string]int    `json:"formation"`
 	Readiness    map[string]string `json:"readiness"`
-	BootTimeout  api.Duration      `json:"boot_timeout"`
-	DrainTimeout api.Duration      `json:"drain_timeout"`
+	BootTimeout  duration          `json:"boot_timeout"`
+	DrainTimeout duration          `json:"drain_timeout"`
 	User         string            `json:"user,omitempty"`
 	CreatedAt    time.Time         `json:"created_at"`
 	// Config is the config of the newest release (what `config set` edits).
@@ -52,11 +97,11 @@ type appState struct {
 	// the exec shim to every process.
 	Limits []string `json:"limits,omitempty"`
 	// ReleaseTimeout bounds the release phase; 0 for agentd's default.
-	ReleaseTimeout api.Duration `json:"release_timeout,omitempty"`
+	ReleaseTimeout duration `json:"release_timeout,omitempty"`
 
 	// Bake is how long a new release is watched after its cutover
 	// before it counts as good; 0: no bake.
-	Bake api.Duration `json:"bake,omitempty"`
+	Bake duration `json:"bake,omitempty"`
 	// MaxSurge bounds the new processes of a type beyond its formation
 	// during a rollout; 0: the whole formation.
 	MaxSurge int `json:"max_surge,omitempty"`
@@ -77,7 +122,7 @@ type releaseState struct {
 	CreatedAt  time.Time         `json:"created_at"`
 	DeployedBy string            `json:"deployed_by,omitempty"`
 	Error      string            `json:"error,omitempty"`
-	Phases     []api.Phase       `json:"phases,omitempty"`
+	Phases     []phaseTime       `json:"phases,omitempty"`
 }
 
 // procRecord is what a restarted agentd needs to adopt a process: its
@@ -97,6 +142,9 @@ type procRecord struct {
 	Log       string    `json:"log,omitempty"`
 	// LogSent is how much of Log was forwarded to the journal.
 	LogSent int64 `json:"log_sent,omitempty"`
+	// Probe is the address of the process's private probe socket, so a
+	// restarted agentd probes it again (a bake window).
+	Probe string `json:"probe,omitempty"`
 }
 
 type opRecord struct {
@@ -119,12 +167,16 @@ func (r *releaseState) api(app string) api.Release {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	return api.Release{
+	out := api.Release{
 		App: app, Version: r.Version, Name: vname(r.Version), Status: r.Status,
 		Message: r.Message, Source: r.Source, Digest: r.Digest, ReleaseID: r.ReleaseID,
 		Procfile: r.Procfile, ConfigKeys: keys, CreatedAt: r.CreatedAt,
-		DeployedBy: r.DeployedBy, Error: r.Error, Phases: r.Phases,
+		DeployedBy: r.DeployedBy, Error: r.Error,
 	}
+	for _, p := range r.Phases {
+		out.Phases = append(out.Phases, p.api())
+	}
+	return out
 }
 
 // app is an app in memory: its persisted state, the sockets agentd holds

@@ -122,7 +122,7 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 		target = a.release(v)
 		if target == nil {
 			a.mu.Unlock()
-			return o.finish(errf(api.CodeNotFound, "app %s has no release %s (see `hctl releases %s`)", name, vname(v), name))
+			return o.finish(&Error{Code: api.CodeNotFound, Msg: fmt.Sprintf("app %s has no release %s", name, vname(v)), Reason: api.ReasonNoSuchRelease, App: name})
 		}
 	} else {
 		for i := len(a.st.Releases) - 1; i >= 0; i-- {

@@ -178,6 +178,13 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	return pr, nil
 }
 
+func (p *proc) probeAddr() string {
+	if p.probe == nil {
+		return ""
+	}
+	return p.probe.Addr
+}
+
 func (p *proc) closeFiles() {
 	if p.ns != nil {
 		p.ns.Close()

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/readiness"
 	"github.com/agentd/agentd/agentd/internal/rollout"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
@@ -31,6 +32,11 @@ func (ag *Agent) recover(a *app) {
 			restarts: rec.Restarts, readyAt: rec.ReadyAt, log: rec.Log, notifyPath: rec.Notify,
 			extend: make(chan time.Duration, 1)}
 		pr.fwd.off = rec.LogSent
+		if rec.Probe != "" {
+			// The process keeps its probe socket; agentd's copy is gone, so
+			// a tcp probe of it is a bare connect (readiness.Check).
+			pr.probe = &readiness.Probe{Addr: rec.Probe}
+		}
 		a.procs = append(a.procs, pr)
 		ag.log.Info("adopted process", "app", a.st.Name, "release", vname(rec.Release), "process", rec.Name, "pid", rec.PID, "state", rec.State)
 	}

@@ -63,7 +63,7 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	o.endPhase()
 	a.mu.Lock()
 	if r != nil {
-		r.Phases = o.phaseTimes()
+		r.Phases = phaseTimesOf(o.phaseTimes())
 	}
 	a.st.Op = nil
 	ag.prune(a)
@@ -112,7 +112,7 @@ func (o *op) fail(r *releaseState, err error) api.OpResult {
 	if r != nil && r.Status != api.StatusActive {
 		r.Status = api.StatusFailed
 		r.Error = err.Error()
-		r.Phases = o.phaseTimes()
+		r.Phases = phaseTimesOf(o.phaseTimes())
 	}
 	o.a.st.Op = nil
 	o.ag.save(o.a)
@@ -162,11 +162,14 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 	nr.Procfile, nr.Order = maps.Clone(prev.Procfile), slices.Clone(prev.Order)
 	nr.Message = fmt.Sprintf("automatic rollback to %s: %s", vname(prev.Version), reason)
 	nr.DeployedBy = "agentd"
+	// The same code as prev: a fleet that deploys prev's release id again
+	// finds it active, nothing to do.
+	nr.ReleaseID = prev.ReleaseID
 	o.record(nr.Version)
 	rt := a.target(nr)
 	a.mu.Unlock()
 	rt.Bake = 0 // the release it returns to has served before
-	o.enter(api.PhasePreboot, "rolling back to %s as %s", vname(prev.Version), vname(nr.Version))
+	o.info("rolling back to %s as %s", vname(prev.Version), vname(nr.Version))
 	// Not cancellable: the release that failed must not stay.
 	_, err := o.run(rt, context.Background(), nr)
 	a.mu.Lock()
@@ -179,7 +182,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 	}
 	o.endPhase()
 	a.mu.Lock()
-	nr.Phases = o.phaseTimes()
+	nr.Phases = phaseTimesOf(o.phaseTimes())
 	a.st.Op = nil
 	ag.prune(a)
 	ag.save(a)

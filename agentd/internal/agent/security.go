@@ -29,11 +29,12 @@ const maxReleaseTimeout = 24 * time.Hour
 func checkSecurity(req api.AppCreate, st *appState) error {
 	if os.Geteuid() == 0 && !req.AllowRoot {
 		if req.User == "" {
-			return errf(api.CodeBadRequest, "app %s would run as root: give it a user to run as with --user USER "+
-				"(a dedicated one, e.g. created with useradd --system %s), or consent to root with --allow-root", req.Name, req.Name)
+			return &Error{Code: api.CodeBadRequest, Reason: api.ReasonNeedsUser, App: req.Name,
+				Msg: fmt.Sprintf("app %s would run as root: give it a user to run as (a dedicated one), or consent to root", req.Name)}
 		}
 		if u, err := user.Lookup(req.User); err == nil && u.Uid == "0" {
-			return errf(api.CodeBadRequest, "app %s: user %s is root: pass --allow-root to run it as root on purpose", req.Name, req.User)
+			return &Error{Code: api.CodeBadRequest, Reason: api.ReasonUserIsRoot, App: req.Name,
+				Msg: fmt.Sprintf("app %s: user %s is root: consent to run it as root on purpose", req.Name, req.User)}
 		}
 	}
 	st.AllowRoot = req.AllowRoot
@@ -47,7 +48,7 @@ func checkSecurity(req api.AppCreate, st *appState) error {
 	if req.ReleaseTimeout < 0 || time.Duration(req.ReleaseTimeout) > maxReleaseTimeout {
 		return errf(api.CodeBadRequest, "release timeout %s: want more than 0 and at most %s", time.Duration(req.ReleaseTimeout), maxReleaseTimeout)
 	}
-	st.ReleaseTimeout = req.ReleaseTimeout
+	st.ReleaseTimeout = duration(req.ReleaseTimeout)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -25,8 +26,9 @@ func TestCheckSecurity(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "app a would run as root") {
 			t.Errorf("no user, agentd root: %v", err)
 		}
-		if err := checkSecurity(api.AppCreate{Name: "a", User: "root"}, &st); err == nil || !strings.Contains(err.Error(), "--allow-root") {
-			t.Errorf("user root: %v", err)
+		var ae *Error
+		if err := checkSecurity(api.AppCreate{Name: "a", User: "root"}, &st); !errors.As(err, &ae) || ae.Reason != api.ReasonUserIsRoot || strings.Contains(err.Error(), "--") {
+			t.Errorf("user root: %v (the core's words name no hctl flag; hctl adds them by Reason)", err)
 		}
 	} else if err != nil {
 		t.Errorf("no user, agentd not root: %v", err)
@@ -36,7 +38,7 @@ func TestCheckSecurity(t *testing.T) {
 	if err := checkSecurity(req, &st); err != nil {
 		t.Fatal(err)
 	}
-	if !st.AllowRoot || strings.Join(st.Limits, " ") != "nofile=4096:4096 as=1073741824:2147483648" || st.ReleaseTimeout != api.Duration(time.Minute) {
+	if !st.AllowRoot || strings.Join(st.Limits, " ") != "nofile=4096:4096 as=1073741824:2147483648" || st.ReleaseTimeout != duration(time.Minute) {
 		t.Errorf("recorded %+v", st)
 	}
 	for _, bad := range []api.AppCreate{

@@ -80,14 +80,14 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 			next = append(next, what)
 		}
 	}
-	setDur := func(what string, dst *api.Duration, v *api.Duration, check func(time.Duration) error) error {
-		if v == nil || *dst == *v {
+	setDur := func(what string, dst *duration, v *api.Duration, check func(time.Duration) error) error {
+		if v == nil || *dst == duration(*v) {
 			return nil
 		}
 		if err := check(time.Duration(*v)); err != nil {
 			return err
 		}
-		*dst = *v
+		*dst = duration(*v)
 		note(what, false)
 		return nil
 	}

@@ -29,7 +29,7 @@ func coherent(t *testing.T) *appState {
 	return &appState{
 		Name: "a1", Sockets: []sockets.Spec{web, adm}, Bound: []string{"127.0.0.1:41234", "/tmp/agentd-statecheck.sock"},
 		Formation: map[string]int{"web": 2, "worker": 1}, Readiness: map[string]string{"web": "notify"},
-		BootTimeout: api.Duration(time.Minute), DrainTimeout: api.Duration(30 * time.Second),
+		BootTimeout: duration(time.Minute), DrainTimeout: duration(30 * time.Second),
 		Releases: []*releaseState{
 			{Version: 1, Status: api.StatusRetired, Procfile: pf, Order: []string{"web", "worker"}},
 			{Version: 2, Status: api.StatusActive, Procfile: pf, Order: []string{"web", "worker"}},

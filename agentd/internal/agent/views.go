@@ -19,10 +19,10 @@ import (
 func (ag *Agent) appAPI(a *app) api.App {
 	out := api.App{
 		Name: a.st.Name, Formation: map[string]int{}, Readiness: maps.Clone(a.st.Readiness),
-		BootTimeout: a.st.BootTimeout, DrainTimeout: a.st.DrainTimeout, User: a.st.User,
+		BootTimeout: api.Duration(a.st.BootTimeout), DrainTimeout: api.Duration(a.st.DrainTimeout), User: a.st.User,
 		CreatedAt: a.st.CreatedAt, Deploying: a.st.Op != nil,
-		AllowRoot: a.st.AllowRoot, Limits: a.st.Limits, ReleaseTimeout: a.st.ReleaseTimeout,
-		Bake: a.st.Bake, MaxSurge: a.st.MaxSurge, Strategy: maps.Clone(a.st.Strategy),
+		AllowRoot: a.st.AllowRoot, Limits: a.st.Limits, ReleaseTimeout: api.Duration(a.st.ReleaseTimeout),
+		Bake: api.Duration(a.st.Bake), MaxSurge: a.st.MaxSurge, Strategy: maps.Clone(a.st.Strategy),
 	}
 	if op := a.st.Op; op != nil {
 		out.Operation, out.Phase, out.BakeUntil = op.Kind, op.Phase, op.BakeUntil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // BakeError is a release that failed its bake window after its cutover:
@@ -27,8 +28,9 @@ func (r *run) bake(ctx context.Context, ctl Controls) error {
 	h := r.h
 	start := h.Now()
 	until := start.Add(r.t.Bake)
+	window := r.t.Bake.Round(time.Second)
 	if err := h.Enter(Phase{Name: PhaseBake, Until: until,
-		Message: fmt.Sprintf("watching %s for the %s bake window", vname(r.t.Release), r.t.Bake)}); err != nil {
+		Message: fmt.Sprintf("watching %s for the %s bake window", vname(r.t.Release), window)}); err != nil {
 		h.Info(fmt.Sprintf("warning: %v", err))
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -37,16 +39,16 @@ func (r *run) bake(ctx context.Context, ctl Controls) error {
 	timer := h.After(r.t.Bake)
 	select {
 	case <-timer:
-		h.Info(fmt.Sprintf("%s passed its %s bake window", vname(r.t.Release), r.t.Bake))
+		h.Info(fmt.Sprintf("%s passed its %s bake window", vname(r.t.Release), window))
 		return nil
 	case pass := <-ctl.BakeEnd:
 		if pass {
-			h.Info(fmt.Sprintf("%s: bake passed by hand after %s", vname(r.t.Release), h.Now().Sub(start).Round(1e9)))
+			h.Info(fmt.Sprintf("%s: bake passed by hand after %s", vname(r.t.Release), h.Now().Sub(start).Round(time.Second)))
 			return nil
 		}
-		return &BakeError{Reason: fmt.Errorf("%w %s into the %s bake window", ErrBakeAborted, h.Now().Sub(start).Round(1e9), r.t.Bake), Aborted: true}
+		return &BakeError{Reason: fmt.Errorf("%w %s into the %s bake window", ErrBakeAborted, h.Now().Sub(start).Round(time.Second), window), Aborted: true}
 	case err := <-fails:
-		return &BakeError{Reason: fmt.Errorf("%w %s into the %s bake window", err, h.Now().Sub(start).Round(1e9), r.t.Bake)}
+		return &BakeError{Reason: fmt.Errorf("%w %s into the %s bake window", err, h.Now().Sub(start).Round(time.Second), window)}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -232,6 +233,22 @@ func (tr *typeRun) alive() int {
 // become ready. Between rounds, as many old processes retire as new ones
 // became ready.
 func (r *run) preboot(ctx context.Context, surge int) error {
+	// Old processes beyond the formation (left by an interrupted
+	// operation) hold no share of it: they retire at once, the stale
+	// releases' first, so that the surge bound leaves room to start.
+	for _, tr := range r.types {
+		if tr.tp.Strategy == StopFirst || tr.remaining() == 0 {
+			continue
+		}
+		if excess := len(tr.tp.Keep) + len(tr.old) - tr.tp.Want; excess > 0 {
+			sort.SliceStable(tr.old, func(i, j int) bool {
+				return tr.old[i].Release() != r.t.Previous && tr.old[j].Release() == r.t.Previous
+			})
+			k := min(excess, len(tr.old))
+			r.retireEarly(tr, tr.old[:k])
+			tr.old = tr.old[k:]
+		}
+	}
 	for {
 		var batch []Proc
 		var waitOn []Proc

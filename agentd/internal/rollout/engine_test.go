@@ -466,3 +466,27 @@ func TestPlan(t *testing.T) {
 		})
 	}
 }
+
+// TestStaleProcessesRetireFirst: old processes beyond the formation (an
+// interrupted operation left one of another release) retire before the
+// preboot, the stale release's first, so the surge bound leaves room.
+func TestStaleProcessesRetireFirst(t *testing.T) {
+	h := newFakeHost()
+	h.running(2, map[string]int{"web": 1})
+	h.procs = append(h.procs, &fakeProc{typ: "web", index: 1, release: 1, ready: true, done: make(chan struct{})})
+	h.active = 2
+	tg := Target{Release: 3, Previous: 2, Types: []string{"web"}, Formation: map[string]int{"web": 1}, AllTypes: true}
+	before := h.serving()
+	before[1] = nil // the stale one is not part of what must survive
+	_, err := runOn(t, h, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, h, before, tg, err)
+	if i, j := slices.Index(h.log, "retire v1 web.1"), slices.Index(h.log, "start v3 web.1"); i < 0 || j < i {
+		t.Fatalf("the stale v1 process did not retire before the start: %q", h.log)
+	}
+	if h.maxAlive["web"] > 2 {
+		t.Fatalf("%d web alive at once, want at most formation 1 + surge 1", h.maxAlive["web"])
+	}
+}

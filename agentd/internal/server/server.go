@@ -198,7 +198,7 @@ func fail(w http.ResponseWriter, err error) {
 		if !ok {
 			st = http.StatusInternalServerError
 		}
-		writeErr(w, st, &api.Error{Code: ae.Code, Message: ae.Msg})
+		writeErr(w, st, &api.Error{Code: ae.Code, Message: ae.Msg, Reason: ae.Reason, App: ae.App})
 		return
 	}
 	writeErr(w, http.StatusInternalServerError, &api.Error{Code: api.CodeInternal, Message: err.Error()})
