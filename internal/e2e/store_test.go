@@ -186,3 +186,43 @@ func TestReleaseTreeImmutable(t *testing.T) {
 	}
 }
 
+// An --allow-root release that writes, truncates and chmods its own files
+// changes nothing another release sees, nor a rollback to the same
+// content: each release runs in a copy of its own.
+func TestAllowRootWritesStayPrivate(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	e := start(t)
+	e.createApp("web", "--readiness", "web=notify")
+	write := func(name, version string) string {
+		dir := filepath.Join(e.dir, name)
+		procfile := `web: cat VERSION > "$TMPDIR/seen-$AGENTD_RELEASE"; echo hacked > VERSION; chmod 777 Procfile; : > data.bin; exec ` + bins.TestApp + "\n"
+		if _, err := harness.Release(dir, procfile, map[string]string{"VERSION": version, "data.bin": "data"}); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	e.deployR("web", write("a", "1"))
+	e.deployR("web", write("b", "2"))
+	if r := e.mustHctl("rollback", "web", "v1"); !strings.Contains(r.Stdout, "v3 is live") {
+		t.Fatalf("rollback: %s", r)
+	}
+	tmp := filepath.Join(e.ag.StateDir, "data", "web", "tmp")
+	for v, want := range map[string]string{"v1": "1", "v2": "2", "v3": "1"} {
+		if b, err := os.ReadFile(filepath.Join(tmp, "seen-"+v)); err != nil || string(b) != want {
+			t.Errorf("%s saw VERSION %q (%v), want %q", v, b, err, want)
+		}
+	}
+	trees, _ := os.ReadDir(filepath.Join(e.ag.StateDir, "store", "trees"))
+	for _, tr := range trees {
+		dir := filepath.Join(e.ag.StateDir, "store", "trees", tr.Name())
+		if b, _ := os.ReadFile(filepath.Join(dir, "VERSION")); string(b) == "hacked\n" {
+			t.Errorf("shared tree %s was written", tr.Name())
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "Procfile")); err != nil || fi.Mode().Perm() != 0o444 {
+			t.Errorf("shared tree %s Procfile: %v %v", tr.Name(), fi, err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "data.bin")); err != nil || fi.Size() != 4 {
+			t.Errorf("shared tree %s data.bin: %v %v", tr.Name(), fi, err)
+		}
+	}
+}
