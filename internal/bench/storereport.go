@@ -50,7 +50,7 @@ func storeTargets(s *storeResults) []targetOutcome {
 
 func reportStore(b *strings.Builder, s *storeResults) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
-	p("## Deploys as fast as the disk: the release store\n\n")
+	p("## 5. Deploys as fast as the disk: the release store\n\n")
 	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection), minus the app's own boot ")
 	p("(the same binary started directly, fork to first answer: %s), with `notify` readiness and no load. ", s.AppBoot.format(fmtDur))
 	p("Each release is the app's binary, its Procfile and N files of 1 MiB of random bytes. ")
