@@ -75,7 +75,10 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
 			}
 			if fi.Size() != sizes[h] {
-				return nil, api.UploadCreated{}, fmt.Errorf("%w: sha256 %s has %d bytes, not %d as the manifest says", ErrInvalid, h, fi.Size(), sizes[h])
+				// Either the manifest lies or the blob was changed on disk
+				// (a root process writing a release tree it shares): refuse
+				// both, never build on a blob that does not match.
+				return nil, api.UploadCreated{}, fmt.Errorf("%w: the manifest gives sha256 %s %d bytes, the store's blob of it has %d (a lying manifest, or a blob changed on disk)", ErrInvalid, h, sizes[h], fi.Size())
 			}
 			u.pins = append(u.pins, h)
 			continue
