@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"reflect"
 	"strconv"
 	"strings"
 
@@ -39,11 +38,6 @@ func uploadErr(w http.ResponseWriter, err error) {
 }
 
 func (s *Server) createUpload(w http.ResponseWriter, r *http.Request) {
-	if !canPrepare() {
-		writeErr(w, http.StatusNotImplemented, &api.Error{Code: api.CodeUnavailable,
-			Message: "this agentd cannot deploy from an upload yet; send the .tar.gz"})
-		return
-	}
 	st, err := s.Agent.Store()
 	if err != nil {
 		uploadErr(w, err)
@@ -130,36 +124,13 @@ func (s *Server) deployUpload(w http.ResponseWriter, r *http.Request) {
 	req := agent.DeployRequest{
 		App: r.PathValue("app"), Message: q.Get("message"), SkipReleasePhase: boolParam(r, "skip_release_phase"),
 		ReleaseID: q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
-	}
-	if !setPrepare(&req, s.Agent.PrepareUpload(u)) {
-		writeErr(w, http.StatusNotImplemented, &api.Error{Code: api.CodeUnavailable,
-			Message: "this agentd cannot deploy from an upload yet; send the .tar.gz"})
-		return
+		// The core calls it instead of unpacking an artifact: the release
+		// is built from the store.
+		Prepare: s.Agent.PrepareUpload(u),
 	}
 	if _, err := s.Agent.AppInfo(req.App); err != nil {
 		fail(w, err)
 		return
 	}
 	s.stream(w, r, func(emit func(api.Event)) api.OpResult { return s.Agent.Deploy(req, emit) })
-}
-
-// prepareType is the type of DeployRequest.Prepare: when set, the core
-// calls it instead of unpacking Artifact.
-var prepareType = reflect.TypeFor[func() (string, error)]()
-
-// canPrepare reports whether the core's DeployRequest has Prepare. The
-// field arrives with the core's rewrite, in progress beside this file;
-// until then uploads answer 501 and hctl sends the .tar.gz. Once it has
-// landed, setPrepare is `req.Prepare = f` and this goes.
-func canPrepare() bool {
-	f, ok := reflect.TypeFor[agent.DeployRequest]().FieldByName("Prepare")
-	return ok && f.Type == prepareType
-}
-
-func setPrepare(req *agent.DeployRequest, f func() (string, error)) bool {
-	if !canPrepare() {
-		return false
-	}
-	reflect.ValueOf(req).Elem().FieldByName("Prepare").Set(reflect.ValueOf(f))
-	return true
 }
