@@ -15,8 +15,9 @@ import (
 )
 
 // The manifest-first upload end to end, with the real agentd and hctl
-// (docs/concepts.md, "The release store"). Needs the core to call the
-// store (DeployRequest.Prepare, ReleaseDir, DataEnv).
+// (docs/concepts.md, "The release store"). TestReleaseTreeImmutable and
+// TestAllowRootWritesStayPrivate pass once the core runs processes in
+// ag.ReleaseDir and adds ag.DataEnv to their environment.
 
 var sentRE = regexp.MustCompile(`upload: sent (\d+) of (\d+) files \(([^;]+) of`)
 
