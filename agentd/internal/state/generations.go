@@ -21,10 +21,15 @@ func Prev(path string) string { return path + PrevSuffix }
 // reaches the previous one. It is linked under a temporary name and renamed,
 // so PREV is at every instant a whole file.
 func keepPrevious(path string) error {
-	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil // the first generation
-	}
 	dir, prev := filepath.Dir(path), Prev(path)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		// The first generation. A previous one left without a current file
+		// is a destroyed app's: it must never be taken for this one's.
+		if err := os.Remove(prev); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove a stale previous generation: %w", err)
+		}
+		return nil
+	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(prev)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("keep the previous generation: %w", err)

@@ -94,10 +94,32 @@ func Load(path string, v any, check func() error) (Loaded, error) {
 		}
 		rec.Quarantined = q
 	}
-	if err := WriteFile(path, b, 0o600); err != nil {
+	if err := restore(path, b); err != nil {
 		return Loaded{}, fmt.Errorf("restore %s from %s: %w", path, prev, err)
 	}
 	return Loaded{From: prev, Recovered: rec}, nil
+}
+
+// restore writes b (the previous generation's content) as path, leaving
+// the previous generation where it is: at every instant one of them holds
+// it.
+func restore(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	f.Close()
+	os.Remove(tmp)
+	if err := writeTemp(tmp, b); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return SyncDir(dir)
 }
 
 // decode reads path into v and checks it, returning the bytes read.

@@ -172,6 +172,28 @@ func TestLoadMissing(t *testing.T) {
 	}
 }
 
+// TestStalePreviousGenerationIsDropped: an app destroyed by a plain
+// os.Remove of its file leaves APP.json.prev; the first write of a new app
+// of that name drops it, so a bad first file is reported broken, never
+// recovered from the old app's state.
+func TestStalePreviousGenerationIsDropped(t *testing.T) {
+	p := twoGenerations(t)
+	os.Remove(p) // destroyed, the old way
+	if err := WriteJSON(p, doc{N: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(Prev(p)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the destroyed app's previous generation is still there: %v", err)
+	}
+	os.WriteFile(p, []byte("{"), 0o600)
+	var d doc
+	_, err := Load(p, &d, nil)
+	var b *Broken
+	if !errors.As(err, &b) {
+		t.Fatalf("got %v (loaded %+v), want Broken", err, d)
+	}
+}
+
 func TestRemoveTakesBothGenerations(t *testing.T) {
 	p := twoGenerations(t)
 	if err := Remove(p); err != nil {
