@@ -374,6 +374,18 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 	}
 }
 
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
 func fmtBake(d api.Duration) string {
 	if d == 0 {
 		return "none"
@@ -422,6 +434,10 @@ func writeStatus(w io.Writer, s *api.Status) {
 		"apps", strconv.Itoa(s.Apps),
 		"processes", strconv.Itoa(s.Processes),
 	)
+	if st := s.Store; st != nil {
+		writeFields(w, "release store", fmt.Sprintf("%s in %d blobs, %d trees; %s reclaimable (keeps %d releases per app)",
+			fmtBytes(st.Bytes), st.Blobs, st.Trees, fmtBytes(st.Reclaimable), s.KeepReleases))
+	}
 	if len(s.Sockets) > 0 {
 		fmt.Fprintln(w, "\nsockets:")
 		writeSockets(w, s.Sockets, true)

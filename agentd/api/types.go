@@ -146,6 +146,11 @@ type Status struct {
 	Apps          int       `json:"apps"`
 	Processes     int       `json:"processes"`
 	Sockets       []Socket  `json:"sockets"`
+	// Store is what the release store holds and could free now; absent
+	// when agentd cannot tell. KeepReleases is how many releases of each
+	// app are kept (agentd --keep-releases).
+	Store        *StoreUsage `json:"store,omitempty"`
+	KeepReleases int         `json:"keep_releases,omitempty"`
 }
 
 // Socket is a listening socket that agentd holds for an app.

@@ -58,9 +58,12 @@ func (ag *Agent) probeBake(ctx context.Context, a *app, p *proc, kind readiness.
 	userName := a.st.User
 	a.mu.Unlock()
 	if kind.Name == "exec" && r != nil {
+		a.mu.Lock()
 		env, _ := ag.procEnv(a, r, p.name())
+		a.mu.Unlock()
 		cred, _ := credential(userName)
-		target.Dir, target.Env, target.Credential = ag.cfg.slugDir(r.Digest), env, cred
+		dir, _ := ag.codeDir(a, r)
+		target.Dir, target.Env, target.Credential = dir, env, cred
 	}
 	tick := time.NewTicker(bakeProbeEvery)
 	defer tick.Stop()

@@ -1,11 +1,10 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/agentd/agentd/grammar"
 
 	"github.com/agentd/agentd/agentd/api"
-	"github.com/agentd/agentd/agentd/internal/procfile"
 )
 
 // The operations that change what runs. Each checks its input, records a
@@ -50,7 +48,12 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	o.enter(api.PhasePrepare, "receiving and unpacking the artifact")
 	prepare := req.Prepare
 	if prepare == nil {
-		prepare = func() (string, error) { return ag.unpack(req.Artifact) }
+		prepare = func() (string, error) {
+			if req.Artifact == nil {
+				return "", errors.New("no artifact")
+			}
+			return ag.ImportArtifact(req.Artifact)
+		}
 	}
 	digest, err := prepare()
 	if err != nil {
@@ -72,7 +75,7 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	a.mu.Unlock()
 	o.res.Release = vname(r.Version)
 
-	pf, err := procfile.ParseFile(filepath.Join(ag.cfg.slugDir(digest), "Procfile"))
+	pf, err := ag.procfileOf(digest)
 	if err != nil {
 		return o.fail(r, fmt.Errorf("prepare: %w", err))
 	}
@@ -141,7 +144,7 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 		a.mu.Unlock()
 		return o.finish(errf(api.CodeBadRequest, "release %s never got past prepare: nothing to roll back to", vname(target.Version)))
 	}
-	if _, err := os.Stat(ag.cfg.slugDir(target.Digest)); err != nil {
+	if !ag.hasCode(target.Digest) {
 		a.mu.Unlock()
 		return o.finish(errf(api.CodeNotFound, "the code of %s is no longer kept", vname(target.Version)))
 	}

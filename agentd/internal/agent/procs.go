@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,6 +42,16 @@ func (ag *Agent) procEnv(a *app, r *releaseState, name string) ([]string, error)
 	}
 	if home != "" {
 		env["HOME"] = home
+	}
+	// The release tree is read-only: HOME and TMPDIR point into the app's
+	// data directory, which the config may override.
+	data, err := ag.DataEnv(a.st.Name, a.st.User)
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range data {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
 	}
 	for k, v := range r.Config {
 		env[k] = v
@@ -99,6 +110,10 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	}
 	pr := &proc{typ: typ, index: index, release: r.Version, state: api.StateStarting, extend: make(chan time.Duration, 1)}
 	name := pr.name()
+	dir, err := ag.codeDir(a, r)
+	if err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	env, err := ag.procEnv(a, r, name)
 	var files []*os.File
@@ -149,7 +164,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	defer out.Close()
 	shimOpt.GuardFDs = len(files)
 	spec := supervisor.Spec{
-		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
+		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: dir,
 		Env: env, Files: files, Names: names, Output: out, Credential: cred, ShimOptions: shimOpt,
 	}
 	if sc := ag.cfg.Scopes; sc != nil {
@@ -367,17 +382,19 @@ func (ag *Agent) waitReady(parent context.Context, a *app, p *proc, kind readine
 	done := make(chan error, 1)
 	a.mu.Lock()
 	r := a.release(p.release)
-	a.mu.Unlock()
 	env, _ := ag.procEnv(a, r, p.name())
-	a.mu.Lock()
 	userName := a.st.User
 	a.mu.Unlock()
 	// An exec check runs code of the release: as the app's user.
 	cred, _ := credential(userName)
+	dir := ""
+	if kind.Name == "exec" {
+		dir, _ = ag.codeDir(a, r)
+	}
 	go func() {
 		done <- readiness.Wait(ctx, kind, readiness.Target{
 			Probe: p.probe, Notified: p.ns.Ready(), Exited: p.p.Done(), StartedAt: p.p.StartedAt(),
-			Dir: ag.cfg.slugDir(r.Digest), Env: env, Credential: cred,
+			Dir: dir, Env: env, Credential: cred,
 		})
 	}()
 	deadline := p.p.StartedAt().Add(boot)

@@ -14,51 +14,12 @@ import (
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
-	"github.com/agentd/agentd/agentd/internal/artifact"
-	"github.com/agentd/agentd/agentd/internal/procfile"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
 )
 
 // Releases: receiving an artifact, recording a release, its release
 // phase, and what is pruned once releases are no longer kept.
-
-// unpack stores the artifact as a slug named by its content digest.
-func (ag *Agent) unpack(r io.Reader) (string, error) {
-	if r == nil {
-		return "", errors.New("no artifact")
-	}
-	tmp := filepath.Join(ag.cfg.slugsDir(), "tmp-"+randomID())
-	if err := artifact.Unpack(r, tmp, artifact.Limits{MaxBytes: ag.cfg.MaxArtifactBytes}); err != nil {
-		return "", err
-	}
-	// A process of another app forked while a file here was open for
-	// writing could still hold it, and the release's exec would fail with
-	// ETXTBSY: wait until every such fork has exec'd.
-	supervisor.ForkFence()
-	digest, err := artifact.Digest(tmp)
-	if err != nil {
-		os.RemoveAll(tmp)
-		return "", err
-	}
-	dst := ag.cfg.slugDir(digest)
-	if _, err := os.Stat(dst); err == nil {
-		// Same content as a slug we have: keep the one in use.
-		os.RemoveAll(tmp)
-		return digest, nil
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		os.RemoveAll(tmp)
-		// Two uploads of the same content, unpacked side by side: the one
-		// that renamed first left the slug we want (rename(2) onto a
-		// non-empty directory fails), so this one is a success too.
-		if _, serr := os.Stat(dst); serr == nil {
-			return digest, nil
-		}
-		return "", fmt.Errorf("storing slug %s: %w", shortDigest(digest), err)
-	}
-	return digest, nil
-}
 
 // newRelease records a new pending release. Callers hold a.mu.
 func (ag *Agent) newRelease(a *app, digest, source string, config map[string]string) *releaseState {
@@ -99,8 +60,14 @@ func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, comman
 		return err
 	}
 	defer logf.Close()
+	dir, err := ag.codeDir(a, r)
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return err
+	}
 	p, err := supervisor.Start(supervisor.Spec{
-		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: ag.cfg.slugDir(r.Digest),
+		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: dir,
 		Env: env, Output: pw, Credential: cred, ShimOptions: shimOpt,
 	})
 	pw.Close()
@@ -215,11 +182,11 @@ func (ag *Agent) RunReleasePhase(name string, art io.Reader, emit func(api.Event
 	}
 	o := ag.newOp(a, "release-phase", emit)
 	o.enter(api.PhasePrepare, "receiving and unpacking the artifact")
-	digest, err := ag.unpack(art)
+	digest, err := ag.ImportArtifact(art)
 	if err != nil {
 		return o.finish(errf(api.CodeBadRequest, "prepare: %v", err))
 	}
-	pf, err := procfile.ParseFile(filepath.Join(ag.cfg.slugDir(digest), "Procfile"))
+	pf, err := ag.procfileOf(digest)
 	if err != nil {
 		return o.finish(fmt.Errorf("prepare: %w", err))
 	}
@@ -265,29 +232,24 @@ func (ag *Agent) prune(a *app) {
 
 var pruneMu sync.Mutex
 
-// pruneSlugs removes slugs that no kept release of any app refers to.
+// pruneSlugs removes the code nothing refers to any more, by reference:
+// trees and blobs of the release store (storeRefs), and slug directories
+// an agentd before the store left, with the links that name store trees.
 func (ag *Agent) pruneSlugs() {
 	pruneMu.Lock()
 	defer pruneMu.Unlock()
-	used := map[string]bool{}
-	ag.mu.Lock()
-	for _, a := range ag.apps {
-		a.mu.Lock()
-		for _, r := range a.st.Releases {
-			used[filepath.Base(ag.cfg.slugDir(r.Digest))] = true
-		}
-		a.mu.Unlock()
+	refs := ag.storeRefs()
+	if c, err := ag.CollectStore(refs); err != nil {
+		ag.log.Warn("collecting the release store", "err", err)
+	} else if c.Trees+c.Private+c.Blobs > 0 {
+		ag.log.Info("release store collected", "trees", c.Trees, "private", c.Private, "blobs", c.Blobs, "bytes", c.Bytes)
 	}
-	ag.mu.Unlock()
 	entries, _ := os.ReadDir(ag.cfg.slugsDir())
 	for _, e := range entries {
-		// A slug unpacked in the last hour may belong to a deploy that has
-		// not recorded its release yet.
-		if fi, err := e.Info(); err != nil || time.Since(fi.ModTime()) < time.Hour {
+		name := e.Name()
+		if strings.HasPrefix(name, "tmp-") || refs.Digests[strings.Replace(name, "-", ":", 1)] {
 			continue
 		}
-		if !used[e.Name()] && !strings.HasPrefix(e.Name(), "tmp-") {
-			os.RemoveAll(filepath.Join(ag.cfg.slugsDir(), e.Name()))
-		}
+		os.RemoveAll(filepath.Join(ag.cfg.slugsDir(), name))
 	}
 }

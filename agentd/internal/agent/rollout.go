@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"time"
 
@@ -154,7 +153,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 		a.mu.Unlock()
 		return o.finish(&Error{Code: api.CodeBakeFailed, Msg: reason + "; there is no earlier release to roll back to: it keeps serving"})
 	}
-	if _, err := os.Stat(ag.cfg.slugDir(prev.Digest)); err != nil {
+	if !ag.hasCode(prev.Digest) {
 		a.mu.Unlock()
 		return o.fail(nil, &Error{Code: api.CodeBakeFailed, Msg: fmt.Sprintf("%s; the code of %s is no longer kept: it keeps serving", reason, vname(prev.Version))})
 	}

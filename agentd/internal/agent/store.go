@@ -7,6 +7,7 @@ package agent
 // each function's comment.
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/artifact"
+	"github.com/agentd/agentd/agentd/internal/procfile"
 	"github.com/agentd/agentd/agentd/internal/store"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
 )
@@ -175,4 +177,93 @@ func (ag *Agent) DataEnv(app, userName string) ([]string, error) {
 		}
 	}
 	return []string{"HOME=" + dir, "TMPDIR=" + tmp}, nil
+}
+
+// codeDir is the directory release r's processes run in: its tree in the
+// store (a private copy for an --allow-root app), or the slug directory an
+// agentd before the store unpacked it into. Callers must not hold a.mu: a
+// private copy may take a while.
+func (ag *Agent) codeDir(a *app, r *releaseState) (string, error) {
+	a.mu.Lock()
+	name, allowRoot := a.st.Name, a.st.AllowRoot
+	a.mu.Unlock()
+	if s, err := ag.Store(); err == nil && s.Has(r.Digest) {
+		return ag.ReleaseDir(name, r.Version, r.Digest, allowRoot)
+	}
+	if fi, err := os.Stat(ag.cfg.slugDir(r.Digest)); err == nil && fi.IsDir() {
+		return ag.cfg.slugDir(r.Digest), nil
+	}
+	return "", &Error{Code: api.CodeNotFound, Msg: fmt.Sprintf("the code of %s of %s (%s) is no longer kept", vname(r.Version), name, shortDigest(r.Digest))}
+}
+
+// hasCode reports whether the code of digest is still kept.
+func (ag *Agent) hasCode(digest string) bool {
+	if s, err := ag.Store(); err == nil && s.Has(digest) {
+		return true
+	}
+	fi, err := os.Stat(ag.cfg.slugDir(digest))
+	return err == nil && fi.IsDir()
+}
+
+// procfileOf parses the Procfile of the code of digest.
+func (ag *Agent) procfileOf(digest string) (*procfile.Procfile, error) {
+	dir := ag.cfg.slugDir(digest)
+	if s, err := ag.Store(); err == nil && s.Has(digest) {
+		dir = s.Dir(digest)
+	}
+	return procfile.ParseFile(filepath.Join(dir, "Procfile"))
+}
+
+// storeRefs is everything that refers to code: every release of every
+// app (the previous generation of its state file and quarantined files
+// included), and every process that runs or drains.
+func (ag *Agent) storeRefs() store.Refs {
+	refs := store.Refs{Digests: map[string]bool{}, Private: map[string]bool{}}
+	add := func(app string, allowRoot bool, version int, digest string) {
+		refs.Digests[digest] = true
+		if allowRoot {
+			refs.Private[store.PrivateName(app, version)] = true
+		}
+	}
+	ag.mu.Lock()
+	apps := make([]*app, 0, len(ag.apps))
+	for _, a := range ag.apps {
+		apps = append(apps, a)
+	}
+	ag.mu.Unlock()
+	for _, a := range apps {
+		a.mu.Lock()
+		for _, r := range a.st.Releases {
+			add(a.st.Name, a.st.AllowRoot, r.Version, r.Digest)
+		}
+		for _, p := range a.procs {
+			if r := a.release(p.release); r != nil && !p.p.Exited() {
+				add(a.st.Name, a.st.AllowRoot, r.Version, r.Digest)
+			}
+		}
+		a.mu.Unlock()
+	}
+	// What a state file that is not loaded still names: a previous
+	// generation, a quarantined file, an app left broken.
+	for _, pat := range []string{"*.json", "*.json.prev", ".quarantine/*"} {
+		files, _ := filepath.Glob(filepath.Join(ag.cfg.appsDir(), pat))
+		for _, f := range files {
+			var st appState
+			b, err := os.ReadFile(f)
+			if err != nil || json.Unmarshal(b, &st) != nil {
+				continue
+			}
+			for _, r := range st.Releases {
+				add(st.Name, st.AllowRoot, r.Version, r.Digest)
+			}
+			for _, p := range st.Processes {
+				for _, r := range st.Releases {
+					if r.Version == p.Release {
+						add(st.Name, st.AllowRoot, r.Version, r.Digest)
+					}
+				}
+			}
+		}
+	}
+	return refs
 }

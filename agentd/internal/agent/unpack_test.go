@@ -15,6 +15,7 @@ import (
 // Identical uploads unpacked side by side (two hosts' CI jobs, a retried
 // deploy) all succeed and share one slug: the rename that loses the race
 // is no error.
+// (They go to the release store: one tree, whatever the order.)
 func TestConcurrentIdenticalUnpacks(t *testing.T) {
 	dir := t.TempDir()
 	ag, err := New(Config{StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run"),
@@ -40,7 +41,7 @@ func TestConcurrentIdenticalUnpacks(t *testing.T) {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { digests[i], errs[i] = ag.unpack(bytes.NewReader(buf.Bytes())) })
+		wg.Go(func() { digests[i], errs[i] = ag.ImportArtifact(bytes.NewReader(buf.Bytes())) })
 	}
 	wg.Wait()
 	for i := range n {
@@ -50,12 +51,12 @@ func TestConcurrentIdenticalUnpacks(t *testing.T) {
 			t.Errorf("unpack %d: digest %s, want %s", i, digests[i], digests[0])
 		}
 	}
-	slugs, _ := os.ReadDir(ag.cfg.slugsDir())
-	if len(slugs) != 1 {
+	trees, _ := os.ReadDir(filepath.Join(ag.cfg.StateDir, "store", "trees"))
+	if len(trees) != 1 {
 		var names []string
-		for _, s := range slugs {
+		for _, s := range trees {
 			names = append(names, s.Name())
 		}
-		t.Errorf("slugs directory holds %v, want one slug", names)
+		t.Errorf("the store holds trees %v, want one", names)
 	}
 }

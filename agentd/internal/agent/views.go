@@ -177,6 +177,10 @@ func (ag *Agent) Status() api.Status {
 	}
 	ps, _ := ag.Ps("")
 	st.Processes = len(ps)
+	st.KeepReleases = ag.cfg.KeepReleases
+	if u, err := ag.StoreUsage(ag.storeRefs()); err == nil {
+		st.Store = &u
+	}
 	return st
 }
 
