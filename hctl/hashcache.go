@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -126,8 +127,25 @@ func (c *hashCache) save(root string) error {
 		return errors.New("no cache directory")
 	}
 	prefix := root + string(filepath.Separator)
+	gone := map[string]bool{} // directory -> it no longer exists
 	for p := range c.entries {
-		if len(p) > len(prefix) && p[:len(prefix)] == prefix && !c.seen[p] {
+		if len(p) > len(prefix) && p[:len(prefix)] == prefix {
+			if !c.seen[p] {
+				delete(c.entries, p)
+			}
+			continue
+		}
+		// Trees deployed once and deleted since (a CI checkout, a test's
+		// temporary directory) must not make the cache grow for ever: one
+		// stat per directory drops them.
+		d := filepath.Dir(p)
+		g, ok := gone[d]
+		if !ok {
+			_, err := os.Lstat(d)
+			g = errors.Is(err, fs.ErrNotExist)
+			gone[d] = g
+		}
+		if g {
 			delete(c.entries, p)
 		}
 	}

@@ -169,3 +169,31 @@ func TestDeployDirRefusesSpecialFilesAndEscapes(t *testing.T) {
 		t.Errorf("%s\nsent %v", r, f.sent())
 	}
 }
+
+// The hash cache forgets trees that are gone, and keeps those that are not.
+func TestHashCacheDropsDeletedTrees(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	kept, gone := artifactDir(t), artifactDir(t)
+	for _, dir := range []string{kept, gone} {
+		d, err := scanDirUpload(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.cache.save(d.root); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.RemoveAll(gone)
+	d, err := scanDirUpload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cache.save(d.root); err != nil {
+		t.Fatal(err)
+	}
+	c := loadHashCache()
+	keptRoot, _ := filepath.EvalSymlinks(kept)
+	if _, ok := c.entries[filepath.Join(keptRoot, "Procfile")]; !ok || len(c.entries) != 1 {
+		t.Errorf("cache holds %v, want only %s's Procfile", c.entries, kept)
+	}
+}
