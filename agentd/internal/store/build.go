@@ -19,10 +19,12 @@ import (
 var link = os.Link
 
 // build makes the tree t, from blobs already in the store and from staged
-// files (content hash -> a file of this filesystem holding exactly that
-// content, synced or not), and returns its digest. Staged files are adopted
-// as blobs (chmod, mtime, link), so a file uploaded once is written once.
-func (s *Store) build(t *tree, staged map[string]string) (string, error) {
+// files (content hash -> a synced file of this filesystem holding exactly
+// that content), and returns its digest. Staged files are adopted as blobs
+// (chmod, mtime, link), so a file uploaded once is written once. The blobs
+// of the contents in replace are damaged: their staged files take their
+// names.
+func (s *Store) build(t *tree, staged map[string]string, replace map[string]bool) (string, error) {
 	digest := t.digest()
 	tmp, err := os.MkdirTemp(s.tmp, "tree-")
 	if err != nil {
@@ -45,7 +47,7 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.Has(digest) {
+	if s.Has(digest) && len(replace) == 0 {
 		// The same content is here already (a redeploy, a rollback's
 		// content uploaded again): nothing to build.
 		s.pinTree(digest)
@@ -62,13 +64,13 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 		if _, ok := adopted[bp]; ok {
 			continue
 		}
-		if _, err := os.Lstat(bp); err == nil {
+		if _, err := os.Lstat(bp); err == nil && !replace[n.hash] {
 			continue
 		}
 		src, ok := staged[n.hash]
 		if !ok || used[n.hash] {
 			// Same content under another mode or mtime: a new inode.
-			if src = s.anyBlob(n.hash); src == "" {
+			if src = s.anyBlob(n.hash); src == "" || replace[n.hash] {
 				if src, ok = staged[n.hash]; !ok {
 					return "", fmt.Errorf("building release: %w: the content of %q (sha256 %s) was never sent", ErrInvalid, n.path, n.hash)
 				}
@@ -89,7 +91,17 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 		if err := os.MkdirAll(filepath.Dir(bp), 0o755); err != nil {
 			return "", fmt.Errorf("building release: %w", err)
 		}
-		if err := link(src, bp); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := link(src, bp); errors.Is(err, fs.ErrExist) && replacing(replace, bp) {
+			// Take the damaged blob's name (trees built on it keep it).
+			tmpName := bp + ".new-" + randomID()
+			if err := link(src, tmpName); err != nil {
+				return "", fmt.Errorf("building release: replacing blob: %w", err)
+			}
+			if err := os.Rename(tmpName, bp); err != nil {
+				os.Remove(tmpName)
+				return "", fmt.Errorf("building release: replacing blob: %w", err)
+			}
+		} else if err != nil && !errors.Is(err, fs.ErrExist) {
 			return "", fmt.Errorf("building release: storing blob: %w", err)
 		}
 	}
@@ -124,7 +136,20 @@ func (s *Store) build(t *tree, staged map[string]string) (string, error) {
 		if !s.Has(digest) {
 			return "", fmt.Errorf("building release: %w", err)
 		}
-		// Another process of this agentd built it meanwhile: keep theirs.
+		if len(replace) > 0 {
+			// The tree there links a damaged blob: this one takes its
+			// place. The old one is set aside, not removed, since
+			// processes may still run in it; it goes with this process's
+			// scratch directory at the next start.
+			if err := os.Rename(s.Dir(digest), filepath.Join(s.tmp, "damaged-"+randomID())); err != nil {
+				return "", fmt.Errorf("building release: %w", err)
+			}
+			if err := renameNoReplace(tmp, s.Dir(digest)); err != nil {
+				return "", fmt.Errorf("building release: %w", err)
+			}
+		}
+		// Else another process of this agentd built it meanwhile: keep
+		// theirs.
 	}
 	if err := syncDir(trees); err != nil {
 		return "", fmt.Errorf("building release: %w", err)
@@ -191,4 +216,9 @@ func renameNoReplace(oldpath, newpath string) error {
 		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
 	}
 	return nil
+}
+
+// replacing reports whether the blob at bp is one of replace's contents.
+func replacing(replace map[string]bool, bp string) bool {
+	return replace[filepath.Base(filepath.Dir(bp))]
 }

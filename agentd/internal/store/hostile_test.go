@@ -55,11 +55,19 @@ func TestLyingManifest(t *testing.T) {
 		t.Errorf("aborted upload still found: %v", err)
 	}
 	check("a commit after abort", func() error { _, err := u.Commit(); return err }())
-	// A manifest that gives known content another size.
+	// A manifest that gives known content another size: agentd asks for
+	// the content rather than trust its blob, and the real bytes of that
+	// hash cannot have that size.
 	lie := f("Procfile", "web: ./server\n")
 	lie.Size = 3
-	_, _, err = s.NewUpload([]api.ManifestEntry{lie})
-	check("known hash with a lying size", err)
+	lu, lres, err := s.NewUpload([]api.ManifestEntry{lie})
+	if err != nil || len(lres.Missing) != 1 {
+		t.Fatalf("known hash with a lying size: %+v, %v; want the content asked for", lres, err)
+	}
+	check("the real bytes under a lying size", lu.Put(lie.SHA256, strings.NewReader("web: ./server\n")))
+	_, err = lu.Commit()
+	check("commit of the lying size", err)
+	lu.Abort()
 	_, _, err = s.NewUpload([]api.ManifestEntry{f("a", "x"), {Path: "b", Type: api.EntryFile, Size: 2, SHA256: sha("x")}})
 	check("one hash with two sizes", err)
 	if !s.Has(honest) {

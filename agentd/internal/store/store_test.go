@@ -192,3 +192,30 @@ func TestPrivateCopy(t *testing.T) {
 		t.Errorf("bad name: %v", err)
 	}
 }
+
+// A blob damaged on disk (a root process wrote a tree it shared) is
+// never built on: the next upload of that content is asked for it, and
+// the damaged blob and tree are replaced.
+func TestDamagedBlobReplaced(t *testing.T) {
+	s := openStore(t)
+	tree := writeTree(t, sample...)
+	d, _ := upload(t, s, tree)
+	p := filepath.Join(s.Dir(d), "a.txt")
+	os.Chmod(p, 0o644)
+	if err := os.Truncate(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	d2, sent := upload(t, s, tree)
+	if d2 != d || sent != int64(len("text")) {
+		t.Errorf("upload after the damage: %s, sent %d bytes; want %s and the damaged file's 4", d2, sent, d)
+	}
+	if b, err := os.ReadFile(filepath.Join(s.Dir(d), "a.txt")); err != nil || string(b) != "text" {
+		t.Errorf("tree after the repair: %q, %v", b, err)
+	}
+	if fi, err := os.Lstat(filepath.Join(s.Dir(d), "a.txt")); err != nil || fi.Mode() != 0o444 {
+		t.Errorf("repaired blob: %v, %v", fi, err)
+	}
+	if got, err := artifact.Digest(s.Dir(d)); err != nil || got != d {
+		t.Errorf("digest of the repaired tree: %s, %v", got, err)
+	}
+}

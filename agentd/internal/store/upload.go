@@ -34,9 +34,12 @@ type Upload struct {
 	mu   sync.Mutex
 	want map[string]int64 // missing hash -> size, until received
 	got  map[string]string
-	pins []string
-	used time.Time
-	done bool
+	// replace: contents whose blob did not match (see NewUpload), to be
+	// stored afresh from what this upload received.
+	replace map[string]bool
+	pins    []string
+	used    time.Time
+	done    bool
 }
 
 // NewUpload checks a manifest (the artifact rules, see checkManifest) and
@@ -47,7 +50,7 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	if err != nil {
 		return nil, api.UploadCreated{}, err
 	}
-	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, used: time.Now()}
+	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, replace: map[string]bool{}, used: time.Now()}
 	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
 	sizes := map[string]int64{}
 	exact := map[string]string{} // hash -> the blob path of its first entry
@@ -74,14 +77,16 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 			if err != nil {
 				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
 			}
-			if fi.Size() != sizes[h] {
-				// Either the manifest lies or the blob was changed on disk
-				// (a root process writing a release tree it shares): refuse
-				// both, never build on a blob that does not match.
-				return nil, api.UploadCreated{}, fmt.Errorf("%w: the manifest gives sha256 %s %d bytes, the store's blob of it has %d (a lying manifest, or a blob changed on disk)", ErrInvalid, h, sizes[h], fi.Size())
+			if fi.Size() == sizes[h] {
+				u.pins = append(u.pins, h)
+				continue
 			}
-			u.pins = append(u.pins, h)
-			continue
+			// Either the manifest lies or the blob was changed on disk (a
+			// root process writing a tree it shares). Never build on it:
+			// ask for the content. A liar cannot send bytes of that hash
+			// and another size, so Put refuses it; true content replaces
+			// the damaged blob at Commit.
+			u.replace[h] = true
 		}
 		u.want[h] = sizes[h]
 		res.Missing = append(res.Missing, h)
@@ -197,7 +202,7 @@ func (u *Upload) Commit() (string, error) {
 	if err := syncFiles(slices.Collect(maps.Values(u.got))); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
-	return u.s.build(u.t, u.got)
+	return u.s.build(u.t, u.got, u.replace)
 }
 
 // syncFiles fsyncs files, several at once: the filesystem's journal then
