@@ -1,10 +1,8 @@
 package agent
 
-// The agent's side of the release store (package store): the calls the
-// core makes to prepare a release from an upload or a .tar.gz, to find a
-// release's directory, to collect garbage by reference, and to give each
-// app its writable data directory. The core owns when to call them; see
-// each function's comment.
+// The agent's side of the release store (package store): preparing a
+// release from an upload or a .tar.gz, finding a release's directory,
+// collecting by reference, and each app's writable data directory.
 
 import (
 	"encoding/json"
@@ -58,9 +56,8 @@ func (ag *Agent) PrepareUpload(u *store.Upload) func() (string, error) {
 	}
 }
 
-// ImportArtifact stores a .tar.gz artifact (today's ag.unpack, with the
-// same checks and limits) and returns its digest.
-// Core: call it where ops.go calls ag.unpack(req.Artifact).
+// ImportArtifact stores a .tar.gz artifact (with artifact.Unpack's checks
+// and limits, as before the store) and returns its digest.
 func (ag *Agent) ImportArtifact(r io.Reader) (string, error) {
 	s, err := ag.Store()
 	if err != nil {
@@ -73,8 +70,8 @@ func (ag *Agent) ImportArtifact(r io.Reader) (string, error) {
 	return d, ag.storeReady(d)
 }
 
-// storeReady makes a freshly built tree safe to exec and visible where
-// the core of this version looks for release content.
+// storeReady makes a freshly built tree safe to exec, and visible under
+// slugs/ too, where agentd kept release content before the store.
 func (ag *Agent) storeReady(digest string) error {
 	// A process of another app forked while a blob was open for writing
 	// could still hold it, and an exec of it would fail with ETXTBSY.
@@ -83,8 +80,8 @@ func (ag *Agent) storeReady(digest string) error {
 	if err != nil {
 		return err
 	}
-	// Until the core asks ReleaseDir, slugs/sha256-… names the tree as a
-	// symlink (pruneSlugs removes only the link; Collect owns the tree).
+	// slugs/sha256-… names the tree as a symlink, for what still looks
+	// there (pruneSlugs removes only the link; Collect owns the tree).
 	slug := filepath.Join(ag.cfg.StateDir, "slugs", filepath.Base(s.Dir(digest)))
 	if _, err := os.Lstat(slug); err == nil {
 		return nil
@@ -98,7 +95,6 @@ func (ag *Agent) storeReady(digest string) error {
 // ReleaseDir is the directory a release's processes run in (their Dir):
 // the shared read-only tree, or for an --allow-root app a private copy per
 // release, so that what root writes reaches no other release.
-// Core: use it wherever slugDir(r.Digest) is used as a process's Dir.
 func (ag *Agent) ReleaseDir(app string, version int, digest string, allowRoot bool) (string, error) {
 	s, err := ag.Store()
 	if err != nil {
@@ -113,12 +109,11 @@ func (ag *Agent) ReleaseDir(app string, version int, digest string, allowRoot bo
 	return s.Private(digest, store.PrivateName(app, version))
 }
 
-// CollectStore removes from the store what refs does not name.
-// Core: call it where pruneSlugs runs, with the digest of every release of
-// every app's state (quarantined and previous generations included) and of
-// every running or draining process, and store.PrivateName(app, version)
-// of each such release of an --allow-root app. Uploads in progress are
-// protected by the store itself.
+// CollectStore removes from the store what refs does not name: the digest
+// of every release of every app's state (quarantined and previous
+// generations included) and of every running or draining process, and
+// store.PrivateName(app, version) of each such release of an --allow-root
+// app (storeRefs). Uploads in progress are protected by the store itself.
 func (ag *Agent) CollectStore(refs store.Refs) (store.Collected, error) {
 	s, err := ag.Store()
 	if err != nil {
@@ -127,8 +122,8 @@ func (ag *Agent) CollectStore(refs store.Refs) (store.Collected, error) {
 	return s.Collect(refs)
 }
 
-// StoreUsage is the store's part of `hctl status` (api.Status could carry
-// it as `Store *api.StoreUsage`), with the same refs as CollectStore.
+// StoreUsage is the store's part of `hctl status`, with the same refs as
+// CollectStore.
 func (ag *Agent) StoreUsage(refs store.Refs) (api.StoreUsage, error) {
 	s, err := ag.Store()
 	if err != nil {
@@ -147,9 +142,9 @@ func (ag *Agent) DataDir(app string) string {
 // DataEnv creates the app's data directory (owned by its user, mode 0700)
 // and returns the variables that point into it: HOME=STATE/data/APP and
 // TMPDIR=STATE/data/APP/tmp.
-// Core: append its result in procEnv after the base variables and before
-// the config vars (an app may set its own TMPDIR), for every process and
-// the release phase. userName is the app's user ("" for agentd's own).
+// procEnv adds it after the base variables and before the config vars
+// (an app may set its own TMPDIR), for every process and the release
+// phase. userName is the app's user ("" for agentd's own).
 func (ag *Agent) DataEnv(app, userName string) ([]string, error) {
 	dir := ag.DataDir(app)
 	tmp := filepath.Join(dir, "tmp")
