@@ -114,6 +114,7 @@ func TestDeployDirSendsOnlyChanges(t *testing.T) {
 // A lying upload is refused through the real control API, and the app
 // keeps serving its release.
 func TestLyingUploadRefused(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	e := start(t)
 	url := e.createApp("web", "--readiness", "web=notify")
 	dir := e.storeRelease("tree")
