@@ -65,6 +65,7 @@ func (h *hctl) appsCommand() *cli.Command {
 			h.appsCreateCommand(),
 			h.appsSetCommand(),
 			h.appsInfoCommand(),
+			h.appsRepairCommand(),
 			h.appsDestroyCommand(),
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {

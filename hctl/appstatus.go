@@ -31,11 +31,16 @@ type appStatus struct {
 	Healthy bool `json:"healthy"`
 	// Problem says why Healthy is false ("" when it is true).
 	Problem string `json:"problem,omitempty"`
+	// StateFile is "recovered" or "broken" (agentd's start refused the
+	// app's state file), StateNote what happened.
+	StateFile string `json:"state_file,omitempty"`
+	StateNote string `json:"state_note,omitempty"`
 }
 
 // newAppStatus derives an appStatus from an app's info.
 func newAppStatus(info *api.AppInfo) appStatus {
-	s := appStatus{App: info.Name, Release: info.ActiveRelease, Deploying: info.Deploying}
+	s := appStatus{App: info.Name, Release: info.ActiveRelease, Deploying: info.Deploying,
+		StateFile: info.StateFile, StateNote: info.StateNote}
 	if info.Release != nil {
 		s.ReleaseID, s.Digest = info.Release.ReleaseID, info.Release.Digest
 	}
@@ -74,6 +79,8 @@ func newAppStatus(info *api.AppInfo) appStatus {
 	}
 	slices.Sort(notReady)
 	switch {
+	case s.StateFile == "broken":
+		s.Problem = "not supervised: " + s.StateNote + " (hctl apps repair " + s.App + ")"
 	case s.Release == "":
 		s.Problem = "no release deployed yet"
 	case s.Deploying:
@@ -121,6 +128,9 @@ func writeAppStatus(w io.Writer, s appStatus) {
 		"deploying", yesNo(s.Deploying),
 		"healthy", healthy,
 	)
+	if s.StateFile != "" {
+		writeFields(w, "state file", s.StateFile+": "+s.StateNote)
+	}
 }
 
 func yesNo(b bool) string {

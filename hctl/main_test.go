@@ -485,9 +485,9 @@ func TestTables(t *testing.T) {
 
 	r := hctlRun(t, "apps")
 	wantExit(t, r, 0)
-	want := "NAME   RELEASE  FORMATION       SOCKETS                        DEPLOYING\n" +
-		"myapp  v3       web=2 worker=1  web/http=tcp://127.0.0.1:8080  no\n" +
-		"other  -        -               -                              yes\n"
+	want := "NAME   RELEASE  FORMATION       SOCKETS                        DEPLOYING  STATE\n" +
+		"myapp  v3       web=2 worker=1  web/http=tcp://127.0.0.1:8080  no         ok\n" +
+		"other  -        -               -                              yes        ok\n"
 	if r.stdout != want {
 		t.Errorf("apps:\n%s\nwant:\n%s", r.stdout, want)
 	}

@@ -92,6 +92,9 @@ func opFailure(what, app string, res *api.OpResult, err error) error {
 	if res.App == "" {
 		res.App = app
 	}
+	if rw, ok := reword(apiErr).(*api.Error); ok {
+		apiErr = rw // hctl's advice for what agentd's Reason names
+	}
 	msg := fmt.Sprintf("%s of %s failed: %s", what, app, apiErr.Message)
 	if res.RolledBack {
 		// agentd's message names the rollback release that serves.
@@ -192,7 +195,7 @@ func fmtKV(m map[string]string) string {
 
 func writeApps(w io.Writer, apps []api.App) {
 	tw := newTable(w)
-	row(tw, "NAME", "RELEASE", "FORMATION", "SOCKETS", "DEPLOYING")
+	row(tw, "NAME", "RELEASE", "FORMATION", "SOCKETS", "DEPLOYING", "STATE")
 	for _, a := range apps {
 		var socks []string
 		for _, s := range a.Sockets {
@@ -202,7 +205,11 @@ func writeApps(w io.Writer, apps []api.App) {
 		if a.Deploying {
 			deploying = "yes"
 		}
-		row(tw, a.Name, a.ActiveRelease, fmtFormation(a.Formation), strings.Join(socks, " "), deploying)
+		stateFile := "ok"
+		if a.StateFile != "" {
+			stateFile = a.StateFile
+		}
+		row(tw, a.Name, a.ActiveRelease, fmtFormation(a.Formation), strings.Join(socks, " "), deploying, stateFile)
 	}
 	tw.Flush()
 }

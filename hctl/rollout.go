@@ -317,3 +317,43 @@ func (h *hctl) bakeCommand() *cli.Command {
 		},
 	}
 }
+
+func (h *hctl) appsRepairCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "repair",
+		Usage:     "bring an app whose state file is broken back under supervision",
+		UsageText: "hctl apps repair APP",
+		Description: "An app whose state file (and its previous generation) agentd could not use at its start\n" +
+			"is broken: listed by hctl apps and hctl status, not supervised, its processes left alone.\n" +
+			"repair rebuilds its state from what runs: its processes (by AGENTD_APP), the code they run,\n" +
+			"the sockets they hold and the config in their environment. They are adopted, not\n" +
+			"restarted. The broken file is kept in the quarantine (STATE/apps/.quarantine/). Settings\n" +
+			"only the lost file knew (timeouts, readiness, bake, surge, strategy) are agentd's defaults\n" +
+			"again: set them with hctl apps set. With nothing running it fails: destroy the app and\n" +
+			"create it again.\n\n" +
+			"Examples:\n" +
+			"  hctl apps repair myapp && hctl apps set myapp --readiness web=http:/healthz",
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			a, err := needArgs(cmd, 1, 1, "APP")
+			if err != nil {
+				return err
+			}
+			if err := checkAppName(cmd, a[0]); err != nil {
+				return err
+			}
+			ctx, cancel := h.withTimeout(ctx, queryTimeout)
+			defer cancel()
+			app, err := h.client().RepairApp(ctx, a[0])
+			if err != nil {
+				return err
+			}
+			if h.jsonMode() {
+				h.writeJSON(app)
+				return nil
+			}
+			fmt.Fprintf(h.stdout, "%s repaired: %s serves, formation %s; timeouts, readiness and rollout settings are the defaults again (hctl apps set)\n",
+				app.Name, orNone(app.ActiveRelease), fmtFormation(app.Formation))
+			return nil
+		},
+	}
+}

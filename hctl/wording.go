@@ -28,6 +28,8 @@ func reword(err error) error {
 			"(a dedicated one, e.g. created with useradd --system %s), or consent to root with --allow-root", ae.App, ae.App)
 	case api.ReasonUserIsRoot:
 		msg += " (--allow-root)"
+	case api.ReasonBroken:
+		msg += fmt.Sprintf(" (hctl apps repair %s rebuilds it from its running processes; hctl status %s says more)", ae.App, ae.App)
 	case api.ReasonConfirm:
 		msg = fmt.Sprintf("destroying %s stops it and deletes its releases: confirm with --confirm %s", ae.App, ae.App)
 	}

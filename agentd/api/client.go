@@ -503,7 +503,7 @@ func (c *Client) streamUntil(ctx context.Context, app, method, path string, q ur
 			return nil, &OutcomeUnknownError{App: app, Err: errors.New("agentd sent a result event without a result")}
 		}
 		if !res.OK {
-			e := &Error{Code: res.Code, Message: res.Error}
+			e := &Error{Code: res.Code, Message: res.Error, Reason: res.Reason, App: res.App}
 			if e.Code == "" {
 				e.Code = CodeDeployFailed
 			}

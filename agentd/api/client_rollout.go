@@ -32,3 +32,13 @@ func (c *Client) Cancel(ctx context.Context, app string) error {
 func (c *Client) EndBake(ctx context.Context, app string, pass bool) error {
 	return c.sendJSON(ctx, http.MethodPost, appPath(app)+"/bake", BakeRequest{Pass: pass}, &struct{}{})
 }
+
+// RepairApp brings an app whose state file is broken back under
+// supervision from its running processes.
+func (c *Client) RepairApp(ctx context.Context, name string) (*App, error) {
+	var app App
+	if err := c.sendJSON(ctx, http.MethodPost, appPath(name)+"/repair", struct{}{}, &app); err != nil {
+		return nil, err
+	}
+	return &app, nil
+}

@@ -9,6 +9,7 @@ package api
 //	GET    /v1/apps/{app}/op                   event stream of the operation in progress
 //	POST   /v1/apps/{app}/cancel               -> {} (the operation in progress, before its cutover)
 //	POST   /v1/apps/{app}/bake                 BakeRequest -> {} (ends the bake window)
+//	POST   /v1/apps/{app}/repair               -> App (an app whose state file is broken)
 
 // Strategies of a process type in a rollout.
 const (

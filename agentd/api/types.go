@@ -103,6 +103,7 @@ const (
 	ReasonNeedsUser     = "needs_user"
 	ReasonUserIsRoot    = "user_is_root"
 	ReasonConfirm       = "confirm"
+	ReasonBroken        = "broken"
 )
 
 func (e *Error) Error() string { return e.Message }
@@ -224,6 +225,13 @@ type App struct {
 	Operation string    `json:"operation,omitempty"`
 	Phase     string    `json:"phase,omitempty"`
 	BakeUntil time.Time `json:"bake_until,omitzero"`
+
+	// StateFile is "recovered" when the app's state file was refused at
+	// agentd's start and its previous generation used, "broken" when
+	// neither was good (the app is not supervised until repaired); empty
+	// when all is well. StateNote says what happened and what was lost.
+	StateFile string `json:"state_file,omitempty"`
+	StateNote string `json:"state_note,omitempty"`
 }
 
 // AppInfo answers GET /v1/apps/{app}.
@@ -321,6 +329,8 @@ type OpResult struct {
 	Previous string `json:"previous,omitempty"` // the release that served before
 	Error    string `json:"error,omitempty"`
 	Code     string `json:"code,omitempty"`
+	// Reason, as in [Error], says precisely what is wrong, when known.
+	Reason string `json:"reason,omitempty"`
 	// Phases lists how long each phase took.
 	Phases []Phase `json:"phases,omitempty"`
 	// SwitchSeconds is the time from the start of preboot to cutover: how

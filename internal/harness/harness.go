@@ -230,7 +230,9 @@ func (a *Agentd) Hctl(args ...string) Result {
 // HctlContext runs hctl with a context.
 func (a *Agentd) HctlContext(ctx context.Context, args ...string) Result {
 	cmd := exec.CommandContext(ctx, a.Bins.Hctl, args...)
-	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+a.Socket)
+	// hctl's hash cache for directory deploys: the test's own, never the
+	// runner's ~/.cache.
+	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+a.Socket, "XDG_CACHE_HOME="+filepath.Join(a.Dir, "cache"))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

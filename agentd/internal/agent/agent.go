@@ -99,6 +99,10 @@ type Agent struct {
 
 	mu   sync.Mutex
 	apps map[string]*app
+	// broken are apps whose state file and its previous generation could
+	// not be used (statefile.go): not supervised, their processes left
+	// alone, until repaired.
+	broken map[string]*brokenApp
 
 	// frozen is set while a new agentd takes over (an upgrade).
 	frozen atomic.Bool
@@ -175,7 +179,7 @@ func New(cfg Config) (*Agent, error) {
 			os.RemoveAll(t)
 		}
 	}
-	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}, closed: make(chan struct{})}
+	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}, broken: map[string]*brokenApp{}, closed: make(chan struct{})}
 	if err := ag.load(); err != nil {
 		return nil, err
 	}
@@ -229,12 +233,7 @@ func (ag *Agent) load() error {
 		if !ok || strings.HasPrefix(name, ".") {
 			continue
 		}
-		a := &app{op: make(chan struct{}, 1), backoff: map[string]*time.Timer{}}
-		if err := state.ReadJSON(ag.cfg.appFile(name), &a.st); err != nil {
-			return fmt.Errorf("state of app %s: %w", name, err)
-		}
-		ag.apps[name] = a
-		ag.recover(a)
+		ag.loadApp(name)
 	}
 	return nil
 }
@@ -243,6 +242,10 @@ func (ag *Agent) get(name string) (*app, error) {
 	ag.mu.Lock()
 	defer ag.mu.Unlock()
 	a, ok := ag.apps[name]
+	if b := ag.broken[name]; !ok && b != nil {
+		return nil, &Error{Code: api.CodeConflict, Reason: api.ReasonBroken, App: name,
+			Msg: fmt.Sprintf("app %s is not supervised: its state file is broken (%s)", name, b.err)}
+	}
 	if !ok {
 		return nil, &Error{Code: api.CodeNotFound, Msg: fmt.Sprintf("no app named %q", name), Reason: api.ReasonNoSuchApp, App: name}
 	}

@@ -87,6 +87,10 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 	if _, ok := ag.apps[req.Name]; ok {
 		return api.App{}, errf(api.CodeConflict, "app %s already exists", req.Name)
 	}
+	if ag.broken[req.Name] != nil {
+		return api.App{}, &Error{Code: api.CodeConflict, Reason: api.ReasonBroken, App: req.Name,
+			Msg: fmt.Sprintf("app %s exists, with a broken state file: repair it or destroy it first", req.Name)}
+	}
 	for _, other := range ag.apps {
 		for _, h := range other.held {
 			for _, spec := range st.Sockets {
@@ -138,6 +142,12 @@ func lookupUser(name string) (*user.User, error) {
 // DestroyApp stops every process of the app (draining them), closes its
 // sockets and removes its state. confirm must repeat the name.
 func (ag *Agent) DestroyApp(name, confirm string) error {
+	ag.mu.Lock()
+	b := ag.broken[name]
+	ag.mu.Unlock()
+	if b != nil {
+		return ag.destroyBroken(name, confirm, b)
+	}
 	a, err := ag.get(name)
 	if err != nil {
 		return err
@@ -171,10 +181,11 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 	delete(ag.apps, name)
 	ag.mu.Unlock()
 	ag.obs.AppDestroyed(name)
-	if err := os.Remove(ag.cfg.appFile(name)); err != nil {
+	// Both generations: an app created later under the name must not
+	// recover this one's state.
+	if err := state.Remove(ag.cfg.appFile(name)); err != nil {
 		return errf(api.CodeInternal, "removing state of %s: %v", name, err)
 	}
-	state.SyncDir(ag.cfg.appsDir())
 	os.RemoveAll(filepath.Join(ag.cfg.logsDir(), name))
 	ag.pruneSlugs()
 	ag.log.Info("app destroyed", "app", name)

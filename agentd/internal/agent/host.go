@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
@@ -31,6 +32,46 @@ type host struct {
 	started []*proc
 	// target and previous: the releases of the rollout's target.
 	target, previous int
+
+	// held are started processes not yet recorded (flush).
+	heldMu sync.Mutex
+	held   []*proc
+}
+
+// flush records the processes started since the last flush with one
+// write of the state, then lets them run. When the state cannot be
+// written (or agentd is handing over to a new agentd, which owns the
+// state now) they are given up unrun.
+func (h *host) flush() error {
+	h.heldMu.Lock()
+	defer h.heldMu.Unlock()
+	if len(h.held) == 0 {
+		return nil
+	}
+	ps := h.held
+	h.held = nil
+	h.o.pause("record", h.r)
+	h.a.mu.Lock()
+	var err error
+	if h.ag.frozen.Load() {
+		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): nothing starts meanwhile")
+	} else {
+		err = h.ag.save(h.a)
+	}
+	h.a.mu.Unlock()
+	for _, p := range ps {
+		if err != nil {
+			p.p.Cancel()
+			continue
+		}
+		if rerr := p.p.Release(); rerr != nil {
+			h.ag.log.Warn("releasing a held process", "app", h.a.st.Name, "process", p.name(), "err", rerr)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("recording the new processes: %w", err)
+	}
+	return nil
 }
 
 // procView is a process as the engine sees it: a snapshot of whether it
@@ -101,6 +142,9 @@ func (h *host) Enter(ph rollout.Phase) error {
 			}
 		}
 	case rollout.PhaseReadiness:
+		if err := h.flush(); err != nil {
+			return err
+		}
 		a.mu.Lock()
 		boot := time.Duration(a.st.BootTimeout)
 		a.mu.Unlock()
@@ -166,11 +210,17 @@ func (h *host) Start(ctx context.Context, release int, typ string, index int) (r
 	}
 	a.mu.Unlock()
 	h.started = append(h.started, p)
+	h.heldMu.Lock()
+	h.held = append(h.held, p)
+	h.heldMu.Unlock()
 	h.o.event("process", p.name(), fmt.Sprintf("%s %s started (pid %d)", vname(r.Version), p.name(), p.p.PID()))
 	return procView{p: p}, nil
 }
 
 func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
+	if err := h.flush(); err != nil {
+		return err
+	}
 	p := rp.(procView).p
 	a := h.a
 	a.mu.Lock()
@@ -192,6 +242,9 @@ func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
 }
 
 func (h *host) Retire(ps []rollout.Proc) <-chan rollout.Drain {
+	// A process started and not recorded yet is recorded first: its drain
+	// is then the same as any other's.
+	h.flush()
 	procs := procsOf(ps)
 	h.a.mu.Lock()
 	timeout := time.Duration(h.a.st.DrainTimeout)

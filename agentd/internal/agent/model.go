@@ -13,6 +13,7 @@ import (
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/notify"
 	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/state"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
 )
@@ -198,6 +199,10 @@ type app struct {
 	cur     *op
 	cutover bool
 	bakeEnd chan bool
+
+	// recovered is set when the state file was refused at start and its
+	// previous generation used (statefile.go).
+	recovered *state.Recovered
 }
 
 func (a *app) release(v int) *releaseState {

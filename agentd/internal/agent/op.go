@@ -154,6 +154,10 @@ func (o *op) finish(err error) api.OpResult {
 		o.res.OK = false
 		o.res.Error = err.Error()
 		o.res.Code = codeOf(err)
+		var ae *Error
+		if errors.As(err, &ae) {
+			o.res.Reason = ae.Reason
+		}
 	} else {
 		o.res.OK = true
 	}

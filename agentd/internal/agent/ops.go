@@ -93,7 +93,11 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 }
 
 func failNoApp(name string, err error, emit func(api.Event)) api.OpResult {
-	res := api.OpResult{App: name, Error: err.Error(), Code: api.CodeNotFound}
+	res := api.OpResult{App: name, Error: err.Error(), Code: codeOf(err)}
+	var ae *Error
+	if errors.As(err, &ae) {
+		res.Reason = ae.Reason
+	}
 	emit(api.Event{Time: time.Now().UTC(), Type: "result", Message: "failed", Result: &res})
 	return res
 }

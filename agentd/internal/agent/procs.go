@@ -101,8 +101,10 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-// startProc starts process typ.index of release r. It does not wait for
-// readiness. Callers must not hold a.mu.
+// startProc starts process typ.index of release r, held in the exec shim:
+// it runs no code of the app until the caller has recorded it and calls
+// p.p.Release (host.flush records a whole batch with one write). It does
+// not wait for readiness. Callers must not hold a.mu.
 func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*proc, error) {
 	command, ok := r.Procfile[typ]
 	if !ok {
@@ -166,6 +168,9 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	spec := supervisor.Spec{
 		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: dir,
 		Env: env, Files: files, Names: names, Output: out, Credential: cred, ShimOptions: shimOpt,
+		// Until it is recorded: an agentd that dies first leaves nothing
+		// running that nobody knows of (the shim exits, ExitNotReleased).
+		Held: true,
 	}
 	if sc := ag.cfg.Scopes; sc != nil {
 		// Placed while the shim holds it, before it runs any app code.
@@ -185,8 +190,6 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	pr.notifyPath = pr.ns.Path()
 	a.mu.Lock()
 	a.procs = append(a.procs, pr)
-	// Recorded at once: a crash of agentd from here on finds the process.
-	ag.save(a)
 	a.mu.Unlock()
 	go ag.watchNotify(a, pr)
 	pr.p.OnExit(func() { ag.watchExit(a, pr, r) })
@@ -231,7 +234,13 @@ func (ag *Agent) attachNotify(a *app, p *proc) {
 			go ag.watchNotify(a, p)
 			if starting {
 				if err := ag.waitReady(context.Background(), a, p, kind, boot); err != nil {
-					ag.log.Warn("adopted process not ready", "app", a.st.Name, "process", p.name(), "err", err)
+					// Its READY=1 may have gone to the agentd that died: it
+					// is replaced the zero-downtime way, not left starting.
+					ag.log.Warn("adopted process not ready: replacing it", "app", a.st.Name, "process", p.name(), "err", err)
+					if !p.p.Exited() {
+						ag.drain(a, []*proc{p}, nil)
+					}
+					ag.reconcile(a, nil)
 				} else {
 					ag.saveReady(a)
 				}
@@ -288,6 +297,12 @@ func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	defer a.mu.Unlock()
 	p.closeFiles()
 	wasReady := p.state == api.StateReady
+	if ex.Code == sockets.ExitNotReleased {
+		// Never ran: it was given up before it was recorded.
+		p.state, p.retired = api.StateExited, true
+		ag.save(a)
+		return
+	}
 	if p.retired || p.state == api.StateDraining {
 		p.state = api.StateExited
 		ag.save(a)

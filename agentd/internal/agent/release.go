@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/grammar"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -68,7 +69,7 @@ func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, comman
 	}
 	p, err := supervisor.Start(supervisor.Spec{
 		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: dir,
-		Env: env, Output: pw, Credential: cred, ShimOptions: shimOpt,
+		Env: env, Output: pw, Credential: cred, ShimOptions: shimOpt, Held: true,
 	})
 	pw.Close()
 	if err != nil {
@@ -80,8 +81,16 @@ func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, comman
 	rp := &proc{typ: "release", release: r.Version, p: p, state: api.StateStarting, retired: true, extend: make(chan time.Duration, 1)}
 	a.mu.Lock()
 	a.procs = append(a.procs, rp)
-	ag.save(a)
+	err = ag.save(a)
+	if err == nil && ag.frozen.Load() {
+		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade)")
+	}
 	a.mu.Unlock()
+	if err != nil {
+		p.Cancel() // recorded nowhere: it must not run
+	} else {
+		p.Release()
+	}
 	var tail []string
 	copied := make(chan struct{})
 	go func() {
@@ -219,6 +228,7 @@ func (ag *Agent) prune(a *app) {
 			kept = append(kept, r)
 		}
 		a.st.Releases = kept
+		ag.pruneLogs(a)
 		go ag.pruneSlugs()
 	}
 	live := a.procs[:0]
@@ -238,6 +248,19 @@ var pruneMu sync.Mutex
 func (ag *Agent) pruneSlugs() {
 	pruneMu.Lock()
 	defer pruneMu.Unlock()
+	ag.mu.Lock()
+	var broken []string
+	for name := range ag.broken {
+		broken = append(broken, name)
+	}
+	ag.mu.Unlock()
+	if len(broken) > 0 {
+		// What a broken app's processes run is named only in its file,
+		// which agentd cannot read: nothing is collected until it is
+		// repaired or destroyed.
+		ag.log.Warn("not collecting the release store while an app's state is broken", "apps", strings.Join(broken, ","))
+		return
+	}
 	refs := ag.storeRefs()
 	if c, err := ag.CollectStore(refs); err != nil {
 		ag.log.Warn("collecting the release store", "err", err)
@@ -251,5 +274,26 @@ func (ag *Agent) pruneSlugs() {
 			continue
 		}
 		os.RemoveAll(filepath.Join(ag.cfg.slugsDir(), name))
+	}
+}
+
+// pruneLogs removes the log files of releases no longer kept that no
+// process of the app still writes. Callers hold a.mu.
+func (ag *Agent) pruneLogs(a *app) {
+	kept := map[int]bool{}
+	for _, r := range a.st.Releases {
+		kept[r.Version] = true
+	}
+	for _, p := range a.procs {
+		if !p.p.Exited() {
+			kept[p.release] = true
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(ag.cfg.logsDir(), a.st.Name, "v*.log"))
+	for _, f := range files {
+		v, err := grammar.ParseRelease(strings.SplitN(filepath.Base(f), ".", 2)[0])
+		if err == nil && !kept[v] {
+			os.Remove(f)
+		}
 	}
 }

@@ -27,6 +27,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 	if op := a.st.Op; op != nil {
 		out.Operation, out.Phase, out.BakeUntil = op.Kind, op.Phase, op.BakeUntil
 	}
+	out.StateFile, out.StateNote = a.stateNote()
 	if a.st.Active != 0 {
 		out.ActiveRelease = vname(a.st.Active)
 		if r := a.release(a.st.Active); r != nil {
@@ -50,8 +51,11 @@ func (ag *Agent) appAPI(a *app) api.App {
 func (ag *Agent) Apps() []api.App {
 	ag.mu.Lock()
 	apps := slices.Collect(maps.Values(ag.apps))
+	out := make([]api.App, 0, len(apps)+len(ag.broken))
+	for name, b := range ag.broken {
+		out = append(out, b.api(name))
+	}
 	ag.mu.Unlock()
-	out := make([]api.App, 0, len(apps))
 	for _, a := range apps {
 		a.mu.Lock()
 		out = append(out, ag.appAPI(a))
@@ -63,6 +67,12 @@ func (ag *Agent) Apps() []api.App {
 
 // AppInfo describes one app with its active release and processes.
 func (ag *Agent) AppInfo(name string) (api.AppInfo, error) {
+	ag.mu.Lock()
+	b := ag.broken[name]
+	ag.mu.Unlock()
+	if b != nil {
+		return api.AppInfo{App: b.api(name), Processes: []api.Process{}}, nil
+	}
 	a, err := ag.get(name)
 	if err != nil {
 		return api.AppInfo{}, err

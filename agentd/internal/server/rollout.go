@@ -81,3 +81,12 @@ func (s *Server) endBake(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
+
+func (s *Server) repairApp(w http.ResponseWriter, r *http.Request) {
+	app, err := s.Agent.RepairApp(r.PathValue("app"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, app)
+}

@@ -103,6 +103,7 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("PATCH /v1/apps/{app}/config", s.admin(s.changeConfig))
 	m.HandleFunc("GET /v1/apps/{app}/logs", s.private(s.logs))
 	m.HandleFunc("PATCH /v1/apps/{app}", s.admin(s.setApp))
+	m.HandleFunc("POST /v1/apps/{app}/repair", s.admin(s.repairApp))
 	m.HandleFunc("GET /v1/apps/{app}/op", s.attach)
 	m.HandleFunc("POST /v1/apps/{app}/cancel", s.admin(s.cancel))
 	m.HandleFunc("POST /v1/apps/{app}/bake", s.admin(s.endBake))
