@@ -114,9 +114,9 @@ func checkAppState(st *appState, name string) error {
 	}
 
 	// Processes: each of a release that exists, of a type that release
-	// has, with a PID, and no PID or name twice.
+	// has, with a PID, and no PID twice. A name may be there twice: a
+	// restart runs the new web.1 of a release beside its old one.
 	pids := map[int]string{}
-	procNames := map[string]bool{}
 	for _, p := range st.Processes {
 		r := releases[p.Release]
 		switch {
@@ -131,11 +131,6 @@ func checkAppState(st *appState, name string) error {
 			bad("pid %d recorded for both %s and %s", p.PID, other, p.Name)
 		}
 		pids[p.PID] = p.Name
-		key := vname(p.Release) + " " + p.Name
-		if procNames[key] {
-			bad("process %s of %s twice", p.Name, vname(p.Release))
-		}
-		procNames[key] = true
 	}
 
 	if len(errs) > 0 {

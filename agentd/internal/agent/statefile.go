@@ -206,22 +206,46 @@ func (ag *Agent) rebuild(name string) (*appState, error) {
 	// The formation is what runs of the active release; its sockets, what
 	// its processes were given.
 	seen := map[string]bool{}
+	var why []string
 	for _, f := range found {
 		if f.release != active {
 			continue
 		}
 		st.Formation[f.typ] = max(st.Formation[f.typ], f.index)
 		names, _ := sockets.ParseFDNames(f.env["LISTEN_FDNAMES"], strings.Count(f.env["LISTEN_FDNAMES"], ":")+1)
-		for i, n := range names {
-			if n == "probe" || seen[n] {
+		// An app moves its fds (go-systemd dups each into a listener and
+		// closes the original), so its sockets are found among all its
+		// listening sockets; the one on $PORT is the first that agentd
+		// passed (procEnv sets PORT from it), the probe is the one left.
+		listening, err := listeningSockets(f.pid)
+		if err != nil {
+			why = append(why, fmt.Sprintf("%s (pid %d): %v", f.process, f.pid, err))
+			continue
+		}
+		var want []string
+		for _, n := range names {
+			if n != "probe" {
+				want = append(want, n)
+			}
+		}
+		port := ":" + f.env["PORT"]
+		slices.SortStableFunc(listening, func(x, y string) int {
+			switch {
+			case f.env["PORT"] != "" && strings.HasSuffix(x, port) && !strings.HasSuffix(y, port):
+				return -1
+			case f.env["PORT"] != "" && strings.HasSuffix(y, port) && !strings.HasSuffix(x, port):
+				return 1
+			}
+			return 0
+		})
+		for i, n := range want {
+			if i >= len(listening) || seen[n] {
 				continue
 			}
-			addr, err := socketAddr(f.pid, 3+i)
-			if err != nil {
-				continue
-			}
+			addr := listening[i]
 			spec, err := sockets.ParseSpec(fmt.Sprintf("%s/%s=%s", f.typ, n, addr))
 			if err != nil {
+				why = append(why, fmt.Sprintf("%s (pid %d) %s: %v", f.process, f.pid, addr, err))
 				continue
 			}
 			seen[n] = true
@@ -230,7 +254,8 @@ func (ag *Agent) rebuild(name string) (*appState, error) {
 		}
 	}
 	if len(st.Sockets) == 0 {
-		return nil, errf(api.CodeConflict, "app %s: its running processes hold no socket agentd could take back", name)
+		return nil, errf(api.CodeConflict, "app %s: its running processes hold no socket agentd could take back (%d of them, of %s: %s)",
+			name, len(found), vname(active), strings.Join(why, "; "))
 	}
 	if err := checkAppState(st, name); err != nil {
 		return nil, errf(api.CodeInternal, "app %s: the state rebuilt from its processes does not hold together: %v", name, err)
@@ -278,32 +303,66 @@ func procUID(pid int) (int, bool) {
 	return int(st.Uid), true
 }
 
-// socketAddr is the address of the listening socket at fd of pid, as a
-// socket spec's ADDR.
-func socketAddr(pid, fd int) (string, error) {
+// listeningSockets lists the addresses of the listening sockets pid holds,
+// as a socket spec's ADDR, in the order of its fds, each socket once.
+func listeningSockets(pid int) ([]string, error) {
 	pfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer unix.Close(pfd)
-	cp, err := unix.PidfdGetfd(pfd, fd, 0)
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, err
+	}
+	var nums []int
+	for _, e := range fds {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			nums = append(nums, n)
+		}
+	}
+	slices.Sort(nums)
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range nums {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, n))
+		if err != nil || !strings.HasPrefix(link, "socket:") || seen[link] {
+			continue
+		}
+		addr, err := listeningAddr(pfd, n)
+		if err != nil {
+			continue
+		}
+		seen[link] = true
+		out = append(out, addr)
+	}
+	return out, nil
+}
+
+// listeningAddr is the address of fd of the process behind pidfd when it
+// is a listening socket.
+func listeningAddr(pidfd, fd int) (string, error) {
+	cp, err := unix.PidfdGetfd(pidfd, fd, 0)
 	if err != nil {
 		return "", err
 	}
 	defer unix.Close(cp)
+	if v, err := unix.GetsockoptInt(cp, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v == 0 {
+		return "", fmt.Errorf("fd %d: not listening", fd)
+	}
 	sa, err := unix.Getsockname(cp)
 	if err != nil {
 		return "", err
 	}
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
-		return fmt.Sprintf("tcp://%d.%d.%d.%d:%d", a.Addr[0], a.Addr[1], a.Addr[2], a.Addr[3], a.Port), nil
+		return fmt.Sprintf("tcp://%s:%d", net.IP(a.Addr[:]).String(), a.Port), nil
 	case *unix.SockaddrInet6:
 		return fmt.Sprintf("tcp6://[%s]:%d", net.IP(a.Addr[:]).String(), a.Port), nil
 	case *unix.SockaddrUnix:
 		return "unix://" + a.Name, nil
 	}
-	return "", fmt.Errorf("fd %d of %d: not a socket agentd binds", fd, pid)
+	return "", fmt.Errorf("fd %d: not a socket agentd binds", fd)
 }
 
 func lookupUID(uid int) (string, error) {
