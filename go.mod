@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/cloudflare/tableflip v1.2.3
+	github.com/coder/websocket v1.8.15
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/godbus/dbus/v5 v5.1.0
 	github.com/google/go-cmp v0.7.0
