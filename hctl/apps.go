@@ -131,12 +131,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 				Local:       true,
 				HideDefault: true,
 			},
-			&cli.DurationFlag{
-				Name:        "drain-timeout",
-				Usage:       "how long old processes may take to exit after SIGTERM, a `DURATION` (agentd's default: 30s)",
-				Local:       true,
-				HideDefault: true,
-			},
+			drainTimeoutFlag(),
 			&cli.StringFlag{
 				Name:  "user",
 				Usage: "run the app's processes as `USER` (with that user's own groups)",
@@ -182,13 +177,20 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 					return usagef(cmd, "--limit: %v", err)
 				}
 			}
-			for _, name := range []string{"boot-timeout", "drain-timeout", "release-timeout"} {
+			for _, name := range []string{"boot-timeout", "release-timeout"} {
 				if cmd.IsSet(name) && cmd.Duration(name) <= 0 {
 					return usagef(cmd, "--%s must be more than 0", name)
 				}
 			}
 			req.BootTimeout = api.Duration(cmd.Duration("boot-timeout"))
-			req.DrainTimeout = api.Duration(cmd.Duration("drain-timeout"))
+			def, perType, err := parseDrainTimeouts(cmd)
+			if err != nil {
+				return err
+			}
+			if def != nil {
+				req.DrainTimeout = *def
+			}
+			req.DrainTimeouts = perType
 			req.ReleaseTimeout = api.Duration(cmd.Duration("release-timeout"))
 			if err := rolloutSettings(cmd, &req); err != nil {
 				return err

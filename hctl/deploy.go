@@ -45,7 +45,12 @@ func liveSummary(res *api.OpResult) string {
 	if !res.Changed {
 		return fmt.Sprintf("%s %s already active, nothing to do", res.App, orNone(res.Release))
 	}
-	return fmt.Sprintf("%s %s is live%s", res.App, orNone(res.Release), opTimes(res))
+	s := fmt.Sprintf("%s %s is live%s", res.App, orNone(res.Release), opTimes(res))
+	if res.StillDraining > 0 {
+		s += fmt.Sprintf("; the drain goes on in the background: %d old process(es) hold %d connection(s), until %s",
+			res.StillDraining, res.DrainConnections, res.DrainDeadline.Local().Format("15:04:05"))
+	}
+	return s
 }
 
 func orNone(rel string) string {
@@ -94,6 +99,8 @@ func (h *hctl) deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "skip-release-phase", Usage: "do not run the release: command (it ran elsewhere)", Local: true},
 			&cli.StringFlag{Name: "release-id", Usage: "keep `ID` (a commit, a build number) with the release", Local: true},
 			&cli.BoolFlag{Name: "detach", Usage: "return once the deploy has started; follow it with hctl wait APP", Local: true},
+			&cli.DurationFlag{Name: "wait-drain", Local: true, HideDefault: true,
+				Usage: "once the new release is live, wait at most `D` for the old processes to exit; they drain on after it (default 30s)"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			a, err := needArgs(cmd, 2, 2, "APP", "PATH")
@@ -109,6 +116,7 @@ func (h *hctl) deployCommand() *cli.Command {
 				SkipReleasePhase: cmd.Bool("skip-release-phase"),
 				ReleaseID:        cmd.String("release-id"),
 				Detach:           cmd.Bool("detach"),
+				WaitDrain:        cmd.Duration("wait-drain"),
 			}
 			if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 				// A directory goes manifest first: only what agentd lacks

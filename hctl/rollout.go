@@ -32,7 +32,48 @@ func rolloutFlags() []cli.Flag {
 			Usage: "how a type is replaced, `TYPE=overlap|stop-first` (stop-first: the old processes exit " +
 				"before the new ones start; repeatable)",
 		},
+		&cli.FloatFlag{
+			Name: "shed-rate", Local: true, HideDefault: true,
+			Usage: "at a draining generation's deadline, close its connections at `N` per second, oldest first, " +
+				"before the SIGKILL (default 0: SIGKILL at the deadline)",
+		},
 	}
+}
+
+func drainTimeoutFlag() cli.Flag {
+	return &cli.StringSliceFlag{
+		Name: "drain-timeout", Local: true,
+		Usage: "how long old processes may take to exit after SIGTERM: `D` for every type, or TYPE=D for one " +
+			"(web=1h for WebSockets; repeatable; agentd's default: 30s)",
+	}
+}
+
+// parseDrainTimeouts reads --drain-timeout D and TYPE=D.
+func parseDrainTimeouts(cmd *cli.Command) (*api.Duration, map[string]api.Duration, error) {
+	var def *api.Duration
+	var perType map[string]api.Duration
+	for _, s := range cmd.StringSlice("drain-timeout") {
+		typ, v, hasType := strings.Cut(s, "=")
+		if !hasType {
+			v = s
+		} else if grammar.CheckProcessType(typ) != nil {
+			return nil, nil, usagef(cmd, "bad --drain-timeout %q: want D or TYPE=D, such as web=1h", s)
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, nil, usagef(cmd, "bad --drain-timeout %q: want a duration more than 0, such as 30s or web=1h", s)
+		}
+		if !hasType {
+			x := api.Duration(d)
+			def = &x
+			continue
+		}
+		if perType == nil {
+			perType = map[string]api.Duration{}
+		}
+		perType[typ] = api.Duration(d)
+	}
+	return def, perType, nil
 }
 
 // parseStrategies parses --strategy TYPE=S; an empty S (with allowEmpty)
@@ -74,13 +115,17 @@ func rolloutSettings(cmd *cli.Command, req *api.AppCreate) error {
 		return err
 	}
 	req.Bake, req.MaxSurge, req.Strategy = api.Duration(cmd.Duration("bake")), int(cmd.Int("max-surge")), s
+	if cmd.Float("shed-rate") < 0 {
+		return usagef(cmd, "--shed-rate must not be negative")
+	}
+	req.ShedRate = cmd.Float("shed-rate")
 	return nil
 }
 
 func (h *hctl) appsSetCommand() *cli.Command {
 	flags := []cli.Flag{
 		&cli.DurationFlag{Name: "boot-timeout", Local: true, HideDefault: true, Usage: "how long new processes may take to become ready (`DURATION`)"},
-		&cli.DurationFlag{Name: "drain-timeout", Local: true, HideDefault: true, Usage: "how long old processes may take to exit after SIGTERM (`DURATION`)"},
+		drainTimeoutFlag(),
 		&cli.DurationFlag{Name: "release-timeout", Local: true, HideDefault: true, Usage: "how long the release: command may run (`DURATION`; 0: agentd's default)"},
 		&cli.StringSliceFlag{Name: "readiness", Local: true, Usage: "how a type shows it is ready, `TYPE=KIND`; TYPE= resets it to the default (repeatable)"},
 		&cli.StringFlag{Name: "user", Local: true, Usage: "run the app's processes as `USER` from the next rollout on"},
@@ -133,8 +178,15 @@ func (h *hctl) appsSetCommand() *cli.Command {
 			if req.BootTimeout, err = dur("boot-timeout", time.Nanosecond); err != nil {
 				return err
 			}
-			if req.DrainTimeout, err = dur("drain-timeout", time.Nanosecond); err != nil {
+			if req.DrainTimeout, req.DrainTimeouts, err = parseDrainTimeouts(cmd); err != nil {
 				return err
+			}
+			if cmd.IsSet("shed-rate") {
+				v := cmd.Float("shed-rate")
+				if v < 0 {
+					return usagef(cmd, "--shed-rate must not be negative")
+				}
+				req.ShedRate = &v
 			}
 			if req.ReleaseTimeout, err = dur("release-timeout", 0); err != nil {
 				return err

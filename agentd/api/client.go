@@ -108,6 +108,17 @@ type DeployOptions struct {
 	// and the app's operation lock taken) instead of at its end; the
 	// result then has Detached set. Follow it with [Client.Attach].
 	Detach bool
+	// WaitDrain bounds how long the deploy waits for the old processes to
+	// exit once the new release is live (agentd's default: 30s); past it
+	// the result says what still drains, and the drain goes on.
+	WaitDrain time.Duration
+}
+
+// query adds the options agentd reads from the deploy's query string.
+func (o DeployOptions) query(q url.Values) {
+	if o.WaitDrain > 0 {
+		q.Set("wait_drain", o.WaitDrain.String())
+	}
 }
 
 // detachAt is the stop condition of a detached deploy: the first phase
@@ -194,6 +205,7 @@ func (c *Client) Deploy(ctx context.Context, app string, artifact io.Reader, opt
 	if opt.ReleaseID != "" {
 		q.Set("release_id", opt.ReleaseID)
 	}
+	opt.query(q)
 	return c.streamUntil(ctx, app, http.MethodPost, appPath(app)+"/deploys", q, artifact, "application/gzip", onEvent, opt.detachAt())
 }
 

@@ -28,9 +28,12 @@ type AppSet struct {
 	Bake           *Duration         `json:"bake,omitempty"`
 	MaxSurge       *int              `json:"max_surge,omitempty"`
 	Strategy       map[string]string `json:"strategy,omitempty"`
-	User           *string           `json:"user,omitempty"`
-	AllowRoot      *bool             `json:"allow_root,omitempty"`
-	Limits         []string          `json:"limits,omitempty"`
+	// DrainTimeouts per type; a zero duration removes the type's entry.
+	DrainTimeouts map[string]Duration `json:"drain_timeouts,omitempty"`
+	ShedRate      *float64            `json:"shed_rate,omitempty"`
+	User          *string             `json:"user,omitempty"`
+	AllowRoot     *bool               `json:"allow_root,omitempty"`
+	Limits        []string            `json:"limits,omitempty"`
 	// ClearLimits drops every limit (Limits then sets the new ones).
 	ClearLimits bool `json:"clear_limits,omitempty"`
 	// AddSockets are socket specs as in AppCreate; RemoveSockets names.

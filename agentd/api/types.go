@@ -197,6 +197,14 @@ type AppCreate struct {
 	// Strategy maps a process type to overlap (the default) or
 	// stop-first.
 	Strategy map[string]string `json:"strategy,omitempty"`
+	// DrainTimeouts override DrainTimeout per process type (web=1h for
+	// WebSockets, worker=30s).
+	DrainTimeouts map[string]Duration `json:"drain_timeouts,omitempty"`
+	// ShedRate, when above 0, is how many connections per second agentd
+	// closes (FIN) of a draining generation that reached its deadline,
+	// oldest first, before it SIGKILLs what is left; 0: SIGKILL at the
+	// deadline.
+	ShedRate float64 `json:"shed_rate,omitempty"`
 }
 
 // App is an app's host-level settings.
@@ -217,9 +225,11 @@ type App struct {
 	Limits         []string `json:"limits,omitempty"`
 	ReleaseTimeout Duration `json:"release_timeout,omitempty"`
 
-	Bake     Duration          `json:"bake"`
-	MaxSurge int               `json:"max_surge"`
-	Strategy map[string]string `json:"strategy,omitempty"`
+	Bake          Duration            `json:"bake"`
+	MaxSurge      int                 `json:"max_surge"`
+	Strategy      map[string]string   `json:"strategy,omitempty"`
+	DrainTimeouts map[string]Duration `json:"drain_timeouts,omitempty"`
+	ShedRate      float64             `json:"shed_rate,omitempty"`
 	// Operation is the kind of the operation in progress, Phase its
 	// phase, BakeUntil the end of its bake window.
 	Operation string    `json:"operation,omitempty"`
@@ -343,6 +353,14 @@ type OpResult struct {
 	// ConnectionsCut is how many connections the killed processes still
 	// held open when SIGKILL cut them off.
 	ConnectionsCut int `json:"connections_cut,omitempty"`
+	// StillDraining is how many old processes still drained when the
+	// operation stopped waiting for them (its wait for the drain, 30 s by
+	// default); DrainConnections the connections they held then, and
+	// DrainDeadline when the last of them will be stopped. The drain goes
+	// on in agentd.
+	StillDraining    int       `json:"still_draining,omitempty"`
+	DrainConnections int       `json:"drain_connections,omitempty"`
+	DrainDeadline    time.Time `json:"drain_deadline,omitzero"`
 	// RolledBack: the new release failed its bake window and agentd
 	// rolled it back by itself; Release is the rollback release.
 	RolledBack bool `json:"rolled_back,omitempty"`

@@ -96,6 +96,7 @@ func (c *Client) DeployUpload(ctx context.Context, app, id string, opt DeployOpt
 	if opt.ReleaseID != "" {
 		q.Set("release_id", opt.ReleaseID)
 	}
+	opt.query(q)
 	return c.streamUntil(ctx, app, http.MethodPost, appPath(app)+"/uploads/"+url.PathEscape(id)+"/deploy", q, nil, "", onEvent, opt.detachAt())
 }
 

@@ -80,6 +80,9 @@ type Observer interface {
 	AppDestroyed(app string)
 	// Rollback counts a rollback agentd made by itself (why: "bake").
 	Rollback(app, why string)
+	// ConnectionsShed counts connections of a draining generation that
+	// agentd closed at its deadline (--shed-rate).
+	ConnectionsShed(app string, n int)
 }
 
 type nopObserver struct{}
@@ -89,6 +92,7 @@ func (nopObserver) ProcessReady(string, string, time.Duration)     {}
 func (nopObserver) DrainDone(string, time.Duration, int)           {}
 func (nopObserver) CrashRestart(string, string)                    {}
 func (nopObserver) Rollback(string, string)                        {}
+func (nopObserver) ConnectionsShed(string, int)                    {}
 
 // Agent owns every app on the host.
 type Agent struct {
@@ -212,7 +216,7 @@ func (ag *Agent) save(a *app) error {
 		a.st.Processes = append(a.st.Processes, procRecord{
 			Name: p.name(), Type: p.typ, Index: p.index, Release: p.release, PID: p.p.PID(),
 			StartedAt: p.p.KernelStart(), State: p.state, Restarts: p.restarts, ReadyAt: p.readyAt,
-			Notify: p.notifyPath, Log: p.log, LogSent: p.fwd.sent(), Probe: p.probeAddr(),
+			Notify: p.notifyPath, Log: p.log, LogSent: p.fwd.sent(), Probe: p.probeAddr(), KillAt: p.killAt,
 		})
 	}
 	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {

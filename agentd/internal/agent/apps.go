@@ -70,6 +70,16 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		return api.App{}, err
 	}
 	st.Bake, st.MaxSurge = duration(req.Bake), req.MaxSurge
+	if err := checkDrain(req.DrainTimeouts, req.ShedRate); err != nil {
+		return api.App{}, err
+	}
+	st.ShedRate = req.ShedRate
+	for typ, d := range req.DrainTimeouts {
+		if st.DrainTimeouts == nil {
+			st.DrainTimeouts = map[string]duration{}
+		}
+		st.DrainTimeouts[typ] = duration(d)
+	}
 	for typ, s := range req.Strategy {
 		if s != "" && s != api.StrategyOverlap {
 			if st.Strategy == nil {

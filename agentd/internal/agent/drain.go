@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -14,22 +15,28 @@ import (
 // while they finish, SIGKILL at the drain timeout, and what is left in a
 // release's cgroup killed once none of its processes is supervised.
 
-// drain stops procs: SIGTERM to each process group at once, then SIGKILL to
-// the groups still alive at the drain timeout. It reports how long it took,
-// which processes had to be killed, and how many connections the kills cut
-// off; with o, the progress goes to its stream.
+// drain stops procs: SIGTERM to each process group at once, then, at each
+// one's deadline (its type's drain timeout from when it was retired, kept
+// across agentd restarts), its remaining connections are shed at the
+// app's shed rate if it has one, and SIGKILL goes to the groups still
+// alive. It reports how long it took, which processes had to be killed,
+// and how many connections the kills cut off; with o, the progress goes to
+// its stream.
 func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string, int) {
 	if len(procs) == 0 {
 		return 0, nil, 0
 	}
 	start := time.Now()
 	a.mu.Lock()
-	timeout := time.Duration(a.st.DrainTimeout)
-	killAt := start.Add(timeout)
+	rate := a.st.ShedRate
+	timeouts := map[*proc]time.Duration{}
 	for _, p := range procs {
 		p.retired = true
 		p.state = api.StateDraining
-		p.killAt = killAt
+		timeouts[p] = a.drainTimeoutOf(p.typ)
+		if p.killAt.IsZero() {
+			p.killAt = start.Add(timeouts[p])
+		}
 		if t, ok := a.backoff[p.name()]; ok && p.release == a.st.Active {
 			t.Stop()
 		}
@@ -46,13 +53,25 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string, i
 	w := ag.watchDrain(a, procs, o)
 	var killed []string
 	cut := 0
-	for _, p := range procs {
-		if k, n := w.killAfter(p, killAt); k {
-			killed = append(killed, vname(p.release)+" "+p.name())
-			cut += n
-			ag.log.Warn("SIGKILL at the drain timeout", "app", a.st.Name, "process", p.name(), "pid", p.p.PID(), "connections_cut", n)
-			if o != nil {
-				o.event("process", p.name(), fmt.Sprintf("%s %s (pid %d) outlived the %s drain timeout: SIGKILLed, %s", vname(p.release), p.name(), p.p.PID(), timeout, cutText(n)))
+	for _, g := range byDeadline(procs) {
+		alive := w.waitUntil(g.at, g.procs)
+		if len(alive) == 0 {
+			continue
+		}
+		if rate > 0 {
+			// Paced: clients reconnect to the new release gradually, not
+			// all at the same instant (shed.go).
+			ag.shedGeneration(a, alive, rate, o)
+			alive = w.waitUntil(time.Now().Add(shedGrace), alive)
+		}
+		for _, p := range alive {
+			if k, n := w.killAfter(p, time.Now()); k {
+				killed = append(killed, vname(p.release)+" "+p.name())
+				cut += n
+				ag.log.Warn("SIGKILL at the drain timeout", "app", a.st.Name, "process", p.name(), "pid", p.p.PID(), "connections_cut", n)
+				if o != nil {
+					o.event("process", p.name(), fmt.Sprintf("%s %s (pid %d) outlived the %s drain timeout: SIGKILLed, %s", vname(p.release), p.name(), p.p.PID(), timeouts[p], cutText(n)))
+				}
 			}
 		}
 	}
@@ -64,6 +83,32 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string, i
 		ag.obs.ConnectionsCut(a.st.Name, cut)
 	}
 	return d, killed, cut
+}
+
+// shedGrace is how long a process may take to exit once its connections
+// were shed, before the SIGKILL.
+const shedGrace = 2 * time.Second
+
+// deadlineGroup is the processes of a drain with one deadline.
+type deadlineGroup struct {
+	at    time.Time
+	procs []*proc
+}
+
+// byDeadline groups procs by deadline, earliest first. Callers own the
+// procs' killAt (set before the drain's save).
+func byDeadline(procs []*proc) []deadlineGroup {
+	var out []deadlineGroup
+	for _, p := range procs {
+		i := slices.IndexFunc(out, func(g deadlineGroup) bool { return g.at.Equal(p.killAt) })
+		if i < 0 {
+			out = append(out, deadlineGroup{at: p.killAt})
+			i = len(out) - 1
+		}
+		out[i].procs = append(out[i].procs, p)
+	}
+	slices.SortFunc(out, func(x, y deadlineGroup) int { return x.at.Compare(y.at) })
+	return out
 }
 
 // killDrainedReleases SIGKILLs what is left in the cgroup of each release
@@ -225,6 +270,31 @@ func (w *drainWatch) report(counts map[*proc]int) {
 	}
 }
 
+// waitUntil waits until every process of ps has exited or at has come,
+// and returns those still alive.
+func (w *drainWatch) waitUntil(at time.Time, ps []*proc) []*proc {
+	t := time.NewTimer(time.Until(at))
+	defer t.Stop()
+	for _, p := range ps {
+		select {
+		case <-p.p.Done():
+		case <-t.C:
+			return w.aliveOf(ps)
+		}
+	}
+	return nil
+}
+
+func (w *drainWatch) aliveOf(ps []*proc) []*proc {
+	var out []*proc
+	for _, p := range ps {
+		if !p.p.Exited() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // killAfter waits until p exits or killAt; at killAt it SIGKILLs p's group.
 // It reports whether SIGKILL was needed and how many connections p held
 // open when it came.
@@ -250,4 +320,24 @@ func (w *drainWatch) killAfter(p *proc, killAt time.Time) (killed bool, cut int)
 		return false, 0
 	}
 	return true, cut
+}
+
+// draining says what of the app still drains: processes, the connections
+// they were last counted holding, and the latest deadline.
+func (a *app) draining() (procs, conns int, deadline time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.procs {
+		if p.p.Exited() || p.state != api.StateDraining {
+			continue
+		}
+		procs++
+		if p.conns != nil {
+			conns += *p.conns
+		}
+		if p.killAt.After(deadline) {
+			deadline = p.killAt
+		}
+	}
+	return procs, conns, deadline
 }

@@ -108,6 +108,11 @@ type appState struct {
 	MaxSurge int `json:"max_surge,omitempty"`
 	// Strategy per process type: "overlap" (the default) or "stop-first".
 	Strategy map[string]string `json:"strategy,omitempty"`
+	// DrainTimeouts override DrainTimeout per process type.
+	DrainTimeouts map[string]duration `json:"drain_timeouts,omitempty"`
+	// ShedRate > 0: at a generation's deadline its connections are closed
+	// at that many per second before the SIGKILL.
+	ShedRate float64 `json:"shed_rate,omitempty"`
 }
 
 type releaseState struct {
@@ -146,6 +151,9 @@ type procRecord struct {
 	// Probe is the address of the process's private probe socket, so a
 	// restarted agentd probes it again (a bake window).
 	Probe string `json:"probe,omitempty"`
+	// KillAt is a draining process's deadline: a restarted agentd keeps
+	// it (and sheds or kills at it), it does not start the drain anew.
+	KillAt time.Time `json:"kill_at,omitzero"`
 }
 
 type opRecord struct {
@@ -224,6 +232,14 @@ func (a *app) count(typ string) int {
 		return 1
 	}
 	return 0
+}
+
+// drainTimeoutOf is how long a process of typ may drain. Callers hold a.mu.
+func (a *app) drainTimeoutOf(typ string) time.Duration {
+	if d, ok := a.st.DrainTimeouts[typ]; ok && d > 0 {
+		return time.Duration(d)
+	}
+	return time.Duration(a.st.DrainTimeout)
 }
 
 func (a *app) readinessOf(typ string) readiness.Kind {

@@ -39,7 +39,15 @@ type op struct {
 	history    []api.Event
 	subs       map[chan api.Event]bool
 	ended      bool
+	locked     bool // holds the app's operation lock
+	// waitDrain bounds how long the operation waits, once its rollout is
+	// done, for the old processes to exit before it reports (they drain
+	// on after it): DeployRequest.WaitDrain, default defaultWaitDrain.
+	waitDrain time.Duration
 }
+
+// defaultWaitDrain is how long an operation waits for its drain.
+const defaultWaitDrain = 30 * time.Second
 
 // maxHistory bounds the events an op keeps for clients that attach late.
 const maxHistory = 2000
@@ -171,6 +179,11 @@ func (o *op) finish(err error) api.OpResult {
 		o.ag.obs.DeployDone(o.a.st.Name, o.kind, result, res.Phases)
 		o.ag.lastOp.Store(fmt.Sprintf("%s %s %s %s at %s", o.a.st.Name, o.kind, res.Release, result, time.Now().Format("15:04:05")))
 	}
+	o.a.mu.Lock()
+	if o.a.cur == o {
+		o.a.cur = nil
+	}
+	o.a.mu.Unlock()
 	o.mu.Lock()
 	o.ended = true
 	o.sendLocked(api.Event{Time: time.Now().UTC(), Type: "result", Message: result, Result: &res})
@@ -204,14 +217,22 @@ func (o *op) lock() {
 	o.a.mu.Lock()
 	o.a.cur = o
 	o.a.mu.Unlock()
+	o.mu.Lock()
+	o.locked = true
+	o.mu.Unlock()
 }
 
+// unlock frees the app's operation lock; a second call does nothing (a
+// rollout frees it at its cutover, before its drain ends). The operation
+// stays attachable (hctl wait) until its result.
 func (o *op) unlock() {
-	o.a.mu.Lock()
-	if o.a.cur == o {
-		o.a.cur = nil
+	o.mu.Lock()
+	locked := o.locked
+	o.locked = false
+	o.mu.Unlock()
+	if !locked {
+		return
 	}
-	o.a.mu.Unlock()
 	<-o.a.op
 }
 

@@ -31,6 +31,10 @@ type DeployRequest struct {
 	Prepare func() (digest string, err error)
 	// Detached: the client does not wait for the outcome.
 	Detached bool
+	// WaitDrain bounds how long the deploy waits, once the new release is
+	// live, for the old processes to exit before it reports; they drain
+	// on after it. 0: 30s.
+	WaitDrain time.Duration
 }
 
 // Deploy prepares a new release from the artifact and switches the app to
@@ -42,6 +46,7 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 		return failNoApp(req.App, err, emit)
 	}
 	o := ag.newOp(a, "deploy", emit)
+	o.waitDrain = req.WaitDrain
 	// The upload is received before the app's operation lock is taken: a
 	// slow or stuck client then holds up nobody but itself, and bad input
 	// fails before anything waits on it.

@@ -32,6 +32,7 @@ func (ag *Agent) recover(a *app) {
 			restarts: rec.Restarts, readyAt: rec.ReadyAt, log: rec.Log, notifyPath: rec.Notify,
 			extend: make(chan time.Duration, 1)}
 		pr.fwd.off = rec.LogSent
+		pr.killAt = rec.KillAt
 		if rec.Probe != "" {
 			// The process keeps its probe socket; agentd's copy is gone, so
 			// a tcp probe of it is a bare connect (readiness.Check).

@@ -40,7 +40,7 @@ func (a *app) target(r *releaseState) rollout.Target {
 // operation makes none: restart, scale, crash restart); it ends active, or
 // failed with the reason.
 func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
-	ag, a := o.ag, o.a
+	a := o.a
 	if t.Previous != 0 {
 		o.res.Previous = vname(t.Previous)
 	}
@@ -59,19 +59,68 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	o.mu.Lock()
 	o.res.Changed = o.res.Changed || !res.Plan.Empty() || t.Release != t.Previous
 	o.mu.Unlock()
-	o.endPhase()
-	a.mu.Lock()
-	if r != nil {
-		r.Phases = phaseTimesOf(o.phaseTimes())
-	}
-	a.st.Op = nil
-	ag.prune(a)
-	ag.save(a)
-	a.mu.Unlock()
+	o.settle(r, res)
 	if o.kind != "scale" {
 		o.info("%s %s is live (switch %.2fs, drain %.2fs)", a.st.Name, vname(t.Release), o.res.SwitchSeconds, o.res.DrainSeconds)
 	}
 	return o.finish(nil)
+}
+
+// settle ends a rollout that reached its target: the operation is no
+// longer in progress on disk, the app's operation lock is free (the next
+// operation may start while this one's old processes still drain), and
+// the operation waits for the drain up to o.waitDrain before it reports.
+func (o *op) settle(r *releaseState, res rollout.Result) {
+	ag, a := o.ag, o.a
+	a.mu.Lock()
+	a.st.Op = nil
+	ag.prune(a)
+	ag.save(a)
+	a.mu.Unlock()
+	o.unlock()
+	o.awaitDrain(res)
+	o.endPhase()
+	if r != nil {
+		a.mu.Lock()
+		r.Phases = phaseTimesOf(o.phaseTimes())
+		if !a.gone {
+			ag.save(a)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// awaitDrain waits for the drain of a rollout, at most o.waitDrain. Past
+// it, the result says what still drains: the drain goes on.
+func (o *op) awaitDrain(res rollout.Result) {
+	if res.Drained == nil {
+		return
+	}
+	wait := o.waitDrain
+	if wait <= 0 {
+		wait = defaultWaitDrain
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case d := <-res.Drained:
+		o.mu.Lock()
+		o.res.DrainSeconds = d.Took.Seconds()
+		o.res.Killed = append(o.res.Killed, d.Killed...)
+		o.res.ConnectionsCut += d.Cut
+		o.mu.Unlock()
+		return
+	case <-t.C:
+	}
+	procs, conns, deadline := o.a.draining()
+	o.mu.Lock()
+	o.res.DrainSeconds = wait.Seconds()
+	o.res.StillDraining = procs
+	o.res.DrainConnections = conns
+	o.res.DrainDeadline = deadline
+	o.mu.Unlock()
+	o.info("the drain goes on in the background: %d process(es) hold %s, the last deadline %s",
+		procs, plural(conns, "open connection"), deadline.Local().Format("15:04:05"))
 }
 
 // run is one run of the engine, its figures put in the result.
@@ -97,9 +146,6 @@ func (o *op) run(t rollout.Target, ctx context.Context, r *releaseState) (rollou
 	if res.Cutover {
 		o.res.SwitchSeconds = res.Switch.Seconds()
 	}
-	o.res.DrainSeconds = res.Drain.Took.Seconds()
-	o.res.Killed = append(o.res.Killed, res.Drain.Killed...)
-	o.res.ConnectionsCut += res.Drain.Cut
 	o.mu.Unlock()
 	return res, err
 }
@@ -170,7 +216,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 	rt.Bake = 0 // the release it returns to has served before
 	o.info("rolling back to %s as %s", vname(prev.Version), vname(nr.Version))
 	// Not cancellable: the release that failed must not stay.
-	_, err := o.run(rt, context.Background(), nr)
+	res, err := o.run(rt, context.Background(), nr)
 	a.mu.Lock()
 	if r != nil {
 		r.Status, r.Error = api.StatusFailed, reason
@@ -179,13 +225,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 	if err != nil {
 		return o.fail(nr, fmt.Errorf("%s; the automatic rollback to %s failed too: %w", reason, vname(prev.Version), err))
 	}
-	o.endPhase()
-	a.mu.Lock()
-	nr.Phases = phaseTimesOf(o.phaseTimes())
-	a.st.Op = nil
-	ag.prune(a)
-	ag.save(a)
-	a.mu.Unlock()
+	o.settle(nr, res)
 	o.mu.Lock()
 	o.res.Release, o.res.Previous, o.res.Changed, o.res.RolledBack = vname(nr.Version), vname(t.Release), true, true
 	o.mu.Unlock()

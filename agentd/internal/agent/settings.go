@@ -46,6 +46,27 @@ func checkRollout(bake time.Duration, surge int, strategy map[string]string) err
 	return nil
 }
 
+// maxShedRate bounds --shed-rate: connections closed per second.
+const maxShedRate = 100000
+
+// checkDrain validates per-type drain timeouts and the shed rate.
+func checkDrain(timeouts map[string]api.Duration, shedRate float64) error {
+	for typ, d := range timeouts {
+		if grammar.CheckProcessType(typ) != nil || typ == "release" {
+			return errf(api.CodeBadRequest, "drain timeout for %q: not a process type", typ)
+		}
+		if d != 0 {
+			if err := checkTimeout("drain timeout for "+typ, time.Duration(d)); err != nil {
+				return err
+			}
+		}
+	}
+	if shedRate < 0 || shedRate > maxShedRate {
+		return errf(api.CodeBadRequest, "shed rate %g: want 0 (SIGKILL at the deadline) to %d connections per second", shedRate, maxShedRate)
+	}
+	return nil
+}
+
 func checkTimeout(what string, d time.Duration) error {
 	if d <= 0 || d > maxTimeout {
 		return errf(api.CodeBadRequest, "%s %s: want more than 0 and at most %s", what, d, maxTimeout)
@@ -141,6 +162,33 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 			// rollout; the running ones keep what they have.
 			k, _ := readiness.Parse(kind)
 			note("readiness."+typ, k.NeedsProbe() && !was.NeedsProbe())
+		}
+	}
+	var shed float64
+	if req.ShedRate != nil {
+		shed = *req.ShedRate
+	}
+	if err := checkDrain(req.DrainTimeouts, shed); err != nil {
+		return api.AppSetResult{}, err
+	}
+	if req.ShedRate != nil && *req.ShedRate != st.ShedRate {
+		st.ShedRate = *req.ShedRate
+		note("shed_rate", false)
+	}
+	if len(req.DrainTimeouts) > 0 {
+		st.DrainTimeouts = maps.Clone(st.DrainTimeouts)
+		if st.DrainTimeouts == nil {
+			st.DrainTimeouts = map[string]duration{}
+		}
+		for _, typ := range slices.Sorted(maps.Keys(req.DrainTimeouts)) {
+			d := duration(req.DrainTimeouts[typ])
+			if cur, ok := st.DrainTimeouts[typ]; d == 0 && ok {
+				delete(st.DrainTimeouts, typ)
+				note("drain_timeout."+typ, false)
+			} else if d != 0 && cur != d {
+				st.DrainTimeouts[typ] = d
+				note("drain_timeout."+typ, false)
+			}
 		}
 	}
 	if err := checkRollout(0, 0, req.Strategy); err != nil {

@@ -23,6 +23,13 @@ func (ag *Agent) appAPI(a *app) api.App {
 		CreatedAt: a.st.CreatedAt, Deploying: a.st.Op != nil,
 		AllowRoot: a.st.AllowRoot, Limits: a.st.Limits, ReleaseTimeout: api.Duration(a.st.ReleaseTimeout),
 		Bake: api.Duration(a.st.Bake), MaxSurge: a.st.MaxSurge, Strategy: maps.Clone(a.st.Strategy),
+		ShedRate: a.st.ShedRate,
+	}
+	for typ, d := range a.st.DrainTimeouts {
+		if out.DrainTimeouts == nil {
+			out.DrainTimeouts = map[string]api.Duration{}
+		}
+		out.DrainTimeouts[typ] = api.Duration(d)
 	}
 	if op := a.st.Op; op != nil {
 		out.Operation, out.Phase, out.BakeUntil = op.Kind, op.Phase, op.BakeUntil

@@ -41,6 +41,7 @@ type Metrics struct {
 	restarts *prometheus.CounterVec
 	active   *prometheus.GaugeVec
 	rollback *prometheus.CounterVec
+	shed     *prometheus.CounterVec
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -86,12 +87,15 @@ func New(version string, procs func() []api.Process) *Metrics {
 	m.rollback = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentd_rollbacks_total", Help: "Rollbacks agentd made by itself, by app and why (bake: the new release failed its bake window).",
 	}, []string{"app", "why"})
+	m.shed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_drain_connections_shed_total", Help: "Connections of draining processes agentd closed itself at their deadline, at the app's shed rate, by app.",
+	}, []string{"app"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "agentd_build_info", Help: "agentd's version and the Go version it was built with: 1, labelled.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, build,
+	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, m.shed, build,
 		&procCollector{list: procs},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -131,6 +135,11 @@ func (m *Metrics) CrashRestart(app, typ string) {
 	m.restarts.WithLabelValues(app, typ).Inc()
 }
 
+// ConnectionsShed implements agent.Observer.
+func (m *Metrics) ConnectionsShed(app string, n int) {
+	m.shed.WithLabelValues(app).Add(float64(n))
+}
+
 // Rollback implements agent.Observer.
 func (m *Metrics) Rollback(app, why string) {
 	m.rollback.WithLabelValues(app, why).Inc()
@@ -150,6 +159,7 @@ func (m *Metrics) ActiveRelease(app, release string) {
 		m.killed.WithLabelValues(app)
 		m.cut.WithLabelValues(app)
 		m.rollback.WithLabelValues(app, "bake")
+		m.shed.WithLabelValues(app)
 	}
 	if known && prev == release {
 		return
@@ -178,6 +188,7 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.restarts.DeletePartialMatch(l)
 	m.active.DeletePartialMatch(l)
 	m.rollback.DeletePartialMatch(l)
+	m.shed.DeletePartialMatch(l)
 }
 
 var (

@@ -32,7 +32,11 @@
 //	          fail the bake, and Run returns a [BakeError]; the caller then
 //	          rolls back by deploying the previous release again
 //	drain     the old processes finish what they hold and exit; the host
-//	          SIGKILLs what outlives the drain timeout
+//	          SIGKILLs what outlives the drain timeout (or sheds its
+//	          connections at a paced rate first). The rollout does not wait
+//	          for it: Run returns at the cutover (or at the end of the bake)
+//	          with a channel for the drain's outcome, and the app's next
+//	          rollout may start while earlier generations still drain.
 //
 // With a surge smaller than the formation, old processes of a type retire
 // as new ones of the same type become ready, batch by batch, before the

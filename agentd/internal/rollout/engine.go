@@ -99,7 +99,12 @@ type Result struct {
 	Cutover bool
 	// Switch is the time from the start of preboot to the cutover.
 	Switch time.Duration
-	Drain  Drain
+	// Drained gets one Drain once every process the rollout retired has
+	// exited (or was killed at its deadline). The rollout itself ends at
+	// the cutover, or at the end of its bake: the drain goes on, and the
+	// next rollout of the app may start meanwhile. Any number of such
+	// generations may drain at once, each with its own deadline.
+	Drained <-chan Drain
 	// Surge is the surge the rollout used; Lowered says why it is lower
 	// than asked ("" when it is not).
 	Surge   int
@@ -183,7 +188,7 @@ func (e *Engine) Run(ctx context.Context, t Target, ctl Controls) (Result, error
 		// carries on whether or not this phase was recorded.
 		h.Info(fmt.Sprintf("warning: %v", err))
 	}
-	res.Drain = r.waitDrains()
+	res.Drained = r.drained()
 	return res, nil
 }
 
@@ -373,6 +378,21 @@ func (r *run) retire(ps []Proc) {
 	}
 	r.retiring += len(ps)
 	r.drains = append(r.drains, r.h.Retire(ps))
+}
+
+// drained aggregates the drains of the rollout in the background.
+func (r *run) drained() <-chan Drain {
+	out := make(chan Drain, 1)
+	chs := r.drains
+	r.drains = nil
+	go func() {
+		var d Drain
+		for _, ch := range chs {
+			d.add(<-ch)
+		}
+		out <- d
+	}()
+	return out
 }
 
 func (r *run) waitDrains() Drain {

@@ -490,3 +490,35 @@ func TestStaleProcessesRetireFirst(t *testing.T) {
 		t.Fatalf("%d web alive at once, want at most formation 1 + surge 1", h.maxAlive["web"])
 	}
 }
+
+// TestRolloutEndsAtCutover: Run returns once the new release is live and
+// the old processes have had SIGTERM; their drain goes on, and its outcome
+// arrives on Drained when they have exited.
+func TestRolloutEndsAtCutover(t *testing.T) {
+	h := newFakeHost()
+	h.running(3, map[string]int{"web": 2})
+	h.drainLater = true
+	h.holdDrains = make(chan struct{})
+	res, err := runOn(t, h, Target{Release: 4, Previous: 3, Types: []string{"web"}, Formation: map[string]int{"web": 2}, AllTypes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.active != 4 {
+		t.Fatalf("active v%d", h.active)
+	}
+	select {
+	case d := <-res.Drained:
+		t.Fatalf("drained before the old processes exited: %+v", d)
+	default:
+	}
+	// The next rollout starts while v3 still drains.
+	if _, err := runOn(t, h, Target{Release: 5, Previous: 4, Types: []string{"web"}, Formation: map[string]int{"web": 2}, AllTypes: true}); err != nil {
+		t.Fatal(err)
+	}
+	close(h.holdDrains)
+	select {
+	case <-res.Drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drained never came")
+	}
+}

@@ -36,6 +36,9 @@ type fakeHost struct {
 	// drainLater: retired processes exit a moment later, from another
 	// goroutine, as real ones do, so that they count while they drain.
 	drainLater bool
+	// holdDrains, when set, keeps retired processes alive until closed
+	// (with drainLater): a drain that outlives the rollout.
+	holdDrains chan struct{}
 	// releaseFails fails the release command.
 	releaseFails bool
 	// watchFail, when set, is sent by Watch as the bake's failure.
@@ -227,7 +230,11 @@ func (h *fakeHost) Retire(ps []Proc) <-chan Drain {
 		ch <- d
 		return ch
 	}
+	hold := h.holdDrains
 	go func() {
+		if hold != nil {
+			<-hold
+		}
 		h.mu.Lock()
 		for _, pp := range ps {
 			pp.(*fakeProc).exit()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -89,4 +90,19 @@ func (s *Server) repairApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, app)
+}
+
+// waitDrain reads ?wait_drain=D: how long a deploy waits for its old
+// processes to exit before it reports (they drain on after it).
+func waitDrain(w http.ResponseWriter, r *http.Request) (time.Duration, bool) {
+	v := r.URL.Query().Get("wait_drain")
+	if v == "" {
+		return 0, true
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: fmt.Sprintf("bad wait_drain %q: want a duration such as 30s", v)})
+		return 0, false
+	}
+	return d, true
 }

@@ -392,6 +392,10 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		Message: q.Get("message"), SkipReleasePhase: boolParam(r, "skip_release_phase"),
 		ReleaseID: q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
 	}
+	var ok bool
+	if req.WaitDrain, ok = waitDrain(w, r); !ok {
+		return
+	}
 	if _, err := s.Agent.AppInfo(req.App); err != nil {
 		fail(w, err)
 		return

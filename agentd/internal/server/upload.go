@@ -128,6 +128,9 @@ func (s *Server) deployUpload(w http.ResponseWriter, r *http.Request) {
 		// is built from the store.
 		Prepare: s.Agent.PrepareUpload(u),
 	}
+	if req.WaitDrain, ok = waitDrain(w, r); !ok {
+		return
+	}
 	if _, err := s.Agent.AppInfo(req.App); err != nil {
 		fail(w, err)
 		return
