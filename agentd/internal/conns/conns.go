@@ -70,6 +70,7 @@ type Counter struct {
 	members map[int][]int
 	asked   map[int]bool
 	scanned time.Time
+	seen    map[uint64]time.Time // open inode -> first seen (see.go)
 }
 
 // NewCounter returns a Counter for ls.
@@ -100,6 +101,7 @@ func (c *Counter) count(pgids []int, maxAge time.Duration) (map[int]int, error) 
 	if err != nil {
 		return nil, err
 	}
+	see(c, open)
 	if len(open) == 0 {
 		for _, g := range pgids {
 			out[g] = 0

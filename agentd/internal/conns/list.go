@@ -29,6 +29,10 @@ type Conn struct {
 	Inode uint64
 	// Peer is a TCP connection's client address; zero for a unix socket.
 	Peer netip.AddrPort
+	// FirstSeen is when this Counter first saw the connection open (in a
+	// Count or a List). See ByAge for why this, and not the inode, orders
+	// connections by age.
+	FirstSeen time.Time
 }
 
 // Offsets in struct inet_diag_msg (linux/inet_diag.h) of the peer's port
@@ -58,6 +62,7 @@ func (c *Counter) List(pgids []int) ([]Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	see(c, open)
 	if len(open) == 0 {
 		return nil, nil
 	}
@@ -83,7 +88,7 @@ func (c *Counter) List(pgids []int) ([]Conn, error) {
 			if err := socketFDs(pid, func(fd int, ino uint64) {
 				if peer, isOpen := open[ino]; isOpen && !seen[ino] {
 					seen[ino] = true
-					group = append(group, Conn{Group: g, PID: pid, FD: fd, Inode: ino, Peer: peer})
+					group = append(group, Conn{Group: g, PID: pid, FD: fd, Inode: ino, Peer: peer, FirstSeen: c.seen[ino]})
 				}
 			}); err != nil {
 				ok = false

@@ -166,3 +166,50 @@ func TestListNothing(t *testing.T) {
 		t.Errorf("List of no group = %v, %v", got, err)
 	}
 }
+
+// TestFirstSeen: a Counter remembers when it first saw each connection,
+// across Count and List, so ByAge puts the older ones first whatever
+// their inodes; a connection closed is forgotten.
+func TestFirstSeen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctr := NewCounter([]Listener{{Network: "tcp", Port: ln.Addr().(*net.TCPAddr).Port}})
+	me := []int{syscall.Getpgrp()}
+	old, _ := pair(t, ln, 2)
+	if _, err := ctr.Count(me); err != nil {
+		t.Fatal(err)
+	}
+	young, _ := pair(t, ln, 1)
+	got, err := ctr.List(me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("List = %+v", got)
+	}
+	// Pretend the young one has the smallest inode, as a per-CPU batch
+	// can give it: its FirstSeen still puts it last.
+	for i := range got {
+		if got[i].FD == fdOf(t, young[0]) {
+			got[i].Inode = 0
+		}
+	}
+	ByAge(got)
+	if got[2].FD != fdOf(t, young[0]) || !got[2].FirstSeen.After(got[0].FirstSeen) || got[0].FirstSeen != got[1].FirstSeen {
+		t.Errorf("ByAge = %+v, want the connection seen last at the end", got)
+	}
+	oldFD := fdOf(t, old[0])
+	old[0].Close()
+	if _, err := ctr.Count(me); err != nil {
+		t.Fatal(err)
+	}
+	ctr.mu.Lock()
+	n := len(ctr.seen)
+	ctr.mu.Unlock()
+	if n != 2 {
+		t.Errorf("after one of 3 closed, the Counter remembers %d first-seen times, want 2 (fd %d forgotten)", n, oldFD)
+	}
+}
