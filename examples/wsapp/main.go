@@ -13,7 +13,8 @@
 //     Shutdown). Every open WebSocket keeps being served until its peer
 //     closes it or the kernel ends it (agentd's shedding shuts the socket
 //     down at the drain deadline: the read fails and the handler returns);
-//     wsapp exits once none is left.
+//     wsapp exits once none is left. An upgrade asked during the drain (on
+//     a connection kept alive from before) gets 503 and Connection: close.
 //
 // Build it into a release directory next to a Procfile:
 //
@@ -63,6 +64,7 @@ func run(log *slog.Logger) error {
 			// drain deadline. WebSockets are not bound by it (hijacked).
 			ShutdownTimeout: 25 * time.Second,
 			OnDrainStart: func() {
+				sockets.draining.Store(true)
 				n := sockets.open()
 				log.Info("draining", "websockets", n)
 				notify(log, daemon.SdNotifyStopping+"\nSTATUS=draining, "+strconv.Itoa(n)+" websockets open")

@@ -365,3 +365,47 @@ func hexPort(addr string) int {
 	n, _ := strconv.ParseInt(p, 16, 32)
 	return int(n)
 }
+
+// TestNoUpgradeWhileDraining: a client that kept a connection alive from
+// before the drain and asks for a WebSocket on it gets 503 with
+// Connection: close, so it reconnects to the new release.
+func TestNoUpgradeWhileDraining(t *testing.T) {
+	s := startWsapp(t)
+	conn, err := net.Dial("tcp", s.web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(eventTimeout))
+	br := bufio.NewReader(conn)
+	get := func(req string) *http.Response {
+		t.Helper()
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get("GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("before the drain: %s, close %v", resp.Status, resp.Close)
+	}
+	if err := syscall.Kill(s.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	s.until(t, "STOPPING=1")
+	// Within the drain's grace (a second), the kept-alive connection is
+	// still served.
+	resp := get("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close {
+		t.Errorf("upgrade while draining: %s, close %v; want 503 and Connection: close", resp.Status, resp.Close)
+	}
+	if code := s.exitCode(t); code != 0 {
+		t.Errorf("exit status = %d", code)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/coder/websocket"
 )
@@ -41,10 +42,13 @@ func handler(sockets *webSockets) http.Handler {
 // webSockets serves WebSockets and counts the open ones, so that wsapp
 // exits only when the last has closed.
 type webSockets struct {
-	log  *slog.Logger
-	mu   sync.Mutex
-	n    int
-	none chan struct{} // closed while n == 0
+	log *slog.Logger
+	// draining refuses new WebSockets: a client that connects now would
+	// hold a connection to a process that is going away.
+	draining atomic.Bool
+	mu       sync.Mutex
+	n        int
+	none     chan struct{} // closed while n == 0
 }
 
 func newWebSockets(log *slog.Logger) *webSockets {
@@ -86,6 +90,13 @@ func (s *webSockets) serve(w http.ResponseWriter, r *http.Request) {
 	// cannot exit under an upgrade in progress.
 	s.add(1)
 	defer s.add(-1)
+	if s.draining.Load() {
+		// An upgrade asked on a connection kept alive from before the
+		// drain. The answer carries Connection: close (package graceful):
+		// the client reconnects, and the new release answers.
+		http.Error(w, "draining: reconnect", http.StatusServiceUnavailable)
+		return
+	}
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept has answered the client
