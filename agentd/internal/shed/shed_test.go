@@ -311,3 +311,36 @@ func TestCloseUnsupported(t *testing.T) {
 		t.Errorf("Close of pid 1's fd as uid %d = %v, want ErrUnsupported", os.Getuid(), err)
 	}
 }
+
+// TestCloseUnix: a unix stream connection is shut down the same way; both
+// ends read end-of-file.
+func TestCloseUnix(t *testing.T) {
+	path := t.TempDir() + "/sock"
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	list, err := conns.List([]conns.Listener{{Network: "unix", Path: path}}, []int{syscall.Getpgrp()})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("conns.List = %v, %v", list, err)
+	}
+	if err := Close(Target{PID: list[0].PID, FD: list[0].FD, Inode: list[0].Inode}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]net.Conn{"client": client, "server": server} {
+		if got := <-watch(c); got.err != nil || got.data != "" {
+			t.Errorf("%s read %q, %v after the shutdown; want end-of-file", name, got.data, got.err)
+		}
+	}
+}
