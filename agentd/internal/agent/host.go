@@ -164,9 +164,20 @@ func (h *host) Enter(ph rollout.Phase) error {
 		return nil
 	case rollout.PhaseDrain:
 		a.mu.Lock()
-		timeout := time.Duration(a.st.DrainTimeout)
+		deadline := time.Duration(a.st.DrainTimeout).String()
+		if len(a.st.DrainTimeouts) > 0 {
+			var per []string
+			for _, typ := range slices.Sorted(maps.Keys(a.st.DrainTimeouts)) {
+				per = append(per, fmt.Sprintf("%s %s", typ, time.Duration(a.st.DrainTimeouts[typ])))
+			}
+			deadline = strings.Join(per, ", ") + ", others " + deadline
+		}
+		how := "SIGKILL"
+		if a.st.ShedRate > 0 {
+			how = fmt.Sprintf("connections shed at %g/s, then SIGKILL,", a.st.ShedRate)
+		}
 		a.mu.Unlock()
-		o.enter(api.PhaseDrain, "%s, SIGKILL after %s", ph.Message, timeout)
+		o.enter(api.PhaseDrain, "%s, %s after %s", ph.Message, how, deadline)
 	default:
 		o.enter(ph.Name, "%s", ph.Message)
 	}
