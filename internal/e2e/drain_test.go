@@ -62,7 +62,9 @@ func (e *env) wsRelease(t *testing.T) string {
 	return dir
 }
 
-func wsURL(url string) string { return "ws" + strings.TrimPrefix(strings.TrimSuffix(url, "/"), "http") + "/ws" }
+func wsURL(url string) string {
+	return "ws" + strings.TrimPrefix(strings.TrimSuffix(url, "/"), "http") + "/ws"
+}
 
 // TestDrainsOutliveTheDeploy: 1,000 WebSocket clients on v1; v2, v3 and v4
 // deployed one right after the other with --wait-drain 1s: each hctl
