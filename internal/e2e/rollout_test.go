@@ -108,21 +108,9 @@ func TestBakePassAndAbortByHand(t *testing.T) {
 	e.deploy("bh", e.release(""))
 	e.mustHctl("apps", "set", "bh", "--bake", "10m")
 	for _, end := range []string{"pass", "abort"} {
-		cmd := exec.Command(bins.Hctl, "deploy", "bh", e.release(""))
-		cmd.Env = append(os.Environ(), "HCTL_SOCKET="+e.ag.Socket)
-		stderr, _ := cmd.StderrPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() && !strings.Contains(sc.Text(), "-----> bake") {
-		}
-		go func() {
-			for sc.Scan() {
-			}
-		}()
+		wait := e.deployUntil("-----> bake", "bh", e.release(""))
 		e.mustHctl("bake", "bh", end)
-		err := cmd.Wait()
+		err := wait()
 		if end == "pass" && err != nil || end == "abort" && err == nil {
 			t.Fatalf("bake %s: hctl deploy ended with %v", end, err)
 		}
@@ -278,21 +266,9 @@ func TestStopFirst(t *testing.T) {
 			e.deploy("sf", e.release("", worker))
 			continue
 		}
-		cmd := exec.Command(bins.Hctl, "deploy", "sf", e.release("", worker))
-		cmd.Env = append(os.Environ(), "HCTL_SOCKET="+e.ag.Socket)
-		stderr, _ := cmd.StderrPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() && !strings.Contains(sc.Text(), "stop-first: stopping") {
-		}
+		wait := e.deployUntil("stop-first: stopping", "sf", e.release("", worker))
 		e.ag.Kill()
-		go func() {
-			for sc.Scan() {
-			}
-		}()
-		cmd.Wait()
+		wait()
 		if err := e.ag.StartAgain(); err != nil {
 			t.Fatal(err)
 		}
@@ -437,21 +413,9 @@ func TestBakeSurvivesRestart(t *testing.T) {
 	e.deploy("br", e.release(""))
 	e.mustHctl("apps", "set", "br", "--bake", "30s")
 	ls := startLoads(t, url)
-	cmd := exec.Command(bins.Hctl, "deploy", "br", e.release("unhealthy-after TESTAPP_UNHEALTHY_AFTER=6s"))
-	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+e.ag.Socket)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() && !strings.Contains(sc.Text(), "-----> bake") {
-	}
+	wait := e.deployUntil("-----> bake", "br", e.release("unhealthy-after TESTAPP_UNHEALTHY_AFTER=6s"))
 	e.ag.Kill()
-	go func() {
-		for sc.Scan() {
-		}
-	}()
-	cmd.Wait()
+	wait()
 	if err := e.ag.StartAgain(); err != nil {
 		t.Fatal(err)
 	}
@@ -470,4 +434,37 @@ func TestBakeSurvivesRestart(t *testing.T) {
 	if v3 := releaseNamed(t, e, "br", "v3"); v3.Source != "auto-rollback" || v3.Status != api.StatusActive {
 		t.Errorf("v3: %s %s", v3.Source, v3.Status)
 	}
+}
+
+// deployUntil starts hctl deploy APP ARGS... and returns once its progress
+// has shown a line containing until, with a func that waits for hctl to
+// end and returns how it ended.
+func (e *env) deployUntil(until, app string, args ...string) (wait func() error) {
+	e.t.Helper()
+	cmd := exec.Command(bins.Hctl, append([]string{"deploy", app}, args...)...)
+	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+e.ag.Socket, "XDG_CACHE_HOME="+filepath.Join(e.dir, "cache"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	seen := false
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), until) {
+			seen = true
+			break
+		}
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	if !seen {
+		cmd.Wait()
+		e.t.Fatalf("hctl deploy %s ended before %q", app, until)
+	}
+	return cmd.Wait
 }

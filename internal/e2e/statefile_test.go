@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
-	"os/exec"
 	"time"
 
 	"fmt"
@@ -172,21 +170,9 @@ func TestKillBetweenForkAndRecord(t *testing.T) {
 	e.deploy("fr", e.release(""))
 	e.mustHctl("scale", "fr", "web=3")
 	ls := startLoads(t, url)
-	cmd := exec.Command(bins.Hctl, "deploy", "fr", e.release(""), "-m", "[pause]")
-	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+ag.Socket)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() && !strings.Contains(sc.Text(), "test pause at record") {
-	}
+	wait := e.deployUntil("test pause at record", "fr", e.release(""), "-m", "[pause]")
 	ag.Kill()
-	go func() {
-		for sc.Scan() {
-		}
-	}()
-	cmd.Wait()
+	wait()
 	ag.Env = nil
 	if err := ag.StartAgain(); err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ func (ag *Agent) drain(a *app, procs []*proc, o *op) (time.Duration, []string, i
 		if rate > 0 {
 			// Paced: clients reconnect to the new release gradually, not
 			// all at the same instant (shed.go).
-			ag.shedGeneration(a, alive, rate, o)
+			ag.shedGeneration(a, alive, rate, o, w)
 			alive = w.waitUntil(time.Now().Add(shedGrace), alive)
 		}
 		for _, p := range alive {

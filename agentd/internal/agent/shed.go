@@ -18,21 +18,22 @@ import (
 // Each close is a shutdown(2) of a copy of the app's fd taken with
 // pidfd_getfd: a FIN after what the app had queued, and end-of-file for the
 // app's read (package shed says why not SOCK_DESTROY's RST). The order is
-// that of the sockets' inode numbers, which the kernel hands out in
-// increasing order: the order the connections were accepted, the same after
-// an agentd restart. What is left then is SIGKILLed (drain).
+// when the drain's watcher first saw each connection (it counts them every
+// 0.5 s), then the socket's inode (roughly the order the kernel created
+// them): after an agentd restart, what the new watcher saw first. What is
+// left then is SIGKILLed (drain).
 
 // shedGeneration closes the connections that procs (a generation at its
 // deadline) still hold, at rate per second.
-func (ag *Agent) shedGeneration(a *app, procs []*proc, rate float64, o *op) {
-	a.mu.Lock()
-	ls := a.listeners()
-	a.mu.Unlock()
+func (ag *Agent) shedGeneration(a *app, procs []*proc, rate float64, o *op, w *drainWatch) {
+	if w.ctr == nil {
+		return
+	}
 	pgids := make([]int, len(procs))
 	for i, p := range procs {
 		pgids[i] = p.p.PID()
 	}
-	list, err := conns.List(ls, pgids)
+	list, err := w.ctr.List(pgids)
 	if err != nil {
 		ag.log.Warn("cannot list the connections to shed: SIGKILL at the deadline", "app", a.st.Name, "err", err)
 		return
@@ -40,7 +41,7 @@ func (ag *Agent) shedGeneration(a *app, procs []*proc, rate float64, o *op) {
 	if len(list) == 0 {
 		return
 	}
-	slices.SortFunc(list, func(x, y conns.Conn) int { return compareUint(x.Inode, y.Inode) })
+	conns.ByAge(list)
 	targets := make([]shed.Target, len(list))
 	for i, c := range list {
 		targets[i] = shed.Target{PID: c.PID, FD: c.FD, Inode: c.Inode}
@@ -50,23 +51,26 @@ func (ag *Agent) shedGeneration(a *app, procs []*proc, rate float64, o *op) {
 	if o != nil {
 		o.info("%s", what)
 	}
-	res := shed.Shed(context.Background(), targets, rate, shed.Close)
+	// An agentd that stops stops shedding: the next one sheds the rest.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-ag.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	res := shed.Shed(ctx, targets, rate, shed.Close)
+	for _, err := range res.Failed {
+		ag.log.Warn("shedding a connection", "app", a.st.Name, "err", err)
+	}
 	if errors.Is(res.Err, shed.ErrUnsupported) {
 		ag.log.Warn("connections cannot be shed here: SIGKILL at the deadline", "app", a.st.Name, "err", res.Err)
 	}
 	ag.log.Info("shed", "app", a.st.Name, "closed", res.Closed, "gone", res.Gone, "failed", len(res.Failed),
 		"seconds", res.End.Sub(res.Start).Seconds())
 	ag.obs.ConnectionsShed(a.st.Name, res.Closed)
-}
-
-func compareUint(x, y uint64) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
 }
 
 // generationName names the releases of procs ("v3", "v3 and v4").

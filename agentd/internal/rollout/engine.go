@@ -268,19 +268,11 @@ func (r *run) preboot(ctx context.Context, surge int) error {
 				waitOn = append(waitOn, tr.retired...)
 				continue
 			}
-			for range min(room, tr.remaining()) {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				p, err := r.h.Start(ctx, r.t.Release, tr.tp.Type, tr.tp.Start[tr.next])
-				if err != nil {
-					return err
-				}
-				tr.next++
-				tr.started = append(tr.started, p)
-				r.started = append(r.started, p)
-				batch = append(batch, p)
-				counts[tr]++
+			started, err := r.startNext(ctx, tr, min(room, tr.remaining()))
+			batch = append(batch, started...)
+			counts[tr] += len(started)
+			if err != nil {
+				return err
 			}
 		}
 		if !pending {
@@ -328,19 +320,9 @@ func (r *run) stopFirst(ctx context.Context) error {
 				<-p.Done()
 			}
 		}
-		var batch []Proc
-		for tr.remaining() > 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			p, err := r.h.Start(ctx, r.t.Release, tr.tp.Type, tr.tp.Start[tr.next])
-			if err != nil {
-				return err
-			}
-			tr.next++
-			tr.started = append(tr.started, p)
-			r.started = append(r.started, p)
-			batch = append(batch, p)
+		batch, err := r.startNext(ctx, tr, tr.remaining())
+		if err != nil {
+			return err
 		}
 		if len(batch) == 0 {
 			continue
@@ -361,6 +343,27 @@ func (r *run) enter(p Phase) error {
 	}
 	r.phase = p.Name
 	return r.h.Enter(p)
+}
+
+// startNext starts the next n processes of the type's plan, each recorded
+// as started by the rollout (so that a failure stops it) as soon as the
+// host has started it.
+func (r *run) startNext(ctx context.Context, tr *typeRun, n int) ([]Proc, error) {
+	var out []Proc
+	for range n {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		p, err := r.h.Start(ctx, r.t.Release, tr.tp.Type, tr.tp.Start[tr.next])
+		if err != nil {
+			return out, err
+		}
+		tr.next++
+		tr.started = append(tr.started, p)
+		r.started = append(r.started, p)
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func (r *run) retireEarly(tr *typeRun, ps []Proc) {
