@@ -226,7 +226,11 @@ func writeReleases(w io.Writer, rels []api.Release) {
 		if name == "" {
 			name = "v" + strconv.Itoa(r.Version)
 		}
-		cells := []string{name, r.Status, fmtTime(r.CreatedAt), r.Source, truncate(r.Message, 40), shortDigest(r.Digest), r.DeployedBy}
+		status := r.Status
+		if r.CodeGone {
+			status += " (code gone)"
+		}
+		cells := []string{name, status, fmtTime(r.CreatedAt), r.Source, truncate(r.Message, 40), shortDigest(r.Digest), r.DeployedBy}
 		row(tw, append(cells, phaseCells(r.Phases)...)...)
 	}
 	tw.Flush()

@@ -273,6 +273,10 @@ type Release struct {
 	DeployedBy string            `json:"deployed_by,omitempty"`
 	Error      string            `json:"error,omitempty"`
 	Phases     []Phase           `json:"phases,omitempty"`
+	// CodeGone: the release's code is no longer on this host (collected,
+	// or deleted by hand): nothing can start it, and a rollback to it is
+	// refused.
+	CodeGone bool `json:"code_gone,omitempty"`
 }
 
 // Process is one running (or recently ended) instance of a process type.

@@ -229,3 +229,36 @@ func waitFor(t *testing.T, what string, done func() bool) {
 		<-tick.C
 	}
 }
+
+// TestReleaseCodeGone: the code of an old release deleted by hand: agentd
+// starts, says so in hctl releases, and a rollback to it fails with a
+// clear error, changing nothing.
+func TestReleaseCodeGone(t *testing.T) {
+	e := start(t)
+	e.createApp("cg", "--readiness", "web=notify")
+	e.deploy("cg", e.release(""))
+	e.deploy("cg", e.release(""))
+	v1 := releaseNamed(t, e, "cg", "v1")
+	tree := filepath.Join(e.ag.StateDir, "store", "trees", strings.Replace(v1.Digest, ":", "-", 1))
+	if err := os.RemoveAll(tree); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(e.ag.StateDir, "slugs", strings.Replace(v1.Digest, ":", "-", 1)))
+	e.ag.Kill()
+	if err := e.ag.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if v1 := releaseNamed(t, e, "cg", "v1"); !v1.CodeGone {
+		t.Errorf("v1's code is gone, but hctl releases does not say so: %+v", v1)
+	}
+	if r := e.hctl("releases", "cg"); !strings.Contains(r.Stdout, "(code gone)") {
+		t.Errorf("hctl releases: %s", r)
+	}
+	r := e.hctl("rollback", "cg", "v1")
+	if r.Code != 1 || !strings.Contains(r.Stderr, "no longer kept") {
+		t.Errorf("rollback to a release whose code is gone: %s", r)
+	}
+	if ps := e.ps("cg"); len(ps) != 1 || ps[0].Release != "v2" {
+		t.Errorf("after the refused rollback: %+v", ps)
+	}
+}

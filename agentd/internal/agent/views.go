@@ -144,10 +144,17 @@ func (ag *Agent) Releases(name string) ([]api.Release, error) {
 		return nil, err
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	out := []api.Release{}
+	var digests []string
 	for i := len(a.st.Releases) - 1; i >= 0; i-- {
 		out = append(out, a.st.Releases[i].api(name))
+		digests = append(digests, a.st.Releases[i].Digest)
+	}
+	a.mu.Unlock()
+	// Checked on disk (the store, or an older agentd's slugs) outside the
+	// lock: a release nothing can start any more says so.
+	for i, d := range digests {
+		out[i].CodeGone = d != "" && !ag.hasCode(d)
 	}
 	return out, nil
 }
