@@ -53,7 +53,7 @@ func (h *hctl) statusCommand() *cli.Command {
 func (h *hctl) appsCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "apps",
-		Usage:     "list apps; create, inspect and destroy them",
+		Usage:     "list apps; create, change, inspect, repair and destroy them",
 		UsageText: "hctl apps [create|info|destroy] ...",
 		Description: "With no subcommand, lists the apps.\n\n" +
 			"Examples:\n" +
