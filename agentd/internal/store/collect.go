@@ -184,7 +184,7 @@ func (s *Store) Usage(refs Refs) (api.StoreUsage, error) {
 	err = s.eachBlob(func(hash, _ string, st *syscall.Stat_t) error {
 		u.Blobs++
 		u.Bytes += st.Size
-		if s.pinned[hash] == 0 && st.Nlink-1 <= doomed[st.Ino] {
+		if s.pinned[hash] == 0 && uint64(st.Nlink)-1 <= uint64(doomed[st.Ino]) {
 			u.Reclaimable += st.Size
 		}
 		return nil
