@@ -1,5 +1,6 @@
 // Command agentd holds app sockets and switches releases without dropping
-// a request. See DESIGN.md and docs/ for the model. This file only parses
+// a request. The model is in docs/concepts.md and the rollout engine's doc
+// (agentd/internal/rollout/doc.go). This file only parses
 // flags and wires the parts together: intake (what systemd passes),
 // upgrade (tableflip), controlsock (hctl's socket), watchdog (sd_notify),
 // the agent, the control API and metrics.

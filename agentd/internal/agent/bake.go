@@ -101,19 +101,13 @@ func (ag *Agent) resumeBake(o *op, r *releaseState, t rollout.Target, rec *opRec
 	a := o.a
 	t.Bake = time.Until(rec.BakeUntil)
 	t.Previous = rec.Previous
-	bakeEnd := make(chan bool, 1)
 	a.mu.Lock()
-	a.cutover, a.bakeEnd = true, bakeEnd
-	o.recordUntil(t.Release, rec.BakeUntil)
-	a.st.Op.Previous = rec.Previous
-	ag.save(a)
+	a.cutover = true
 	a.mu.Unlock()
-	h := &host{ag: ag, a: a, o: o, r: r, target: t.Release, previous: t.Previous}
-	eng := rollout.Engine{Host: h}
-	err := eng.Resume(context.Background(), t, rollout.Controls{BakeEnd: bakeEnd})
-	a.mu.Lock()
-	a.bakeEnd = nil
-	a.mu.Unlock()
+	// The engine's Enter(bake) records the rest of the window again.
+	eng, ctl, done := o.engine(r, t)
+	err := eng.Resume(context.Background(), t, ctl)
+	done()
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
 		res := o.bakeFailed(r, t, be)

@@ -82,11 +82,8 @@ func (ag *Agent) memAvailable() (int64, bool) {
 	avail := int64(-1)
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err == nil {
-				avail = kb << 10
-			}
+		if v, ok := kBField(sc.Text(), "MemAvailable:"); ok {
+			avail = v
 		}
 	}
 	if avail < 0 {
@@ -145,12 +142,20 @@ func pss(pid int) int64 {
 		return 0
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err == nil {
-				return kb << 10
-			}
+		if v, ok := kBField(line, "Pss:"); ok {
+			return v
 		}
 	}
 	return 0
+}
+
+// kBField reads the bytes of a "NAME:   1234 kB" line of /proc, as
+// /proc/meminfo and smaps_rollup write them.
+func kBField(line, name string) (int64, bool) {
+	rest, ok := strings.CutPrefix(line, name)
+	if !ok {
+		return 0, false
+	}
+	kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+	return kb << 10, err == nil
 }

@@ -139,17 +139,7 @@ func (o *op) phaseTimes() []api.Phase {
 // record marks the operation in the app's state so that a restarted agentd
 // knows it was interrupted. Callers hold a.mu.
 func (o *op) record(release int) {
-	o.recordUntil(release, time.Time{})
-}
-
-func (o *op) recordUntil(release int, bakeUntil time.Time) {
-	prev := o.a.st.Op
-	rec := &opRecord{Kind: o.kind, Release: release, Phase: o.currentPhase(), Started: o.start, BakeUntil: bakeUntil}
-	if prev != nil && bakeUntil.IsZero() && prev.Release == release {
-		rec.BakeUntil = prev.BakeUntil
-		rec.Previous = prev.Previous
-	}
-	o.a.st.Op = rec
+	o.a.st.Op = &opRecord{Kind: o.kind, Release: release, Phase: o.currentPhase(), Started: o.start}
 	o.ag.save(o.a)
 }
 

@@ -74,7 +74,9 @@ func (ag *Agent) recover(a *app) {
 			}
 		}
 	}
-	a.st.Op = nil
+	// A bake that resumes stays recorded: an agentd killed again before
+	// the engine re-enters the bake finds it still.
+	a.st.Op = bake
 	a.mu.Lock()
 	ag.save(a)
 	a.mu.Unlock()

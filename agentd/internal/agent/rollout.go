@@ -44,7 +44,7 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	if t.Previous != 0 {
 		o.res.Previous = vname(t.Previous)
 	}
-	res, err := o.run(t, o.ctx, r)
+	res, err := o.run(o.ctx, t, r)
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
 		return o.bakeFailed(r, t, be)
@@ -124,30 +124,40 @@ func (o *op) awaitDrain(res rollout.Result) {
 }
 
 // run is one run of the engine, its figures put in the result.
-func (o *op) run(t rollout.Target, ctx context.Context, r *releaseState) (rollout.Result, error) {
-	h := &host{ag: o.ag, a: o.a, o: o, r: r, target: t.Release, previous: t.Previous, restarts: o.restarts}
+func (o *op) run(ctx context.Context, t rollout.Target, r *releaseState) (rollout.Result, error) {
 	if r == nil || r.Procfile["release"] == "" {
 		t.ReleasePhase = false
 	}
-	if o.kind == "scale" {
-		h.formation = t.Formation
-	}
-	eng := rollout.Engine{Host: h}
+	eng, ctl, done := o.engine(r, t)
+	defer done()
 	o.a.mu.Lock()
 	o.a.cutover = false
-	bakeEnd := make(chan bool, 1)
-	o.a.bakeEnd = bakeEnd
 	o.a.mu.Unlock()
-	res, err := eng.Run(ctx, t, rollout.Controls{BakeEnd: bakeEnd})
-	o.a.mu.Lock()
-	o.a.bakeEnd = nil
-	o.a.mu.Unlock()
+	res, err := eng.Run(ctx, t, ctl)
 	o.mu.Lock()
 	if res.Cutover {
 		o.res.SwitchSeconds = res.Switch.Seconds()
 	}
 	o.mu.Unlock()
 	return res, err
+}
+
+// engine is the engine for one run of o towards t, with the control that
+// ends its bake early (EndBake); done retires that control.
+func (o *op) engine(r *releaseState, t rollout.Target) (rollout.Engine, rollout.Controls, func()) {
+	h := &host{ag: o.ag, a: o.a, o: o, r: r, target: t.Release, previous: t.Previous, restarts: o.restarts}
+	if o.kind == "scale" {
+		h.formation = t.Formation
+	}
+	bakeEnd := make(chan bool, 1)
+	o.a.mu.Lock()
+	o.a.bakeEnd = bakeEnd
+	o.a.mu.Unlock()
+	return rollout.Engine{Host: h}, rollout.Controls{BakeEnd: bakeEnd}, func() {
+		o.a.mu.Lock()
+		o.a.bakeEnd = nil
+		o.a.mu.Unlock()
+	}
 }
 
 // fail marks r failed with err and ends the operation.
@@ -216,7 +226,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 	rt.Bake = 0 // the release it returns to has served before
 	o.info("rolling back to %s as %s", vname(prev.Version), vname(nr.Version))
 	// Not cancellable: the release that failed must not stay.
-	res, err := o.run(rt, context.Background(), nr)
+	res, err := o.run(context.Background(), rt, nr)
 	a.mu.Lock()
 	if r != nil {
 		r.Status, r.Error = api.StatusFailed, reason

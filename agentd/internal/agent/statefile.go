@@ -250,7 +250,7 @@ func (ag *Agent) rebuild(name string) (*appState, error) {
 			}
 			seen[n] = true
 			st.Sockets = append(st.Sockets, spec)
-			st.Bound = append(st.Bound, strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(addr, "tcp://"), "tcp6://"), "unix://"))
+			st.Bound = append(st.Bound, spec.Address)
 		}
 	}
 	if len(st.Sockets) == 0 {

@@ -318,15 +318,15 @@ func TestCancelBeforeCutover(t *testing.T) {
 	h := newFakeHost()
 	h.running(3, map[string]int{"web": 2})
 	h.blockReady = func(p *fakeProc) bool { return p.release == 4 }
+	h.blocked = make(chan *fakeProc, 2)
 	tg := Target{Release: 4, Previous: 3, Types: []string{"web"}, Formation: map[string]int{"web": 2}, AllTypes: true}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{Host: h}
 	errc := make(chan error, 1)
 	before := h.serving()
 	go func() { _, err := e.Run(ctx, tg, Controls{}); errc <- err }()
-	for len(h.Live()) < 4 { // both new ones started
-		time.Sleep(time.Millisecond)
-	}
+	<-h.blocked // both new ones started and waited for
+	<-h.blocked
 	cancel()
 	err := <-errc
 	var re *Error

@@ -29,8 +29,10 @@ type fakeHost struct {
 
 	// notReady makes AwaitReady of matching processes fail.
 	notReady func(p *fakeProc) bool
-	// blockReady makes AwaitReady block until ctx ends.
+	// blockReady makes AwaitReady block until ctx ends; blocked, when
+	// set, is told each time one starts blocking.
 	blockReady func(p *fakeProc) bool
+	blocked    chan *fakeProc
 	// ignoreTerm: processes that must be SIGKILLed at the deadline.
 	ignoreTerm func(p *fakeProc) bool
 	// drainLater: retired processes exit a moment later, from another
@@ -197,6 +199,9 @@ func (h *fakeHost) AwaitReady(ctx context.Context, pp Proc) error {
 	bad := h.notReady != nil && h.notReady(p)
 	h.mu.Unlock()
 	if block {
+		if h.blocked != nil {
+			h.blocked <- p
+		}
 		<-ctx.Done()
 		return ctx.Err()
 	}
