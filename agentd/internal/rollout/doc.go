@@ -44,6 +44,15 @@
 // restores its formation by starting old-release processes again before the
 // new ones stop ([Engine.Run] plans the restore with [MakePlan] too).
 //
+// # Maintenance
+//
+// Maintenance mode is two rollouts of this same sequence (maintenance.go):
+// on targets the responder alone ([MaintenanceOn], type [Responder]), so
+// the app's processes of every type retire once it is ready; off is an
+// ordinary target of a release and formation, so the responder retires
+// once they are ready. A deploy meanwhile runs its release phase only
+// ([Target.ReleaseOnly]).
+//
 // # Release statuses and process states
 //
 // Statuses of a release: pending (created, prepare running) → releasing

@@ -132,6 +132,9 @@ func (e *Engine) Run(ctx context.Context, t Target, ctl Controls) (Result, error
 			return res, &Error{Phase: PhaseRelease, Err: fmt.Errorf("release phase: %w", err)}
 		}
 	}
+	if t.ReleaseOnly {
+		return res, nil
+	}
 	plan := MakePlan(h.Live(), t)
 	res.Plan = plan
 	r := &run{h: h, t: t, phase: PhasePreboot}

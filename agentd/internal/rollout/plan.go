@@ -68,6 +68,10 @@ type Target struct {
 	Bake time.Duration
 	// ReleasePhase runs the release command first.
 	ReleasePhase bool
+	// ReleaseOnly: the release phase runs (when ReleasePhase) and the
+	// rollout ends there: nothing starts, nothing retires, nothing is
+	// activated (a deploy while the app is in maintenance).
+	ReleaseOnly bool
 }
 
 func (t Target) strategy(typ string) Strategy {
