@@ -26,6 +26,7 @@ import (
 	"github.com/agentd/agentd/agentd/internal/intake"
 	"github.com/agentd/agentd/agentd/internal/journal"
 	"github.com/agentd/agentd/agentd/internal/metrics"
+	"github.com/agentd/agentd/agentd/internal/responder"
 	"github.com/agentd/agentd/agentd/internal/scope"
 	"github.com/agentd/agentd/agentd/internal/server"
 	"github.com/agentd/agentd/agentd/internal/upgrade"
@@ -42,6 +43,11 @@ func main() {
 	if sockets.IsShim(os.Args) {
 		fmt.Fprintln(os.Stderr, "agentd:", sockets.RunShim(os.Args))
 		os.Exit(127)
+	}
+	// `agentd respond`: the maintenance responder, started by agentd
+	// through the shim (package responder).
+	if responder.IsResponder(os.Args) {
+		os.Exit(responder.Main())
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "agentd:", err)

@@ -35,12 +35,15 @@ type appStatus struct {
 	// app's state file), StateNote what happened.
 	StateFile string `json:"state_file,omitempty"`
 	StateNote string `json:"state_note,omitempty"`
+	// Maintenance is set while the app is in maintenance (not Healthy:
+	// its formation does not run).
+	Maintenance *api.Maintenance `json:"maintenance,omitempty"`
 }
 
 // newAppStatus derives an appStatus from an app's info.
 func newAppStatus(info *api.AppInfo) appStatus {
 	s := appStatus{App: info.Name, Release: info.ActiveRelease, Deploying: info.Deploying,
-		StateFile: info.StateFile, StateNote: info.StateNote}
+		StateFile: info.StateFile, StateNote: info.StateNote, Maintenance: info.Maintenance}
 	if info.Release != nil {
 		s.ReleaseID, s.Digest = info.Release.ReleaseID, info.Release.Digest
 	}
@@ -85,6 +88,8 @@ func newAppStatus(info *api.AppInfo) appStatus {
 		s.Problem = "no release deployed yet"
 	case s.Deploying:
 		s.Problem = "an operation is in progress"
+	case s.Maintenance != nil:
+		s.Problem = "in maintenance: " + fmtMaintenance(s.Maintenance)
 	case len(notReady) > 0:
 		s.Problem = fmt.Sprintf("%d of %d processes ready (%s)", s.Ready, s.Wanted, strings.Join(notReady, ", "))
 	case s.Ready != s.Wanted:
@@ -128,6 +133,9 @@ func writeAppStatus(w io.Writer, s appStatus) {
 		"deploying", yesNo(s.Deploying),
 		"healthy", healthy,
 	)
+	if s.Maintenance != nil {
+		writeFields(w, "maintenance", fmtMaintenance(s.Maintenance))
+	}
 	if s.StateFile != "" {
 		writeFields(w, "state file", s.StateFile+": "+s.StateNote)
 	}

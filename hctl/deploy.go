@@ -45,6 +45,9 @@ func liveSummary(res *api.OpResult) string {
 	if !res.Changed {
 		return fmt.Sprintf("%s %s already active, nothing to do", res.App, orNone(res.Release))
 	}
+	if res.Pending {
+		return fmt.Sprintf("%s %s is prepared and pending: %s is in maintenance; hctl maintenance %s off rolls it out", res.App, res.Release, res.App, res.App)
+	}
 	s := fmt.Sprintf("%s %s is live%s", res.App, orNone(res.Release), opTimes(res))
 	if res.StillDraining > 0 {
 		s += fmt.Sprintf("; the drain goes on in the background: %d old process(es) hold %d connection(s), until %s",

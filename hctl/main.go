@@ -115,6 +115,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.psCommand(),
 			h.scaleCommand(),
 			h.restartCommand(),
+			h.maintenanceCommand(),
 			h.configCommand(),
 			h.logsCommand(),
 			h.waitCommand(),

@@ -209,7 +209,11 @@ func writeApps(w io.Writer, apps []api.App) {
 		if a.StateFile != "" {
 			stateFile = a.StateFile
 		}
-		row(tw, a.Name, a.ActiveRelease, fmtFormation(a.Formation), strings.Join(socks, " "), deploying, stateFile)
+		rel := a.ActiveRelease
+		if a.Maintenance != nil {
+			rel += " (maintenance)"
+		}
+		row(tw, a.Name, rel, fmtFormation(a.Formation), strings.Join(socks, " "), deploying, stateFile)
 	}
 	tw.Flush()
 }

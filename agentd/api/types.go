@@ -25,6 +25,7 @@
 //	POST   /v1/apps/{app}/restart              RestartRequest -> event stream
 //	GET    /v1/apps/{app}/config               map[string]string
 //	PATCH  /v1/apps/{app}/config               ConfigRequest -> event stream
+//	POST   /v1/apps/{app}/maintenance      MaintenanceRequest -> event stream
 //	GET    /v1/apps/{app}/logs?n=&follow=1&process=&release=
 //	                                           newline-delimited LogLine
 //	GET    /metrics                            Prometheus text format
@@ -242,6 +243,10 @@ type App struct {
 	// when all is well. StateNote says what happened and what was lost.
 	StateFile string `json:"state_file,omitempty"`
 	StateNote string `json:"state_note,omitempty"`
+
+	// Maintenance is set while the app is in maintenance (hctl
+	// maintenance): its responder answers every request with 503.
+	Maintenance *Maintenance `json:"maintenance,omitempty"`
 }
 
 // AppInfo answers GET /v1/apps/{app}.
@@ -368,6 +373,10 @@ type OpResult struct {
 	// RolledBack: the new release failed its bake window and agentd
 	// rolled it back by itself; Release is the rollback release.
 	RolledBack bool `json:"rolled_back,omitempty"`
+	// Pending: the operation made a release and ran its release phase
+	// but started nothing, because the app is in maintenance; the
+	// release is pending until maintenance ends.
+	Pending bool `json:"pending,omitempty"`
 	// Detached is set by the client that stopped following the operation
 	// once it had started (DeployOptions.Detach); agentd carries it on.
 	Detached bool `json:"detached,omitempty"`

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,11 @@ type Config struct {
 	// Dial, if set, replaces the TCP dialer (for example to reach a unix
 	// socket; the URL's host then only fills the Host header).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Accept lists statuses outside 200–299 that are answers, not
+	// failures: a complete response with one of them counts as OK (and in
+	// Result.Accepted). A maintenance responder's 503 is one. Refused,
+	// reset and cut connections stay failures whatever Accept says.
+	Accept []int
 }
 
 // Run is a load run in progress. Its methods are safe for concurrent use.
@@ -122,7 +128,10 @@ type Run struct {
 	late    atomic.Int64
 	retried atomic.Int64
 	classes [len(classOrder)]atomic.Int64
-	hist    histogram
+	// statuses counts complete responses by status code (100–599).
+	statuses [600]atomic.Int64
+	accepted atomic.Int64
+	hist     histogram
 
 	mu       sync.Mutex // guards the slices below
 	errs     []string
@@ -241,6 +250,15 @@ func (r *Run) Snapshot() Result {
 		Retried: r.retried.Load(),
 		ByClass: make(map[string]int64),
 		Latency: r.hist.summary(),
+	}
+	res.Accepted = r.accepted.Load()
+	for code := range r.statuses {
+		if n := r.statuses[code].Load(); n > 0 {
+			if res.Statuses == nil {
+				res.Statuses = map[int]int64{}
+			}
+			res.Statuses[code] = n
+		}
 	}
 	res.Sent = r.sent.Load()
 	for i, c := range classOrder {
@@ -506,6 +524,13 @@ func (r *Run) send(c *http.Client) {
 		r.retried.Add(1)
 	}
 	class := Classify(err, status)
+	if err == nil && status > 0 && status < len(r.statuses) {
+		r.statuses[status].Add(1)
+	}
+	if class == ClassNon2xx && slices.Contains(r.cfg.Accept, status) {
+		r.accepted.Add(1)
+		class = ""
+	}
 	if class == "" {
 		r.hist.record(took)
 		r.ok.Add(1)

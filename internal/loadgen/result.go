@@ -2,6 +2,8 @@ package loadgen
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -13,10 +15,15 @@ import (
 // Sent == OK + Failed. A Snapshot may also see requests still in flight
 // (InFlight).
 type Result struct {
-	Kind   Kind
-	Sent   int64 // requests started
-	OK     int64 // 2xx with the full body read
-	Failed int64 // everything else; see ByClass
+	Kind Kind
+	Sent int64 // requests started
+	OK   int64 // 2xx (or a status of Config.Accept) with the full body read
+	// Accepted counts the OK responses whose status was one of
+	// Config.Accept rather than 2xx; Statuses every complete response by
+	// status code.
+	Accepted int64
+	Statuses map[int]int64
+	Failed   int64 // everything else; see ByClass
 	// Late counts open-loop sends that were due but skipped because every
 	// in-flight slot was busy (the target was too slow for Rate). They were
 	// not sent, so they are not in Sent; they are reported so a stall can
@@ -81,6 +88,13 @@ func (r Result) String() string {
 			}
 		}
 		fmt.Fprintf(&b, " (%s)", strings.Join(parts, " "))
+	}
+	if r.Accepted > 0 {
+		var codes []string
+		for _, c := range slices.Sorted(maps.Keys(r.Statuses)) {
+			codes = append(codes, fmt.Sprintf("%d=%d", c, r.Statuses[c]))
+		}
+		fmt.Fprintf(&b, ", statuses %s", strings.Join(codes, " "))
 	}
 	if r.Late > 0 {
 		fmt.Fprintf(&b, ", %d late", r.Late)

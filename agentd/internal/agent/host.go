@@ -211,7 +211,13 @@ func (h *host) Start(ctx context.Context, release int, typ string, index int) (r
 	if r == nil {
 		return nil, fmt.Errorf("release %s is gone", vname(release))
 	}
-	p, err := ag.startProc(a, r, typ, index)
+	var p *proc
+	var err error
+	if typ == rollout.Responder {
+		p, err = ag.startResponder(a, r, index, h.responderPage())
+	} else {
+		p, err = ag.startProc(a, r, typ, index)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -304,10 +310,19 @@ func (h *host) Activate(t rollout.Target) error {
 	if h.formation != nil {
 		maps.Copy(a.st.Formation, h.formation)
 	}
+	switch {
+	case t.Maintenance() && o.maint != nil:
+		a.st.Maintenance = o.maint // saved by o.record below
+	case o.maintOff:
+		a.st.Maintenance = nil
+	}
 	a.cutover = true
 	o.record(t.Release)
 	a.mu.Unlock()
 	ag.obs.ActiveRelease(a.st.Name, vname(t.Release))
+	if o.maint != nil || o.maintOff {
+		ag.observeMaintenance(a)
+	}
 	o.pause("cutover", h.r)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/agentd/agentd/agentd/internal/rollout"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -96,7 +97,7 @@ func (ag *Agent) checkSockets(a *app, p *proc) error {
 	a.mu.Lock()
 	want := map[uint64]string{}
 	for _, h := range a.held {
-		if h.Spec.Type != p.typ {
+		if h.Spec.Type != p.typ && p.typ != rollout.Responder {
 			continue
 		}
 		var st unix.Stat_t

@@ -13,6 +13,7 @@ import (
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/notify"
 	"github.com/agentd/agentd/agentd/internal/readiness"
+	"github.com/agentd/agentd/agentd/internal/rollout"
 	"github.com/agentd/agentd/agentd/internal/state"
 	"github.com/agentd/agentd/agentd/internal/supervisor"
 	"github.com/agentd/agentd/sockets"
@@ -113,6 +114,9 @@ type appState struct {
 	// ShedRate > 0: at a generation's deadline its connections are closed
 	// at that many per second before the SIGKILL.
 	ShedRate float64 `json:"shed_rate,omitempty"`
+
+	// Maintenance is the app's maintenance mode (maintenance.go).
+	Maintenance *maintState `json:"maintenance,omitempty"`
 }
 
 type releaseState struct {
@@ -243,6 +247,9 @@ func (a *app) drainTimeoutOf(typ string) time.Duration {
 }
 
 func (a *app) readinessOf(typ string) readiness.Kind {
+	if typ == rollout.Responder {
+		return responderReadiness
+	}
 	if s, ok := a.st.Readiness[typ]; ok {
 		if k, err := readiness.Parse(s); err == nil {
 			return k

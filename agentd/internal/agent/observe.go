@@ -6,6 +6,7 @@ import (
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/conns"
+	"github.com/agentd/agentd/agentd/internal/rollout"
 )
 
 // What the agent shows of itself beyond its state: the connections of
@@ -54,7 +55,7 @@ func (a *app) listeners() []conns.Listener {
 // start. Callers hold a.mu.
 func (a *app) socketInUse(typ string) bool {
 	for _, p := range a.procs {
-		if p.typ == typ && p.p != nil && !p.p.Exited() {
+		if (p.typ == typ || p.typ == rollout.Responder) && p.p != nil && !p.p.Exited() {
 			return true
 		}
 	}

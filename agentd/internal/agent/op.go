@@ -29,6 +29,10 @@ type op struct {
 	// restarts, for a crash restart, carries the count to the new
 	// process (by name).
 	restarts map[string]int
+	// maint is the maintenance state `on` saves at its cutover;
+	// maintOff: `off`, whose cutover ends maintenance (maintenance.go).
+	maint    *maintState
+	maintOff bool
 
 	mu         sync.Mutex // guards everything below: drains emit from goroutines
 	emit       func(api.Event)

@@ -110,6 +110,13 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	if !ok {
 		return nil, fmt.Errorf("release %s has no process type %q", vname(r.Version), typ)
 	}
+	return ag.spawn(a, r, typ, index, sockets.ShellArgv(command), nil)
+}
+
+// spawn starts argv as process typ.index of release r, as startProc says;
+// extraEnv is added to its environment. The maintenance responder
+// (rollout.Responder) gets every socket of the app, other types their own.
+func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, extraEnv []string) (*proc, error) {
 	pr := &proc{typ: typ, index: index, release: r.Version, state: api.StateStarting, extend: make(chan time.Duration, 1)}
 	name := pr.name()
 	dir, err := ag.codeDir(a, r)
@@ -121,7 +128,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	var files []*os.File
 	var names []string
 	for _, h := range a.held {
-		if h.Spec.Type == typ {
+		if h.Spec.Type == typ || typ == rollout.Responder {
 			files = append(files, h.File)
 			names = append(names, h.Spec.Name)
 		}
@@ -154,6 +161,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 		// The app's user must be able to send to its notify socket.
 		os.Chown(pr.ns.Path(), int(cred.Uid), int(cred.Gid))
 	}
+	env = append(env, extraEnv...)
 	env = append(env, "NOTIFY_SOCKET="+pr.ns.Path())
 	logDir := filepath.Join(ag.cfg.logsDir(), a.st.Name)
 	os.MkdirAll(logDir, 0o750)
@@ -166,7 +174,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	defer out.Close()
 	shimOpt.GuardFDs = len(files)
 	spec := supervisor.Spec{
-		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(command), Dir: dir,
+		Shim: ag.cfg.Shim, Argv: argv, Dir: dir,
 		Env: env, Files: files, Names: names, Output: out, Credential: cred, ShimOptions: shimOpt,
 		// Until it is recorded: an agentd that dies first leaves nothing
 		// running that nobody knows of (the shim exits, ExitNotReleased).
@@ -336,6 +344,11 @@ func (ag *Agent) restartCrashed(a *app, typ string, index, restarts int) {
 	delete(a.backoff, name)
 	r := a.release(a.st.Active)
 	still := !a.gone && r != nil && index <= a.count(typ) && r.Procfile[typ] != ""
+	mt, maint := a.maintenanceTarget()
+	if maint {
+		// In maintenance only the responder runs: it is the one restarted.
+		still = !a.gone && typ == rollout.Responder
+	}
 	for _, p := range a.liveProcs(a.st.Active, []string{typ}) {
 		if p.index == index {
 			still = false // the rollout in the meantime replaced it
@@ -345,7 +358,10 @@ func (ag *Agent) restartCrashed(a *app, typ string, index, restarts int) {
 		a.mu.Unlock()
 		return
 	}
-	t := rollout.Target{Release: r.Version, Previous: r.Version, Types: []string{typ}, Formation: map[string]int{typ: a.count(typ)}}
+	t := mt
+	if !maint {
+		t = rollout.Target{Release: r.Version, Previous: r.Version, Types: []string{typ}, Formation: map[string]int{typ: a.count(typ)}}
+	}
 	o.restarts = map[string]int{name: restarts}
 	o.record(r.Version)
 	a.mu.Unlock()

@@ -66,6 +66,9 @@ func (ag *Agent) recover(a *app) {
 	if a.st.Op != nil {
 		// Any release left "releasing" or "pending" by the interruption.
 		for _, r := range a.st.Releases {
+			if m := a.st.Maintenance; m != nil && m.Pending == r.Version && r.Status == api.StatusPending {
+				continue // deployed while in maintenance, waiting for off
+			}
 			if r.Status == api.StatusPending || r.Status == api.StatusReleasing {
 				r.Status = api.StatusFailed
 				if r.Error == "" {
@@ -81,6 +84,7 @@ func (ag *Agent) recover(a *app) {
 	ag.save(a)
 	a.mu.Unlock()
 	ag.obs.ActiveRelease(a.st.Name, vnameOr(a.st.Active))
+	ag.observeMaintenance(a)
 	for _, p := range a.procs {
 		r := a.release(p.release)
 		p.p.OnExit(func() { ag.watchExit(a, p, r) })
@@ -118,7 +122,7 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held,
 	}
 	if bound != "" {
 		for _, p := range a.procs {
-			if p.typ != spec.Type || p.p.Exited() {
+			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() {
 				continue
 			}
 			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
@@ -186,6 +190,10 @@ func (ag *Agent) reconcile(a *app, bake *opRecord) {
 	if r != nil {
 		t = a.target(r)
 		t.Previous = r.Version
+		if mt, ok := a.maintenanceTarget(); ok {
+			// In maintenance: the responder alone runs (maintenance.go).
+			t, bake = mt, nil
+		}
 	}
 	a.mu.Unlock()
 	if len(draining) > 0 {

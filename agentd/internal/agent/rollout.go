@@ -44,6 +44,9 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	if t.Previous != 0 {
 		o.res.Previous = vname(t.Previous)
 	}
+	if res, held := o.holdForMaintenance(r, t); held {
+		return res
+	}
 	res, err := o.run(o.ctx, t, r)
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
@@ -60,7 +63,9 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	o.res.Changed = o.res.Changed || !res.Plan.Empty() || t.Release != t.Previous
 	o.mu.Unlock()
 	o.settle(r, res)
-	if o.kind != "scale" {
+	if o.kind == "maintenance" {
+		o.maintenanceDone(t)
+	} else if o.kind != "scale" {
 		o.info("%s %s is live (switch %.2fs, drain %.2fs)", a.st.Name, vname(t.Release), o.res.SwitchSeconds, o.res.DrainSeconds)
 	}
 	return o.finish(nil)

@@ -21,7 +21,7 @@ import (
 
 // Kinds of operation counted in agentd_deploys_total; each app starts with
 // a zero for each kind and result, so that increase() sees the first one.
-var Kinds = []string{"deploy", "rollback", "config", "restart", "scale", "release-phase"}
+var Kinds = []string{"deploy", "rollback", "config", "restart", "scale", "release-phase", "maintenance"}
 
 // Results of an operation.
 const (
@@ -42,6 +42,7 @@ type Metrics struct {
 	active   *prometheus.GaugeVec
 	rollback *prometheus.CounterVec
 	shed     *prometheus.CounterVec
+	maint    *prometheus.GaugeVec
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -90,12 +91,13 @@ func New(version string, procs func() []api.Process) *Metrics {
 	m.shed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentd_drain_connections_shed_total", Help: "Connections of draining processes agentd closed itself at their deadline, at the app's shed rate, by app.",
 	}, []string{"app"})
+	m.maint = newMaintenanceGauge()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "agentd_build_info", Help: "agentd's version and the Go version it was built with: 1, labelled.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, m.shed, build,
+	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, m.shed, m.maint, build,
 		&procCollector{list: procs},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -189,6 +191,7 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.active.DeletePartialMatch(l)
 	m.rollback.DeletePartialMatch(l)
 	m.shed.DeletePartialMatch(l)
+	m.maint.DeletePartialMatch(l)
 }
 
 var (

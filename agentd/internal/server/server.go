@@ -99,6 +99,7 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("GET /v1/apps/{app}/ps", s.ps)
 	m.HandleFunc("POST /v1/apps/{app}/scale", s.admin(s.scale))
 	m.HandleFunc("POST /v1/apps/{app}/restart", s.admin(s.restart))
+	m.HandleFunc("POST /v1/apps/{app}/maintenance", s.admin(s.maintenance))
 	m.HandleFunc("GET /v1/apps/{app}/config", s.private(s.config))
 	m.HandleFunc("PATCH /v1/apps/{app}/config", s.admin(s.changeConfig))
 	m.HandleFunc("GET /v1/apps/{app}/logs", s.private(s.logs))
