@@ -258,3 +258,11 @@ func (o *op) maintenanceDone(t rollout.Target) {
 	}
 	o.info("%s is out of maintenance: %s is live (switch %.2fs, drain %.2fs)", name, vname(t.Release), o.res.SwitchSeconds, o.res.DrainSeconds)
 }
+
+// heldForMaintenance reports whether r is the release deployed while the
+// app is in maintenance, pending until off: an agentd restart in the
+// middle of another operation (or of off itself) leaves it pending.
+func (a *app) heldForMaintenance(r *releaseState) bool {
+	m := a.st.Maintenance
+	return m != nil && m.On && m.Pending == r.Version && r.Status == api.StatusPending
+}

@@ -57,7 +57,7 @@ func (ag *Agent) recover(a *app) {
 		a.st.Op = nil
 	}
 	if op := a.st.Op; op != nil {
-		if r := a.release(op.Release); r != nil && r.Status != api.StatusActive {
+		if r := a.release(op.Release); r != nil && r.Status != api.StatusActive && !a.heldForMaintenance(r) {
 			r.Status = api.StatusFailed
 			r.Error = fmt.Sprintf("interrupted: agentd stopped during the %s phase of the %s", op.Phase, op.Kind)
 		}
@@ -66,7 +66,7 @@ func (ag *Agent) recover(a *app) {
 	if a.st.Op != nil {
 		// Any release left "releasing" or "pending" by the interruption.
 		for _, r := range a.st.Releases {
-			if m := a.st.Maintenance; m != nil && m.Pending == r.Version && r.Status == api.StatusPending {
+			if a.heldForMaintenance(r) {
 				continue // deployed while in maintenance, waiting for off
 			}
 			if r.Status == api.StatusPending || r.Status == api.StatusReleasing {
