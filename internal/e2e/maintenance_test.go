@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,5 +222,62 @@ func TestMaintenanceUnderLoad(t *testing.T) {
 		if codes := slices.Sorted(maps.Keys(res.Statuses)); !slices.Equal(codes, []int{200, 503}) {
 			t.Errorf("%s: statuses seen %v, want 200 and 503", res.Kind, codes)
 		}
+	}
+}
+
+// TestMaintenanceOffFails: a release deployed in maintenance that never
+// becomes ready fails `off` (exit 1); the responder answers on, nothing is
+// refused, and the next off brings back the release that was active. A
+// responder that crashes is started again, as any process of the app.
+func TestMaintenanceOffFails(t *testing.T) {
+	e := start(t)
+	url := e.createApp("mof", "--readiness", "web=notify")
+	e.deploy("mof", e.release(""))
+	ls := maintLoads(t, url)
+	e.mustHctl("maintenance", "mof", "on")
+	if dep := e.deploy("mof", e.release("crash-at-boot")); !dep.Pending || dep.Release != "v2" {
+		t.Fatalf("deploy in maintenance: %+v", dep)
+	}
+	before := ls.answered503()
+	var res api.OpResult
+	// hctl --json prints the result of a failed operation too.
+	r := e.hctl("--json", "maintenance", "mof", "off")
+	if err := json.Unmarshal([]byte(r.Stdout), &res); r.Code != 1 || err != nil || res.OK || !strings.Contains(res.Error, "web.1") {
+		t.Fatalf("off with a release that crashes at boot: %s (%v), want exit 1 naming web.1", r, err)
+	}
+	waitMore503(t, ls, before, 50, "after the failed off")
+	waitPs(t, e, "mof", "the responder alone", func(ps []api.Process) bool { return only(ps, "v1 maintenance.1") })
+	if s := e.appStatus("mof"); s["maintenance"] == nil {
+		t.Errorf("after a failed off the app is not in maintenance: %v", s)
+	}
+	if v2 := releaseNamed(t, e, "mof", "v2"); v2.Status != api.StatusFailed {
+		t.Errorf("v2 is %s after its failed off, want failed", v2.Status)
+	}
+	if r := e.ag.HctlJSON(&res, "maintenance", "mof", "off"); r.Code != 0 || res.Release != "v1" {
+		t.Fatalf("second off: %s %+v, want v1 back", r, res)
+	}
+	if a := fetch(t, url); a.status != 200 || !strings.Contains(a.body, "release=v1") {
+		t.Fatalf("after off the app answers %+v, want 200 from v1", a)
+	}
+	for _, r := range ls {
+		res := r.Stop()
+		t.Logf("%s: %d sent, statuses %v, %d failed %v", res.Kind, res.Sent, res.Statuses, res.Failed, res.ByClass)
+		if res.Failed != 0 || res.Statuses[503] == 0 || res.Statuses[200] == 0 {
+			t.Errorf("%s: %d failed (%v), statuses %v: want none failed, 200 and 503 seen", res.Kind, res.Failed, res.Errors, res.Statuses)
+		}
+	}
+
+	// Without load (its kept-alive connections die with it): a responder
+	// killed from outside is replaced.
+	e.mustHctl("maintenance", "mof", "on")
+	old := pidsOf(e.ps("mof"))["v1 maintenance.1"]
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitPs(t, e, "mof", "a new responder", func(ps []api.Process) bool {
+		return only(ps, "v1 maintenance.1") && pidsOf(ps)["v1 maintenance.1"] != old
+	})
+	if a := fetch(t, url); a.status != 503 {
+		t.Fatalf("after the responder's restart the app answers %+v, want 503", a)
 	}
 }

@@ -38,6 +38,7 @@
 //	procs.go     starting a process, readiness, exits and crash restarts
 //	drain.go     stopping processes; observe.go: connections, socket use
 //	recover.go   adoption and reconcile after agentd (re)started
+//	maintenance.go  maintenance mode: the responder, on/off, pending releases
 //	release.go   artifacts, releases, the release phase, pruning
 //	views.go     what the API shows: apps, processes, releases, status
 //	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
