@@ -372,6 +372,9 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 	if !a.BakeUntil.IsZero() {
 		fmt.Fprintf(w, "baking until %s\n", fmtTime(a.BakeUntil))
 	}
+	if a.Maintenance != nil {
+		fmt.Fprintf(w, "in maintenance %s\n", fmtMaintenance(a.Maintenance))
+	}
 	if len(a.Sockets) > 0 {
 		fmt.Fprintln(w, "\nsockets:")
 		writeSockets(w, a.Sockets, false)

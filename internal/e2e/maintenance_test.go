@@ -136,6 +136,7 @@ func TestMaintenanceUnderLoad(t *testing.T) {
 	if r := e.ag.HctlJSON(&res, "maintenance", "mnt", "on", "--page", page); r.Code != 0 || !res.OK || !res.Changed {
 		t.Fatalf("maintenance on: %s %+v", r, res)
 	}
+	t.Logf("on: switch %.3fs, drain %.3fs", res.SwitchSeconds, res.DrainSeconds)
 	if ps := e.ps("mnt"); !only(ps, "v1 maintenance.1") {
 		t.Fatalf("in maintenance, ps: %+v (want the responder alone: web and worker stopped)", ps)
 	}
@@ -159,6 +160,7 @@ func TestMaintenanceUnderLoad(t *testing.T) {
 	if r := e.ag.HctlJSON(&res, "maintenance", "mnt", "off"); r.Code != 0 || !res.OK || res.Release != "v1" {
 		t.Fatalf("maintenance off: %s %+v", r, res)
 	}
+	t.Logf("off: switch %.3fs, drain %.3fs", res.SwitchSeconds, res.DrainSeconds)
 	waitPs(t, e, "mnt", "v1 back", func(ps []api.Process) bool { return only(ps, "v1 web.1", "v1 worker.1") })
 	if a := fetch(t, url); a.status != 200 || !strings.Contains(a.body, "release=v1") {
 		t.Fatalf("after off the app answers %+v, want 200 from v1", a)
@@ -205,6 +207,7 @@ func TestMaintenanceUnderLoad(t *testing.T) {
 	if r := e.ag.HctlJSON(&res, "maintenance", "mnt", "off"); r.Code != 0 || !res.OK || res.Release != "v2" {
 		t.Fatalf("maintenance off with v2 pending: %s %+v", r, res)
 	}
+	t.Logf("off with pending v2: switch %.3fs, drain %.3fs", res.SwitchSeconds, res.DrainSeconds)
 	waitPs(t, e, "mnt", "v2 live", func(ps []api.Process) bool { return only(ps, "v2 web.1", "v2 worker.1") })
 	if a := fetch(t, url); a.status != 200 || !strings.Contains(a.body, "release=v2") {
 		t.Fatalf("after off the app answers %+v, want 200 from v2", a)
