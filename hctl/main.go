@@ -117,6 +117,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.restartCommand(),
 			h.configCommand(),
 			h.logsCommand(),
+			h.cronCommand(),
 			h.waitCommand(),
 			h.cancelCommand(),
 			h.bakeCommand(),

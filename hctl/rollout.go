@@ -37,6 +37,7 @@ func rolloutFlags() []cli.Flag {
 			Usage: "at a draining generation's deadline, close its connections at `N` per second, oldest first, " +
 				"before the SIGKILL (default 0: SIGKILL at the deadline)",
 		},
+		cronFlag(),
 	}
 }
 
@@ -119,7 +120,11 @@ func rolloutSettings(cmd *cli.Command, req *api.AppCreate) error {
 		return usagef(cmd, "--shed-rate must not be negative")
 	}
 	req.ShedRate = cmd.Float("shed-rate")
-	return nil
+	c, err := cronSetting(cmd)
+	if c != nil {
+		req.Cron = *c
+	}
+	return err
 }
 
 func (h *hctl) appsSetCommand() *cli.Command {
@@ -187,6 +192,9 @@ func (h *hctl) appsSetCommand() *cli.Command {
 					return usagef(cmd, "--shed-rate must not be negative")
 				}
 				req.ShedRate = &v
+			}
+			if req.Cron, err = cronSetting(cmd); err != nil {
+				return err
 			}
 			if req.ReleaseTimeout, err = dur("release-timeout", 0); err != nil {
 				return err

@@ -42,6 +42,7 @@ type Metrics struct {
 	active   *prometheus.GaugeVec
 	rollback *prometheus.CounterVec
 	shed     *prometheus.CounterVec
+	cron     cronMetrics
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -95,6 +96,7 @@ func New(version string, procs func() []api.Process) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
+	m.cron = newCronMetrics(m.reg)
 	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, m.shed, build,
 		&procCollector{list: procs},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -189,6 +191,7 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.active.DeletePartialMatch(l)
 	m.rollback.DeletePartialMatch(l)
 	m.shed.DeletePartialMatch(l)
+	m.cron.deleteApp(l)
 }
 
 var (

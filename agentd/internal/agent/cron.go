@@ -1,0 +1,433 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/appjson"
+	"github.com/agentd/agentd/agentd/internal/cronsched"
+	"github.com/agentd/agentd/agentd/internal/supervisor"
+	"github.com/agentd/agentd/grammar"
+	"github.com/agentd/agentd/sockets"
+)
+
+// Cron jobs (docs/cron.md): the "cron" entries of the active release's
+// app.json run on schedule as processes cron.N (N: the entry's place in the
+// list, from 1), recorded before they run and adopted across agentd
+// restarts like any process. They are no part of the formation: the
+// rollout engine never sees them (host.Live), so a deploy neither counts
+// nor retires them, and a run finishes on the release it started with.
+// When a job is due is package cronsched's decision; this file keeps each
+// job's due time and last run in the app's state (appState.Cron) and starts
+// the processes. One loop serves every app; it sleeps until the earliest
+// due time (at most cronIdle), and a cutover or a setting wakes it.
+
+// cronIdle bounds the loop's sleep: a clock step (NTP, a suspended VM) is
+// noticed within it.
+const cronIdle = time.Minute
+
+// cronType is the process type of cron runs, as `hctl ps` lists them.
+const cronType = "cron"
+
+// cronRecord is what agentd keeps of one cron job on this host, by its
+// process name. Command and Schedule say which job it was: a release
+// whose entry N differs starts the record afresh.
+type cronRecord struct {
+	Command  string `json:"command"`
+	Schedule string `json:"schedule"`
+	// Next is the job's next due time; it is saved when a run starts or
+	// ends and when a due time is skipped, so that a restarted agentd
+	// knows which due time it missed.
+	Next        time.Time `json:"next,omitzero"`
+	LastStart   time.Time `json:"last_start,omitzero"`
+	LastEnd     time.Time `json:"last_end,omitzero"`
+	LastRelease int       `json:"last_release,omitempty"`
+	LastExit    *int      `json:"last_exit,omitempty"`
+	LastResult  string    `json:"last_result,omitempty"`
+	Runs        int       `json:"runs,omitempty"`
+	Failures    int       `json:"failures,omitempty"`
+	Skipped     int       `json:"skipped,omitempty"`
+}
+
+// cronJob is one entry of a release's app.json "cron".
+type cronJob struct {
+	name     string // cron.N
+	index    int    // N
+	command  string
+	schedule cronsched.Schedule
+}
+
+// cronJobs are the cron jobs of one release, read once from its app.json.
+type cronJobs struct {
+	release int
+	jobs    []cronJob
+	err     error
+}
+
+// cronObserver is what the metrics (package metrics) count of cron runs;
+// an Observer without it counts nothing.
+type cronObserver interface {
+	CronRun(app, job string)
+	CronFailed(app, job string)
+}
+
+func (ag *Agent) kickCron() {
+	select {
+	case ag.cronKick <- struct{}{}:
+	default:
+	}
+}
+
+// runCron is the cron loop, until agentd closes.
+func (ag *Agent) runCron() {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ag.closed:
+			return
+		case <-t.C:
+		case <-ag.cronKick:
+		}
+		wake := time.Now().Add(cronIdle)
+		if !ag.frozen.Load() { // a new agentd owns the apps now
+			ag.mu.Lock()
+			apps := make([]*app, 0, len(ag.apps))
+			for _, a := range ag.apps {
+				apps = append(apps, a)
+			}
+			ag.mu.Unlock()
+			for _, a := range apps {
+				if next := ag.cronTick(a, time.Now()); !next.IsZero() && next.Before(wake) {
+					wake = next
+				}
+			}
+		}
+		t.Stop()
+		t.Reset(max(time.Until(wake), 0))
+	}
+}
+
+// jobsOf returns the cron jobs of release r, reading its app.json the
+// first time. A malformed app.json fails the deploy in prepare (package
+// appjson), so an error here is a release whose code is gone.
+func (ag *Agent) jobsOf(a *app, r *releaseState) ([]cronJob, error) {
+	a.mu.Lock()
+	c := a.cron
+	a.mu.Unlock()
+	if c != nil && c.release == r.Version {
+		return c.jobs, c.err
+	}
+	c = &cronJobs{release: r.Version}
+	c.jobs, c.err = ag.readCronJobs(a, r)
+	a.mu.Lock()
+	a.cron = c
+	a.mu.Unlock()
+	return c.jobs, c.err
+}
+
+func (ag *Agent) readCronJobs(a *app, r *releaseState) ([]cronJob, error) {
+	dir, err := ag.codeDir(a, r)
+	if err != nil {
+		return nil, err
+	}
+	m, err := appjson.Load(dir)
+	if err != nil || m == nil {
+		return nil, err
+	}
+	var jobs []cronJob
+	for i, j := range m.Cron {
+		s, err := cronsched.Parse(j.Schedule)
+		if err != nil {
+			return nil, fmt.Errorf("app.json: cron[%d].schedule: %w", i, err)
+		}
+		jobs = append(jobs, cronJob{name: fmt.Sprintf("%s.%d", cronType, i+1), index: i + 1, command: j.Command, schedule: s})
+	}
+	return jobs, nil
+}
+
+// cronRunning returns the live run of job index, if any: of any release,
+// adopted ones included. Callers hold a.mu.
+func (a *app) cronRunning(index int) *proc {
+	for _, p := range a.procs {
+		if p.cron && p.index == index && !p.p.Exited() {
+			return p
+		}
+	}
+	return nil
+}
+
+// cronTick starts the app's jobs that are due at now and returns the
+// earliest next due time (zero when none).
+func (ag *Agent) cronTick(a *app, now time.Time) time.Time {
+	a.mu.Lock()
+	r := a.release(a.st.Active)
+	off, gone := a.st.CronOff, a.gone
+	if gone || r == nil || off {
+		if off && !gone {
+			// Off: no due time is kept, so that turning it on again
+			// does not count the time off as missed.
+			dirty := false
+			for _, rec := range a.st.Cron {
+				if !rec.Next.IsZero() {
+					rec.Next, dirty = time.Time{}, true
+				}
+			}
+			if dirty {
+				ag.save(a)
+			}
+		}
+		a.mu.Unlock()
+		return time.Time{}
+	}
+	a.mu.Unlock()
+	jobs, err := ag.jobsOf(a, r)
+	if err != nil {
+		ag.log.Warn("cron jobs not read", "app", a.st.Name, "release", vname(r.Version), "err", err)
+		return time.Time{}
+	}
+	var due []cronJob
+	var wake time.Time
+	a.mu.Lock()
+	if a.gone || a.st.Active != r.Version {
+		a.mu.Unlock()
+		return now // changed meanwhile: look again
+	}
+	dirty := false
+	for _, j := range jobs {
+		rec := a.st.Cron[j.name]
+		if rec == nil || rec.Command != j.command || rec.Schedule != j.schedule.String() {
+			rec = &cronRecord{Command: j.command, Schedule: j.schedule.String()}
+			if a.st.Cron == nil {
+				a.st.Cron = map[string]*cronRecord{}
+			}
+			a.st.Cron[j.name] = rec
+			dirty = true
+		}
+		running := a.cronRunning(j.index)
+		d := cronsched.Decide(j.schedule, rec.Next, now, running != nil)
+		if rec.Next.IsZero() && !d.Next.IsZero() {
+			dirty = true // a new job's first due time
+		}
+		// Saved with the run, a skip, or the run's end: a due time
+		// skipped for an alive run is not worth a write of its own.
+		rec.Next = d.Next
+		switch {
+		case d.Run:
+			due = append(due, j)
+		case d.Overlap:
+			rec.Skipped++
+			ag.log.Info("cron job still running at its next time: not started again", "app", a.st.Name, "job", j.name,
+				"due", d.Due, "pid", running.p.PID(), "release", vname(running.release))
+		case d.Missed:
+			rec.Skipped++
+			dirty = true
+			ag.log.Warn("cron job missed while agentd was down, longer ago than the catch-up bound: not run", "app", a.st.Name,
+				"job", j.name, "due", d.Due, "bound", cronsched.MaxCatchUp)
+		}
+		if !rec.Next.IsZero() && (wake.IsZero() || rec.Next.Before(wake)) {
+			wake = rec.Next
+		}
+	}
+	if dirty && len(due) == 0 {
+		ag.save(a)
+	}
+	a.mu.Unlock()
+	for _, j := range due {
+		if err := ag.startCron(a, r, j, now); err != nil {
+			ag.log.Error("cron job not started", "app", a.st.Name, "job", j.name, "err", err)
+		}
+	}
+	return wake
+}
+
+// startCron starts a run of job j with release r: held in the exec shim
+// until it is recorded, like any process, with the app's environment,
+// user, limits and logs, and no socket.
+func (ag *Agent) startCron(a *app, r *releaseState, j cronJob, now time.Time) error {
+	dir, err := ag.codeDir(a, r)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	env, err := ag.procEnv(a, r, j.name)
+	userName := a.st.User
+	shimOpt := a.shimOptions(0)
+	drainTimeout := time.Duration(a.st.DrainTimeout)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	cred, err := credential(userName)
+	if err != nil {
+		return err
+	}
+	logDir := filepath.Join(ag.cfg.logsDir(), a.st.Name)
+	os.MkdirAll(logDir, 0o750)
+	logPath := filepath.Join(logDir, vname(r.Version)+"."+j.name+".log")
+	out, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("log file for %s: %w", j.name, err)
+	}
+	defer out.Close()
+	spec := supervisor.Spec{
+		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(j.command), Dir: dir,
+		Env: env, Output: out, Credential: cred, ShimOptions: shimOpt, Held: true,
+	}
+	if sc := ag.cfg.Scopes; sc != nil {
+		spec.Place = func(pid int) {
+			if err := sc.Place(a.st.Name, r.Version, pid, drainTimeout); err != nil {
+				ag.log.Warn("release cgroup", "app", a.st.Name, "process", j.name, "err", err)
+			}
+		}
+	}
+	p, err := supervisor.Start(spec)
+	if err != nil {
+		return fmt.Errorf("starting %s: %w", j.name, err)
+	}
+	pr := &proc{typ: cronType, index: j.index, release: r.Version, p: p, state: api.StateRunning, cron: true,
+		log: logPath, extend: make(chan time.Duration, 1)}
+	a.mu.Lock()
+	a.procs = append(a.procs, pr)
+	rec := a.st.Cron[j.name]
+	was := *rec
+	rec.LastStart, rec.LastEnd, rec.LastRelease, rec.LastExit, rec.LastResult = now, time.Time{}, r.Version, nil, "running"
+	rec.Runs++
+	err = ag.save(a)
+	if err == nil && ag.frozen.Load() {
+		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade)")
+	}
+	if err != nil {
+		*rec = was
+	}
+	a.mu.Unlock()
+	if err != nil {
+		p.Cancel() // recorded nowhere: it must not run
+	} else if err = p.Release(); err == nil {
+		ag.log.Info("cron job started", "app", a.st.Name, "release", vname(r.Version), "process", j.name, "pid", p.PID(), "schedule", j.schedule.String())
+		if o, ok := ag.obs.(cronObserver); ok {
+			o.CronRun(a.st.Name, j.name)
+		}
+	}
+	p.OnExit(func() { ag.cronExit(a, pr) })
+	return err
+}
+
+// cronExit records how a run ended. It runs once the process has exited.
+func (ag *Agent) cronExit(a *app, p *proc) {
+	<-p.p.Done()
+	ag.forward(a.st.Name, p, true)
+	ex := p.p.Exit()
+	a.mu.Lock()
+	p.state, p.retired = api.StateExited, true
+	if ex.Code == sockets.ExitNotReleased || a.gone {
+		if !a.gone {
+			ag.save(a)
+		}
+		a.mu.Unlock()
+		return
+	}
+	failed := false
+	rec := a.st.Cron[p.name()]
+	if rec != nil && rec.LastRelease == p.release {
+		rec.LastEnd = time.Now()
+		rec.LastResult = ex.String()
+		switch {
+		case ex.Unknown:
+			// Adopted: its status went to the agentd that started it.
+			rec.LastResult = "exited (status unknown: agentd restarted during the run)"
+		case ex.Signal != 0:
+			failed = true
+		default:
+			c := ex.Code
+			rec.LastExit = &c
+			failed = c != 0
+		}
+		if failed {
+			rec.Failures++
+		}
+	}
+	ag.save(a)
+	a.mu.Unlock()
+	how := ex.String()
+	if ex.Unknown {
+		how = "exited (status unknown)"
+	}
+	ag.log.Info("cron job ended", "app", a.st.Name, "release", vname(p.release), "process", p.name(), "pid", p.p.PID(), "how", how)
+	if o, ok := ag.obs.(cronObserver); ok && failed {
+		o.CronFailed(a.st.Name, p.name())
+	}
+}
+
+// Cron lists app's cron jobs, from its active release, and their runs on
+// this host.
+func (ag *Agent) Cron(name string) (api.CronList, error) {
+	a, err := ag.get(name)
+	if err != nil {
+		return api.CronList{}, err
+	}
+	a.mu.Lock()
+	out := api.CronList{App: name, Enabled: !a.st.CronOff, Jobs: []api.CronJob{}}
+	r := a.release(a.st.Active)
+	a.mu.Unlock()
+	if r == nil {
+		return out, nil
+	}
+	out.Release = vname(r.Version)
+	jobs, err := ag.jobsOf(a, r)
+	if err != nil {
+		out.Error = err.Error()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, j := range jobs {
+		cj := api.CronJob{Name: j.name, Command: j.command, Schedule: j.schedule.String()}
+		if rec := a.st.Cron[j.name]; rec != nil && rec.Command == j.command && rec.Schedule == j.schedule.String() {
+			if !a.st.CronOff {
+				cj.Next = rec.Next
+			}
+			cj.LastStart, cj.LastEnd, cj.LastExitCode, cj.LastResult = rec.LastStart, rec.LastEnd, rec.LastExit, rec.LastResult
+			if rec.LastRelease != 0 {
+				cj.LastRelease = vname(rec.LastRelease)
+			}
+			cj.Runs, cj.Failures, cj.Skipped = rec.Runs, rec.Failures, rec.Skipped
+		} else if !a.st.CronOff {
+			cj.Next = j.schedule.Next(time.Now())
+		}
+		if p := a.cronRunning(j.index); p != nil {
+			cj.Running, cj.PID, cj.RunningRelease = true, p.p.PID(), vname(p.release)
+		}
+		out.Jobs = append(out.Jobs, cj)
+	}
+	return out, nil
+}
+
+// cronSetting reads the cron setting of apps create/set ("" is on).
+func cronSetting(s string) (off bool, err error) {
+	if s == "" {
+		return false, nil
+	}
+	on, err := grammar.ParseCronSetting(s)
+	if err != nil {
+		return false, badRequest(err)
+	}
+	return !on, nil
+}
+
+func cronWord(off bool) string {
+	if off {
+		return "off"
+	}
+	return "on"
+}
+
+// keepForCron says whether release v must be kept from pruning: a cron
+// run of it is alive (its code is its working directory, and a restarted
+// agentd refuses a state whose process has no release). Callers hold a.mu.
+func (a *app) keepForCron(v int) bool {
+	return slices.ContainsFunc(a.procs, func(p *proc) bool { return p.cron && p.release == v && !p.p.Exited() })
+}
