@@ -124,6 +124,10 @@ func (ag *Agent) jobsOf(a *app, r *releaseState) ([]cronJob, error) {
 	}
 	c = &cronJobs{release: r.Version}
 	c.jobs, c.err = ag.readCronJobs(a, r)
+	if c.err != nil {
+		// Once per release: the cache keeps the error.
+		ag.log.Warn("cron jobs not read: none run", "app", a.st.Name, "release", vname(r.Version), "err", c.err)
+	}
 	a.mu.Lock()
 	a.cron = c
 	a.mu.Unlock()
@@ -187,7 +191,6 @@ func (ag *Agent) cronTick(a *app, now time.Time) time.Time {
 	a.mu.Unlock()
 	jobs, err := ag.jobsOf(a, r)
 	if err != nil {
-		ag.log.Warn("cron jobs not read", "app", a.st.Name, "release", vname(r.Version), "err", err)
 		return time.Time{}
 	}
 	var due []cronJob
