@@ -222,3 +222,52 @@ func TestCronNeverOverlapsThroughDeploysAndRestart(t *testing.T) {
 		t.Errorf("apps set --cron maybe: exit %d, want 2 (bad usage): %s", r.Code, r)
 	}
 }
+
+// TestCronMissedRunRunsOnceAfterRestart: agentd is killed (-9) before a
+// job's due time and started again after it: the missed run starts at
+// once, not at the job's next time a minute later, and only once.
+func TestCronMissedRunRunsOnceAfterRestart(t *testing.T) {
+	e := start(t)
+	e.createApp("missed", "--readiness", "web=notify")
+	runsFile := filepath.Join(e.dir, "cron-runs")
+	job := fmt.Sprintf(`echo "start $(date +%%s.%%N) $AGENTD_RELEASE $$" >> %[1]s; echo "end $(date +%%s.%%N) $AGENTD_RELEASE $$" >> %[1]s`, runsFile)
+	dir := filepath.Join(e.dir, "missedrel")
+	procfile := fmt.Sprintf("web: TESTAPP_MODE= exec %s\n", bins.TestApp)
+	if _, err := harness.Release(dir, procfile, map[string]string{"app.json": fmt.Sprintf(`{"cron": [{"command": %q, "schedule": "* * * * *"}]}`, job)}); err != nil {
+		t.Fatal(err)
+	}
+	e.deploy("missed", dir)
+	var list api.CronList
+	cronWait(t, "the job's next due time", func() bool {
+		e.json(&list, "cron", "missed")
+		return len(list.Jobs) == 1 && !list.Jobs[0].Next.IsZero()
+	})
+	due := list.Jobs[0].Next
+	if time.Until(due) < 2*time.Second {
+		// Too close to kill agentd before it: the one after.
+		due = due.Add(time.Minute)
+		cronWait(t, "the job's next due time after "+due.String(), func() bool {
+			e.json(&list, "cron", "missed")
+			return list.Jobs[0].Next.Equal(due)
+		})
+	}
+	e.ag.Kill()
+	before := len(readCronRuns(t, runsFile))
+	// agentd stays down over the due time: that is the outage.
+	time.Sleep(time.Until(due) + time.Second)
+	if err := e.ag.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	back := float64(time.Now().UnixNano()) / 1e9
+	regular := float64(due.Add(time.Minute).UnixNano()) / 1e9
+	cronWait(t, "the missed run", func() bool { return len(readCronRuns(t, runsFile)) > before })
+	runs := readCronRuns(t, runsFile)[before:]
+	if runs[0].start < back-1 || runs[0].start >= regular {
+		t.Fatalf("the run after the restart started at %.3f; agentd was back at %.3f and the job's regular time is %.3f", runs[0].start, back, regular)
+	}
+	t.Logf("missed due time %s: run at %.3fs after agentd was back", due.Format(time.TimeOnly), runs[0].start-back)
+	e.json(&list, "cron", "missed")
+	if len(readCronRuns(t, runsFile)) != before+1 || list.Jobs[0].Runs != 1 || !list.Jobs[0].Next.After(due) {
+		t.Fatalf("after the catch-up run: %d runs in the file, hctl cron %+v: want one run and the next time after %s", len(readCronRuns(t, runsFile))-before, list.Jobs[0], due)
+	}
+}
