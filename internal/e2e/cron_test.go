@@ -260,7 +260,7 @@ func TestCronMissedRunRunsOnceAfterRestart(t *testing.T) {
 	}
 	back := float64(time.Now().UnixNano()) / 1e9
 	regular := float64(due.Add(time.Minute).UnixNano()) / 1e9
-	cronWait(t, "the missed run", func() bool { return len(readCronRuns(t, runsFile)) > before })
+	cronWait(t, "run of the missed due time", func() bool { return len(readCronRuns(t, runsFile)) > before })
 	runs := readCronRuns(t, runsFile)[before:]
 	if runs[0].start < back-1 || runs[0].start >= regular {
 		t.Fatalf("the run after the restart started at %.3f; agentd was back at %.3f and the job's regular time is %.3f", runs[0].start, back, regular)
