@@ -2,17 +2,10 @@ package agent
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"time"
 
-	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/appjson"
 	"github.com/agentd/agentd/agentd/internal/cronsched"
-	"github.com/agentd/agentd/agentd/internal/supervisor"
-	"github.com/agentd/agentd/grammar"
-	"github.com/agentd/agentd/sockets"
 )
 
 // Cron jobs (docs/cron.md): the "cron" entries of the active release's
@@ -22,8 +15,9 @@ import (
 // rollout engine never sees them (host.Live), so a deploy neither counts
 // nor retires them, and a run finishes on the release it started with.
 // When a job is due is package cronsched's decision; this file keeps each
-// job's due time and last run in the app's state (appState.Cron) and starts
-// the processes. One loop serves every app; it sleeps until the earliest
+// job's due time and last run in the app's state (appState.Cron); cronrun.go
+// starts the processes and records their end, cronview.go answers the API.
+// One loop serves every app; it sleeps until the earliest
 // due time (at most cronIdle), and a cutover or a setting wakes it.
 
 // cronIdle bounds the loop's sleep: a clock step (NTP, a suspended VM) is
@@ -246,191 +240,4 @@ func (ag *Agent) cronTick(a *app, now time.Time) time.Time {
 		}
 	}
 	return wake
-}
-
-// startCron starts a run of job j with release r: held in the exec shim
-// until it is recorded, like any process, with the app's environment,
-// user, limits and logs, and no socket.
-func (ag *Agent) startCron(a *app, r *releaseState, j cronJob, now time.Time) error {
-	dir, err := ag.codeDir(a, r)
-	if err != nil {
-		return err
-	}
-	a.mu.Lock()
-	env, err := ag.procEnv(a, r, j.name)
-	userName := a.st.User
-	shimOpt := a.shimOptions(0)
-	drainTimeout := time.Duration(a.st.DrainTimeout)
-	a.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	cred, err := credential(userName)
-	if err != nil {
-		return err
-	}
-	logDir := filepath.Join(ag.cfg.logsDir(), a.st.Name)
-	os.MkdirAll(logDir, 0o750)
-	logPath := filepath.Join(logDir, vname(r.Version)+"."+j.name+".log")
-	out, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return fmt.Errorf("log file for %s: %w", j.name, err)
-	}
-	defer out.Close()
-	spec := supervisor.Spec{
-		Shim: ag.cfg.Shim, Argv: sockets.ShellArgv(j.command), Dir: dir,
-		Env: env, Output: out, Credential: cred, ShimOptions: shimOpt, Held: true,
-	}
-	if sc := ag.cfg.Scopes; sc != nil {
-		spec.Place = func(pid int) {
-			if err := sc.Place(a.st.Name, r.Version, pid, drainTimeout); err != nil {
-				ag.log.Warn("release cgroup", "app", a.st.Name, "process", j.name, "err", err)
-			}
-		}
-	}
-	p, err := supervisor.Start(spec)
-	if err != nil {
-		return fmt.Errorf("starting %s: %w", j.name, err)
-	}
-	pr := &proc{typ: cronType, index: j.index, release: r.Version, p: p, state: api.StateRunning, cron: true,
-		log: logPath, extend: make(chan time.Duration, 1)}
-	a.mu.Lock()
-	a.procs = append(a.procs, pr)
-	rec := a.st.Cron[j.name]
-	was := *rec
-	rec.LastStart, rec.LastEnd, rec.LastRelease, rec.LastExit, rec.LastResult = now, time.Time{}, r.Version, nil, "running"
-	rec.Runs++
-	err = ag.save(a)
-	if err == nil && ag.frozen.Load() {
-		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade)")
-	}
-	if err != nil {
-		*rec = was
-	}
-	a.mu.Unlock()
-	if err != nil {
-		p.Cancel() // recorded nowhere: it must not run
-	} else if err = p.Release(); err == nil {
-		ag.log.Info("cron job started", "app", a.st.Name, "release", vname(r.Version), "process", j.name, "pid", p.PID(), "schedule", j.schedule.String())
-		if o, ok := ag.obs.(cronObserver); ok {
-			o.CronRun(a.st.Name, j.name)
-		}
-	}
-	p.OnExit(func() { ag.cronExit(a, pr) })
-	return err
-}
-
-// cronExit records how a run ended. It runs once the process has exited.
-func (ag *Agent) cronExit(a *app, p *proc) {
-	<-p.p.Done()
-	ag.forward(a.st.Name, p, true)
-	ex := p.p.Exit()
-	a.mu.Lock()
-	p.state, p.retired = api.StateExited, true
-	if ex.Code == sockets.ExitNotReleased || a.gone {
-		if !a.gone {
-			ag.save(a)
-		}
-		a.mu.Unlock()
-		return
-	}
-	failed := false
-	rec := a.st.Cron[p.name()]
-	if rec != nil && rec.LastRelease == p.release {
-		rec.LastEnd = time.Now()
-		rec.LastResult = ex.String()
-		switch {
-		case ex.Unknown:
-			// Adopted: its status went to the agentd that started it.
-			rec.LastResult = "exited (status unknown: agentd restarted during the run)"
-		case ex.Signal != 0:
-			failed = true
-		default:
-			c := ex.Code
-			rec.LastExit = &c
-			failed = c != 0
-		}
-		if failed {
-			rec.Failures++
-		}
-	}
-	ag.save(a)
-	a.mu.Unlock()
-	how := ex.String()
-	if ex.Unknown {
-		how = "exited (status unknown)"
-	}
-	ag.log.Info("cron job ended", "app", a.st.Name, "release", vname(p.release), "process", p.name(), "pid", p.p.PID(), "how", how)
-	if o, ok := ag.obs.(cronObserver); ok && failed {
-		o.CronFailed(a.st.Name, p.name())
-	}
-}
-
-// Cron lists app's cron jobs, from its active release, and their runs on
-// this host.
-func (ag *Agent) Cron(name string) (api.CronList, error) {
-	a, err := ag.get(name)
-	if err != nil {
-		return api.CronList{}, err
-	}
-	a.mu.Lock()
-	out := api.CronList{App: name, Enabled: !a.st.CronOff, Jobs: []api.CronJob{}}
-	r := a.release(a.st.Active)
-	a.mu.Unlock()
-	if r == nil {
-		return out, nil
-	}
-	out.Release = vname(r.Version)
-	jobs, err := ag.jobsOf(a, r)
-	if err != nil {
-		out.Error = err.Error()
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, j := range jobs {
-		cj := api.CronJob{Name: j.name, Command: j.command, Schedule: j.schedule.String()}
-		if rec := a.st.Cron[j.name]; rec != nil && rec.Command == j.command && rec.Schedule == j.schedule.String() {
-			if !a.st.CronOff {
-				cj.Next = rec.Next
-			}
-			cj.LastStart, cj.LastEnd, cj.LastExitCode, cj.LastResult = rec.LastStart, rec.LastEnd, rec.LastExit, rec.LastResult
-			if rec.LastRelease != 0 {
-				cj.LastRelease = vname(rec.LastRelease)
-			}
-			cj.Runs, cj.Failures, cj.Skipped = rec.Runs, rec.Failures, rec.Skipped
-		} else if !a.st.CronOff {
-			cj.Next = j.schedule.Next(time.Now())
-		}
-		if p := a.cronRunning(j.index); p != nil {
-			cj.Running, cj.PID, cj.RunningRelease = true, p.p.PID(), vname(p.release)
-		}
-		out.Jobs = append(out.Jobs, cj)
-	}
-	return out, nil
-}
-
-// cronSetting reads the cron setting of apps create/set ("" is on).
-func cronSetting(s string) (off bool, err error) {
-	if s == "" {
-		return false, nil
-	}
-	on, err := grammar.ParseCronSetting(s)
-	if err != nil {
-		return false, badRequest(err)
-	}
-	return !on, nil
-}
-
-func cronWord(off bool) string {
-	if off {
-		return "off"
-	}
-	return "on"
-}
-
-// keepForCron says whether release v must be kept from pruning: a cron
-// run of it is alive (its code is its working directory, and a restarted
-// agentd refuses a state whose process has no release). Callers hold a.mu.
-func (a *app) keepForCron(v int) bool {
-	return slices.ContainsFunc(a.procs, func(p *proc) bool { return p.cron && p.release == v && !p.p.Exited() })
 }

@@ -39,6 +39,8 @@
 //	drain.go     stopping processes; observe.go: connections, socket use
 //	recover.go   adoption and reconcile after agentd (re)started
 //	release.go   artifacts, releases, the release phase, pruning
+//	cron.go      app.json cron jobs: the schedule loop; cronrun.go: a run
+//	             (cron.N), cronview.go: hctl cron and the --cron setting
 //	views.go     what the API shows: apps, processes, releases, status
 //	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
 //
