@@ -146,7 +146,7 @@ func (h *hctl) appsSetCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "set",
 		Usage:     "change an app's settings without touching what runs",
-		UsageText: "hctl apps set APP [--boot-timeout D] [--drain-timeout D] [--readiness TYPE=KIND ...] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--user U] [--limit NAME=N ...] [--add-socket SPEC ...] [--remove-socket NAME ...]",
+		UsageText: "hctl apps set APP [--boot-timeout D] [--drain-timeout D] [--readiness TYPE=KIND ...] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--user U] [--limit NAME=N ...] [--add-socket SPEC ...] [--remove-socket NAME ...] [--cron on|off]",
 		Description: "Every setting of apps create can be changed here; only the flags given change. Nothing\n" +
 			"running is touched: timeouts, readiness, bake, surge and strategy apply to the next\n" +
 			"rollout (deploy, rollback, config change, restart, scale, crash restart). What processes\n" +
