@@ -96,7 +96,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 		Name:  "create",
 		Usage: "create an app and bind its listening sockets",
 		UsageText: "hctl apps create APP --socket [TYPE/]NAME=ADDR ... [--readiness TYPE=KIND ...] " +
-			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D] [--bake D] [--max-surge N] [--strategy TYPE=S ...]",
+			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--cron on|off]",
 		Description: "ADDR is tcp://HOST:PORT, tcp6://[HOST]:PORT or unix:///path. TYPE is the process type\n" +
 			"that receives the socket (web by default). KIND is notify, http:PATH, tcp, exec:CMD or\n" +
 			"uptime:DURATION (the default, uptime:5s).\n\n" +

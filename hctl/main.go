@@ -118,6 +118,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.maintenanceCommand(),
 			h.configCommand(),
 			h.logsCommand(),
+			h.cronCommand(),
 			h.waitCommand(),
 			h.cancelCommand(),
 			h.bakeCommand(),

@@ -367,6 +367,7 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 		"max surge", fmtSurge(a.MaxSurge),
 		"strategy", fmtKV(a.Strategy),
 		"user", a.User,
+		"cron", a.Cron,
 		"created", fmtTime(a.CreatedAt),
 	)
 	if !a.BakeUntil.IsZero() {

@@ -37,6 +37,7 @@ func rolloutFlags() []cli.Flag {
 			Usage: "at a draining generation's deadline, close its connections at `N` per second, oldest first, " +
 				"before the SIGKILL (default 0: SIGKILL at the deadline)",
 		},
+		cronFlag(),
 	}
 }
 
@@ -119,7 +120,11 @@ func rolloutSettings(cmd *cli.Command, req *api.AppCreate) error {
 		return usagef(cmd, "--shed-rate must not be negative")
 	}
 	req.ShedRate = cmd.Float("shed-rate")
-	return nil
+	c, err := cronSetting(cmd)
+	if c != nil {
+		req.Cron = *c
+	}
+	return err
 }
 
 func (h *hctl) appsSetCommand() *cli.Command {
@@ -141,7 +146,7 @@ func (h *hctl) appsSetCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "set",
 		Usage:     "change an app's settings without touching what runs",
-		UsageText: "hctl apps set APP [--boot-timeout D] [--drain-timeout D] [--readiness TYPE=KIND ...] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--user U] [--limit NAME=N ...] [--add-socket SPEC ...] [--remove-socket NAME ...]",
+		UsageText: "hctl apps set APP [--boot-timeout D] [--drain-timeout D] [--readiness TYPE=KIND ...] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--user U] [--limit NAME=N ...] [--add-socket SPEC ...] [--remove-socket NAME ...] [--cron on|off]",
 		Description: "Every setting of apps create can be changed here; only the flags given change. Nothing\n" +
 			"running is touched: timeouts, readiness, bake, surge and strategy apply to the next\n" +
 			"rollout (deploy, rollback, config change, restart, scale, crash restart). What processes\n" +
@@ -187,6 +192,9 @@ func (h *hctl) appsSetCommand() *cli.Command {
 					return usagef(cmd, "--shed-rate must not be negative")
 				}
 				req.ShedRate = &v
+			}
+			if req.Cron, err = cronSetting(cmd); err != nil {
+				return err
 			}
 			if req.ReleaseTimeout, err = dur("release-timeout", 0); err != nil {
 				return err

@@ -39,6 +39,8 @@ type AppSet struct {
 	// AddSockets are socket specs as in AppCreate; RemoveSockets names.
 	AddSockets    []string `json:"add_sockets,omitempty"`
 	RemoveSockets []string `json:"remove_sockets,omitempty"`
+	// Cron "on" or "off": whether this host runs the app's cron jobs.
+	Cron *string `json:"cron,omitempty"`
 }
 
 // AppSetResult answers PATCH /v1/apps/{app}.

@@ -206,6 +206,9 @@ type AppCreate struct {
 	// oldest first, before it SIGKILLs what is left; 0: SIGKILL at the
 	// deadline.
 	ShedRate float64 `json:"shed_rate,omitempty"`
+	// Cron is "on" (the default: this host runs the app's cron jobs) or
+	// "off" (a fleet's other hosts); docs/cron.md.
+	Cron string `json:"cron,omitempty"`
 }
 
 // App is an app's host-level settings.
@@ -231,6 +234,8 @@ type App struct {
 	Strategy      map[string]string   `json:"strategy,omitempty"`
 	DrainTimeouts map[string]Duration `json:"drain_timeouts,omitempty"`
 	ShedRate      float64             `json:"shed_rate,omitempty"`
+	// Cron is "on" or "off": whether this host runs the app's cron jobs.
+	Cron string `json:"cron,omitempty"`
 	// Operation is the kind of the operation in progress, Phase its
 	// phase, BakeUntil the end of its bake window.
 	Operation string    `json:"operation,omitempty"`

@@ -121,6 +121,9 @@ type Agent struct {
 	journalErrs atomic.Int64
 	// memory returns the garbage of a burst of operations (memory.go).
 	memory memoryReturn
+
+	// cronKick wakes the cron loop (cron.go).
+	cronKick chan struct{}
 }
 
 // Error is a core error with a code the control API maps to a status,
@@ -183,11 +186,12 @@ func New(cfg Config) (*Agent, error) {
 			os.RemoveAll(t)
 		}
 	}
-	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}, broken: map[string]*brokenApp{}, closed: make(chan struct{})}
+	ag := &Agent{cfg: cfg, log: cfg.Log, obs: cfg.Metrics, started: time.Now(), apps: map[string]*app{}, broken: map[string]*brokenApp{}, closed: make(chan struct{}), cronKick: make(chan struct{}, 1)}
 	if err := ag.load(); err != nil {
 		return nil, err
 	}
 	go ag.capLogs()
+	go ag.runCron()
 	return ag, nil
 }
 
@@ -217,6 +221,7 @@ func (ag *Agent) save(a *app) error {
 			Name: p.name(), Type: p.typ, Index: p.index, Release: p.release, PID: p.p.PID(),
 			StartedAt: p.p.KernelStart(), State: p.state, Restarts: p.restarts, ReadyAt: p.readyAt,
 			Notify: p.notifyPath, Log: p.log, LogSent: p.fwd.sent(), Probe: p.probeAddr(), KillAt: p.killAt,
+			Cron: p.cron,
 		})
 	}
 	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {

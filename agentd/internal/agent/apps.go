@@ -74,6 +74,11 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		return api.App{}, err
 	}
 	st.ShedRate = req.ShedRate
+	off, err := cronSetting(req.Cron)
+	if err != nil {
+		return api.App{}, err
+	}
+	st.CronOff = off
 	for typ, d := range req.DrainTimeouts {
 		if st.DrainTimeouts == nil {
 			st.DrainTimeouts = map[string]duration{}

@@ -40,6 +40,8 @@
 //	recover.go   adoption and reconcile after agentd (re)started
 //	maintenance.go  maintenance mode: the responder, on/off, pending releases
 //	release.go   artifacts, releases, the release phase, pruning
+//	cron.go      app.json cron jobs: the schedule loop; cronrun.go: a run
+//	             (cron.N), cronview.go: hctl cron and the --cron setting
 //	views.go     what the API shows: apps, processes, releases, status
 //	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
 //

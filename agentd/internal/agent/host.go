@@ -104,7 +104,9 @@ func (h *host) Live() []rollout.Proc {
 	defer h.a.mu.Unlock()
 	var out []rollout.Proc
 	for _, p := range h.a.procs {
-		if p.p.Exited() || p.typ == "release" && p.retired {
+		if p.p.Exited() || p.typ == "release" && p.retired || p.cron {
+			// A cron run is no part of the formation: a rollout neither
+			// counts nor retires it (cron.go).
 			continue
 		}
 		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})
@@ -323,6 +325,7 @@ func (h *host) Activate(t rollout.Target) error {
 	if o.maint != nil || o.maintOff {
 		ag.observeMaintenance(a)
 	}
+	ag.kickCron() // the next runs use the new release's jobs
 	o.pause("cutover", h.r)
 	return nil
 }

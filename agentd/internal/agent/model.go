@@ -117,6 +117,10 @@ type appState struct {
 
 	// Maintenance is the app's maintenance mode (maintenance.go).
 	Maintenance *maintState `json:"maintenance,omitempty"`
+	// CronOff: this host does not run the app's cron jobs (a fleet's
+	// other hosts); Cron is what it keeps of each job (cron.go).
+	CronOff bool                   `json:"cron_off,omitempty"`
+	Cron    map[string]*cronRecord `json:"cron,omitempty"`
 }
 
 type releaseState struct {
@@ -158,6 +162,8 @@ type procRecord struct {
 	// KillAt is a draining process's deadline: a restarted agentd keeps
 	// it (and sheds or kills at it), it does not start the drain anew.
 	KillAt time.Time `json:"kill_at,omitzero"`
+	// Cron: a cron job's run (cron.go), no part of the formation.
+	Cron bool `json:"cron,omitempty"`
 }
 
 type opRecord struct {
@@ -215,6 +221,9 @@ type app struct {
 	// recovered is set when the state file was refused at start and its
 	// previous generation used (statefile.go).
 	recovered *state.Recovered
+
+	// cron caches the cron jobs of the active release (cron.go).
+	cron *cronJobs
 }
 
 func (a *app) release(v int) *releaseState {
@@ -279,6 +288,7 @@ type proc struct {
 	restarts int
 	killAt   time.Time
 	retired  bool // being replaced or stopped: never restarted
+	cron     bool // a cron job's run (cron.go): the rollout engine never sees it
 	status   string
 	conns    *int // open connections, counted while draining (observe.go)
 

@@ -30,7 +30,7 @@ func (ag *Agent) recover(a *app) {
 		}
 		pr := &proc{typ: rec.Type, index: rec.Index, release: rec.Release, p: sp, state: rec.State,
 			restarts: rec.Restarts, readyAt: rec.ReadyAt, log: rec.Log, notifyPath: rec.Notify,
-			extend: make(chan time.Duration, 1)}
+			extend: make(chan time.Duration, 1), cron: rec.Cron}
 		pr.fwd.off = rec.LogSent
 		pr.killAt = rec.KillAt
 		if rec.Probe != "" {
@@ -87,6 +87,11 @@ func (ag *Agent) recover(a *app) {
 	ag.observeMaintenance(a)
 	for _, p := range a.procs {
 		r := a.release(p.release)
+		if p.cron {
+			// A cron run adopted: it finishes, and counts as running.
+			p.p.OnExit(func() { ag.cronExit(a, p) })
+			continue
+		}
 		p.p.OnExit(func() { ag.watchExit(a, p, r) })
 		go ag.attachNotify(a, p)
 	}

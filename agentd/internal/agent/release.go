@@ -221,7 +221,7 @@ func (ag *Agent) prune(a *app) {
 	if extra := len(a.st.Releases) - ag.cfg.KeepReleases; extra > 0 {
 		var kept []*releaseState
 		for _, r := range a.st.Releases {
-			if extra > 0 && r.Version != a.st.Active {
+			if extra > 0 && r.Version != a.st.Active && !a.keepForCron(r.Version) {
 				extra--
 				continue
 			}

@@ -256,6 +256,17 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 			note("limits", true)
 		}
 	}
+	if req.Cron != nil {
+		off, err := cronSetting(*req.Cron)
+		if err != nil {
+			return api.AppSetResult{}, err
+		}
+		if off != st.CronOff {
+			st.CronOff = off
+			note("cron", false)
+			defer ag.kickCron()
+		}
+	}
 	removed, added, err := ag.socketChanges(a, &st, req)
 	if err != nil {
 		return api.AppSetResult{}, err

@@ -123,7 +123,7 @@ func checkAppState(st *appState, name string) error {
 		switch {
 		case r == nil:
 			bad("process %s (pid %d) of release %s, which is not in the release list", p.Name, p.PID, vname(p.Release))
-		case !releaseHasType(r, p.Type) && p.Type != rollout.Responder: // the responder runs agentd, not the Procfile
+		case !releaseHasType(r, p.Type) && p.Type != rollout.Responder && !p.Cron: // the responder runs agentd, a cron run an app.json job: neither is a Procfile type
 			bad("process %s (pid %d): release %s has no process type %q", p.Name, p.PID, vname(p.Release), p.Type)
 		}
 		if p.PID <= 1 {

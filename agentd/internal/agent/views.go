@@ -23,7 +23,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 		CreatedAt: a.st.CreatedAt, Deploying: a.st.Op != nil,
 		AllowRoot: a.st.AllowRoot, Limits: a.st.Limits, ReleaseTimeout: api.Duration(a.st.ReleaseTimeout),
 		Bake: api.Duration(a.st.Bake), MaxSurge: a.st.MaxSurge, Strategy: maps.Clone(a.st.Strategy),
-		ShedRate: a.st.ShedRate,
+		ShedRate: a.st.ShedRate, Cron: cronWord(a.st.CronOff),
 	}
 	for typ, d := range a.st.DrainTimeouts {
 		if out.DrainTimeouts == nil {

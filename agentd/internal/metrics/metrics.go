@@ -43,6 +43,7 @@ type Metrics struct {
 	rollback *prometheus.CounterVec
 	shed     *prometheus.CounterVec
 	maint    *prometheus.GaugeVec
+	cron     cronMetrics
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -97,6 +98,7 @@ func New(version string, procs func() []api.Process) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
+	m.cron = newCronMetrics(m.reg)
 	m.reg.MustRegister(m.deploys, m.phase, m.ready, m.drain, m.killed, m.cut, m.restarts, m.active, m.rollback, m.shed, m.maint, build,
 		&procCollector{list: procs},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -192,6 +194,7 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.rollback.DeletePartialMatch(l)
 	m.shed.DeletePartialMatch(l)
 	m.maint.DeletePartialMatch(l)
+	m.cron.deleteApp(l)
 }
 
 var (

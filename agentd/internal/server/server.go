@@ -93,6 +93,7 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("POST /v1/apps/{app}/deploys", s.admin(s.deploy))
 	m.HandleFunc("POST /v1/apps/{app}/release-phase", s.admin(s.releasePhase))
 	m.HandleFunc("GET /v1/apps/{app}/releases", s.releases)
+	m.HandleFunc("GET /v1/apps/{app}/cron", s.cron)
 	m.HandleFunc("GET /v1/apps/{app}/releases/{version}", s.release)
 	m.HandleFunc("POST /v1/apps/{app}/rollback", s.admin(s.rollback))
 	m.HandleFunc("GET /v1/ps", s.ps)
