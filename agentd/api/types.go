@@ -104,6 +104,13 @@ const (
 	ReasonUserIsRoot    = "user_is_root"
 	ReasonConfirm       = "confirm"
 	ReasonBroken        = "broken"
+	// Why a process never became ready, as agentd saw it (a deploy's
+	// result): docs/app-contract.md, "When readiness fails".
+	ReasonProbeNotAccepted = "probe_not_accepted"
+	ReasonSocketClosed     = "socket_closed"
+	ReasonListenPIDRefused = "listen_pid_refused"
+	ReasonOwnSocket        = "own_socket"
+	ReasonNotServed        = "not_served"
 )
 
 func (e *Error) Error() string { return e.Message }

@@ -174,7 +174,11 @@ func (o *op) fail(r *releaseState, err error) api.OpResult {
 	act := o.a.st.Active
 	o.a.mu.Unlock()
 	if act != 0 {
-		err = &Error{Code: codeOf(err), Msg: fmt.Sprintf("%v (%s keeps serving)", err, vname(act)), Err: err}
+		var reason, app string
+		if ae, ok := errors.AsType[*Error](err); ok {
+			reason, app = ae.Reason, ae.App
+		}
+		err = &Error{Code: codeOf(err), Msg: fmt.Sprintf("%v (%s keeps serving)", err, vname(act)), Err: err, Reason: reason, App: app}
 		o.mu.Lock()
 		o.res.Previous = vname(act)
 		o.mu.Unlock()
