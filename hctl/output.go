@@ -368,6 +368,9 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 	if !a.BakeUntil.IsZero() {
 		fmt.Fprintf(w, "baking until %s\n", fmtTime(a.BakeUntil))
 	}
+	if a.Webhook != "" {
+		writeFields(w, "webhook", a.Webhook, "last delivery", fmtDelivery(a.LastDelivery))
+	}
 	if len(a.Sockets) > 0 {
 		fmt.Fprintln(w, "\nsockets:")
 		writeSockets(w, a.Sockets, false)

@@ -39,6 +39,10 @@ type AppSet struct {
 	// AddSockets are socket specs as in AppCreate; RemoveSockets names.
 	AddSockets    []string `json:"add_sockets,omitempty"`
 	RemoveSockets []string `json:"remove_sockets,omitempty"`
+	// Webhook sets the webhook URL ("" removes it); WebhookSecret sets
+	// its secret ("": agentd makes a new one).
+	Webhook       *string `json:"webhook,omitempty"`
+	WebhookSecret *string `json:"webhook_secret,omitempty"`
 }
 
 // AppSetResult answers PATCH /v1/apps/{app}.

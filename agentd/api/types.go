@@ -212,6 +212,11 @@ type AppCreate struct {
 	// oldest first, before it SIGKILLs what is left; 0: SIGKILL at the
 	// deadline.
 	ShedRate float64 `json:"shed_rate,omitempty"`
+	// Webhook is a URL agentd POSTs the app's deploy events to, signed
+	// with WebhookSecret (agentd makes one when it is empty; the answer
+	// shows it once). docs/webhooks.md.
+	Webhook       string `json:"webhook,omitempty"`
+	WebhookSecret string `json:"webhook_secret,omitempty"`
 }
 
 // App is an app's host-level settings.
@@ -237,6 +242,12 @@ type App struct {
 	Strategy      map[string]string   `json:"strategy,omitempty"`
 	DrainTimeouts map[string]Duration `json:"drain_timeouts,omitempty"`
 	ShedRate      float64             `json:"shed_rate,omitempty"`
+	// Webhook is the app's webhook URL; WebhookSecret is set only in the
+	// answer to the create or set that made a secret (shown once);
+	// LastDelivery is the state of the latest delivery.
+	Webhook       string           `json:"webhook,omitempty"`
+	WebhookSecret string           `json:"webhook_secret,omitempty"`
+	LastDelivery  *WebhookDelivery `json:"last_delivery,omitempty"`
 	// Operation is the kind of the operation in progress, Phase its
 	// phase, BakeUntil the end of its bake window.
 	Operation string    `json:"operation,omitempty"`

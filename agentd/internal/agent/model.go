@@ -113,6 +113,11 @@ type appState struct {
 	// ShedRate > 0: at a generation's deadline its connections are closed
 	// at that many per second before the SIGKILL.
 	ShedRate float64 `json:"shed_rate,omitempty"`
+
+	// Webhook is where the app's deploy events go, signed with
+	// WebhookSecret (hooks.go).
+	Webhook       string `json:"webhook,omitempty"`
+	WebhookSecret string `json:"webhook_secret,omitempty"`
 }
 
 type releaseState struct {

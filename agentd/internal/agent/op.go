@@ -44,6 +44,8 @@ type op struct {
 	// done, for the old processes to exit before it reports (they drain
 	// on after it): DeployRequest.WaitDrain, default defaultWaitDrain.
 	waitDrain time.Duration
+	// who asked for the release rolled out, for its webhook events.
+	who string
 }
 
 // defaultWaitDrain is how long an operation waits for its drain.
@@ -161,6 +163,7 @@ func (o *op) finish(err error) api.OpResult {
 	}
 	res := o.res
 	o.mu.Unlock()
+	o.hookDone(res)
 	result := "ok"
 	if !res.OK {
 		result = "failed"

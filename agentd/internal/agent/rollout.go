@@ -44,6 +44,7 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	if t.Previous != 0 {
 		o.res.Previous = vname(t.Previous)
 	}
+	o.hookStarted(r, t.Previous)
 	res, err := o.run(o.ctx, t, r)
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
@@ -198,6 +199,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 		reason = fmt.Sprintf("%s: %v", vname(t.Release), be.Reason)
 	}
 	o.info("%s", reason)
+	o.hookBakeFailed(t.Release, reason)
 	ag.obs.Rollback(a.st.Name, "bake")
 	a.mu.Lock()
 	prev := a.release(t.Previous)

@@ -35,6 +35,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 		out.Operation, out.Phase, out.BakeUntil = op.Kind, op.Phase, op.BakeUntil
 	}
 	out.StateFile, out.StateNote = a.stateNote()
+	ag.webhookAPI(a, &out)
 	if a.st.Active != 0 {
 		out.ActiveRelease = vname(a.st.Active)
 		if r := a.release(a.st.Active); r != nil {
