@@ -201,6 +201,25 @@ func TestWebhookEvents(t *testing.T) {
 	}
 }
 
+// TestWebhookBakeFailed: a release whose bake is aborted sends
+// bake_failed, then the automatic rollback's rolled_back.
+func TestWebhookBakeFailed(t *testing.T) {
+	e := start(t)
+	r := newReceiver(t)
+	e.createHooked(r, "baked")
+	e.deploy("baked", e.release(""))
+	e.mustHctl("apps", "set", "baked", "--bake", "10m")
+	wait := e.deployUntil("-----> bake", "baked", e.release(""))
+	e.mustHctl("bake", "baked", "abort")
+	if err := wait(); err == nil {
+		t.Fatal("the deploy whose bake was aborted succeeded")
+	}
+	evs := r.expect(t, "deploy.started v1", "deploy.live v1", "deploy.started v2", "deploy.bake_failed v2", "deploy.rolled_back v3")
+	if evs[3].Error == "" || evs[4].Error == "" || evs[4].Who != "agentd" || evs[4].Previous != "v2" {
+		t.Errorf("bake events: %+v, %+v", evs[3], evs[4])
+	}
+}
+
 // TestWebhookRetries: a receiver that fails the first two attempts of
 // every delivery gets each event at the third, in order.
 func TestWebhookRetries(t *testing.T) {

@@ -96,7 +96,10 @@ func (o *op) hookDone(res api.OpResult) {
 	}
 	ev := api.WebhookEvent{Event: api.WebhookLive, Release: res.Release, Previous: res.Previous, Phases: res.Phases, Error: res.Error}
 	switch {
-	case res.RolledBack, res.OK && o.kind == "rollback":
+	case res.RolledBack:
+		// Its own rollback, after a failed bake.
+		ev.Event, ev.Who = api.WebhookRolledBack, "agentd"
+	case res.OK && o.kind == "rollback":
 		ev.Event = api.WebhookRolledBack
 	case !res.OK:
 		ev.Event = api.WebhookFailed
@@ -112,9 +115,11 @@ func (o *op) hook(ev api.WebhookEvent) {
 	if hook == "" {
 		return
 	}
-	o.mu.Lock()
-	ev.Who = o.who
-	o.mu.Unlock()
+	if ev.Who == "" {
+		o.mu.Lock()
+		ev.Who = o.who
+		o.mu.Unlock()
+	}
 	ev.Operation, ev.Time = o.kind, time.Now().UTC()
 	ev.Host, _ = os.Hostname()
 	if err := o.ag.cfg.Webhooks.Send(name, hook, secret, ev); err != nil {
