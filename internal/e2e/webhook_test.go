@@ -149,7 +149,11 @@ func TestWebhookEvents(t *testing.T) {
 	if res := e.hctl("deploy", "hooked", e.release("crash-at-boot")); res.Code != 1 {
 		t.Fatalf("bad deploy: want exit 1, got %s", res)
 	}
-	e.deploy("hooked", e.release(""))
+	v3 := e.release("")
+	e.deploy("hooked", v3)
+	// Operations with nothing to do send no event.
+	e.deploy("hooked", v3)
+	e.mustHctl("config", "unset", "hooked", "NOT_SET")
 	e.mustHctl("rollback", "hooked")
 	evs := r.expect(t,
 		"deploy.started v1", "deploy.live v1",

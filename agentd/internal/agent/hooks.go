@@ -72,7 +72,7 @@ func (o *op) hookStarted(r *releaseState, previous int) {
 		return
 	}
 	o.mu.Lock()
-	o.who = r.DeployedBy
+	o.who, o.hookedStart = r.DeployedBy, true
 	phases := slices.Clone(o.phases)
 	o.mu.Unlock()
 	o.hook(api.WebhookEvent{Event: api.WebhookStarted, Release: vname(r.Version), Previous: vnameOr(previous), Phases: phases})
@@ -89,9 +89,14 @@ func (o *op) hookBakeFailed(release int, reason string) {
 	o.hook(api.WebhookEvent{Event: api.WebhookBakeFailed, Release: vname(release), Phases: phases, Error: reason})
 }
 
-// hookDone sends how the operation ended. Callers hold no lock.
+// hookDone sends how the operation ended: an operation that started a
+// rollout, or a deploy refused before it (a bad artifact). One that had
+// nothing to do, or bad input, sends nothing. Callers hold no lock.
 func (o *op) hookDone(res api.OpResult) {
-	if !o.hooked() {
+	o.mu.Lock()
+	started := o.hookedStart
+	o.mu.Unlock()
+	if !o.hooked() || !started && (res.OK || o.kind != "deploy") {
 		return
 	}
 	ev := api.WebhookEvent{Event: api.WebhookLive, Release: res.Release, Previous: res.Previous, Phases: res.Phases, Error: res.Error}
