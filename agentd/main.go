@@ -31,6 +31,7 @@ import (
 	"github.com/agentd/agentd/agentd/internal/server"
 	"github.com/agentd/agentd/agentd/internal/upgrade"
 	"github.com/agentd/agentd/agentd/internal/watchdog"
+	"github.com/agentd/agentd/agentd/internal/webhook"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -193,11 +194,17 @@ Flags:
 		return fmt.Errorf("--release-scopes %q: want auto or off", *scopesMode)
 	}
 	cfg.Store, cfg.Unstore = in.FDStore()
+	hooks := webhook.New(filepath.Join(*stateDir, "webhooks"), log)
+	cfg.Webhooks = hooks
+	defer hooks.Close()
 	ag, err = agent.New(cfg)
 	in.WarnUnclaimed()
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if err := hooks.Start(); err != nil {
+		log.Warn("webhook deliveries off", "err", err)
 	}
 	upgradeNow := func() error { return upg.Upgrade(ag) }
 	srv := &server.Server{Agent: ag, Log: log, Metrics: m.Handler(), AdminGroup: *group, Upgrade: upgradeNow}

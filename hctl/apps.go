@@ -96,7 +96,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 		Name:  "create",
 		Usage: "create an app and bind its listening sockets",
 		UsageText: "hctl apps create APP --socket [TYPE/]NAME=ADDR ... [--readiness TYPE=KIND ...] " +
-			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--cron on|off]",
+			"[--boot-timeout D] [--drain-timeout D] [--user U | --allow-root] [--limit NAME=N ...] [--release-timeout D] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--cron on|off] [--webhook URL [--webhook-secret S]]",
 		Description: "ADDR is tcp://HOST:PORT, tcp6://[HOST]:PORT or unix:///path. TYPE is the process type\n" +
 			"that receives the socket (web by default). KIND is notify, http:PATH, tcp, exec:CMD or\n" +
 			"uptime:DURATION (the default, uptime:5s).\n\n" +
@@ -153,7 +153,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 				Local:       true,
 				HideDefault: true,
 			},
-		}, rolloutFlags()...),
+		}, append(rolloutFlags(), webhookFlags()...)...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			a, err := needArgs(cmd, 1, 1, "APP")
 			if err != nil {
@@ -198,6 +198,16 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			if req.Sockets == nil {
 				req.Sockets = []string{}
 			}
+			hook, secret, err := webhookSettings(cmd)
+			if err != nil {
+				return err
+			}
+			if hook != nil {
+				req.Webhook = *hook
+			}
+			if secret != nil {
+				req.WebhookSecret = *secret
+			}
 
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
@@ -213,6 +223,7 @@ func (h *hctl) appsCreateCommand() *cli.Command {
 			if len(app.Sockets) > 0 {
 				writeSockets(h.stdout, app.Sockets, false)
 			}
+			writeSecret(h.stdout, *app)
 			fmt.Fprintf(h.stderr, "next: hctl deploy %s PATH\n", app.Name)
 			return nil
 		},

@@ -376,6 +376,9 @@ func writeAppInfo(w io.Writer, info *api.AppInfo) {
 	if a.Maintenance != nil {
 		fmt.Fprintf(w, "in maintenance %s\n", fmtMaintenance(a.Maintenance))
 	}
+	if a.Webhook != "" {
+		writeFields(w, "webhook", a.Webhook, "last delivery", fmtDelivery(a.LastDelivery))
+	}
 	if len(a.Sockets) > 0 {
 		fmt.Fprintln(w, "\nsockets:")
 		writeSockets(w, a.Sockets, false)

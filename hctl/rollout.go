@@ -143,10 +143,11 @@ func (h *hctl) appsSetCommand() *cli.Command {
 	rf := rolloutFlags()
 	rf[2].(*cli.StringSliceFlag).Usage = "how a type is replaced, `TYPE=overlap|stop-first`; TYPE= resets it (repeatable)"
 	flags = append(flags, rf...)
+	flags = append(flags, webhookFlags()...)
 	return &cli.Command{
 		Name:      "set",
 		Usage:     "change an app's settings without touching what runs",
-		UsageText: "hctl apps set APP [--boot-timeout D] [--drain-timeout D] [--readiness TYPE=KIND ...] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--user U] [--limit NAME=N ...] [--add-socket SPEC ...] [--remove-socket NAME ...] [--cron on|off]",
+		UsageText: "hctl apps set APP [--boot-timeout D] [--drain-timeout D] [--readiness TYPE=KIND ...] [--bake D] [--max-surge N] [--strategy TYPE=S ...] [--user U] [--limit NAME=N ...] [--add-socket SPEC ...] [--remove-socket NAME ...] [--cron on|off] [--webhook URL] [--webhook-secret S]",
 		Description: "Every setting of apps create can be changed here; only the flags given change. Nothing\n" +
 			"running is touched: timeouts, readiness, bake, surge and strategy apply to the next\n" +
 			"rollout (deploy, rollback, config change, restart, scale, crash restart). What processes\n" +
@@ -157,6 +158,7 @@ func (h *hctl) appsSetCommand() *cli.Command {
 			"  hctl apps set myapp --boot-timeout 2m --drain-timeout 1m\n" +
 			"  hctl apps set myapp --bake 60s --max-surge 2 --strategy worker=stop-first\n" +
 			"  hctl apps set myapp --readiness web=http:/healthz\n" +
+			"  hctl apps set myapp --webhook https://chat.example.com/hooks/deploys\n" +
 			"  hctl apps set myapp --add-socket admin=unix:///run/myapp/admin.sock && hctl restart myapp",
 		Flags: flags,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -247,6 +249,9 @@ func (h *hctl) appsSetCommand() *cli.Command {
 				}
 			}
 			req.AddSockets, req.RemoveSockets = cmd.StringSlice("add-socket"), cmd.StringSlice("remove-socket")
+			if req.Webhook, req.WebhookSecret, err = webhookSettings(cmd); err != nil {
+				return err
+			}
 
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
@@ -263,6 +268,7 @@ func (h *hctl) appsSetCommand() *cli.Command {
 				return nil
 			}
 			fmt.Fprintf(h.stdout, "%s: changed %s\n", app, strings.Join(res.Changed, ", "))
+			writeSecret(h.stdout, res.App)
 			if len(res.NextRollout) > 0 {
 				fmt.Fprintf(h.stdout, "running processes get %s at the next rollout (hctl restart %s applies it now, without downtime)\n",
 					strings.Join(res.NextRollout, ", "), app)

@@ -30,6 +30,8 @@ func reword(err error) error {
 		msg += " (--allow-root)"
 	case api.ReasonBroken:
 		msg += fmt.Sprintf(" (hctl apps repair %s rebuilds it from its running processes; hctl status %s says more)", ae.App, ae.App)
+	case api.ReasonProbeNotAccepted:
+		msg += fmt.Sprintf("; hctl apps set %s --readiness TYPE=notify changes a type's readiness", ae.App)
 	case api.ReasonConfirm:
 		msg = fmt.Sprintf("destroying %s stops it and deletes its releases: confirm with --confirm %s", ae.App, ae.App)
 	}

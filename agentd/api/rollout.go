@@ -41,6 +41,10 @@ type AppSet struct {
 	RemoveSockets []string `json:"remove_sockets,omitempty"`
 	// Cron "on" or "off": whether this host runs the app's cron jobs.
 	Cron *string `json:"cron,omitempty"`
+	// Webhook sets the webhook URL ("" removes it); WebhookSecret sets
+	// its secret ("": agentd makes a new one).
+	Webhook       *string `json:"webhook,omitempty"`
+	WebhookSecret *string `json:"webhook_secret,omitempty"`
 }
 
 // AppSetResult answers PATCH /v1/apps/{app}.

@@ -105,6 +105,13 @@ const (
 	ReasonUserIsRoot    = "user_is_root"
 	ReasonConfirm       = "confirm"
 	ReasonBroken        = "broken"
+	// Why a process never became ready, as agentd saw it (a deploy's
+	// result): docs/app-contract.md, "When readiness fails".
+	ReasonProbeNotAccepted = "probe_not_accepted"
+	ReasonSocketClosed     = "socket_closed"
+	ReasonListenPIDRefused = "listen_pid_refused"
+	ReasonOwnSocket        = "own_socket"
+	ReasonNotServed        = "not_served"
 )
 
 func (e *Error) Error() string { return e.Message }
@@ -209,6 +216,11 @@ type AppCreate struct {
 	// Cron is "on" (the default: this host runs the app's cron jobs) or
 	// "off" (a fleet's other hosts); docs/cron.md.
 	Cron string `json:"cron,omitempty"`
+	// Webhook is a URL agentd POSTs the app's deploy events to, signed
+	// with WebhookSecret (agentd makes one when it is empty; the answer
+	// shows it once). docs/webhooks.md.
+	Webhook       string `json:"webhook,omitempty"`
+	WebhookSecret string `json:"webhook_secret,omitempty"`
 }
 
 // App is an app's host-level settings.
@@ -236,6 +248,12 @@ type App struct {
 	ShedRate      float64             `json:"shed_rate,omitempty"`
 	// Cron is "on" or "off": whether this host runs the app's cron jobs.
 	Cron string `json:"cron,omitempty"`
+	// Webhook is the app's webhook URL; WebhookSecret is set only in the
+	// answer to the create or set that made a secret (shown once);
+	// LastDelivery is the state of the latest delivery.
+	Webhook       string           `json:"webhook,omitempty"`
+	WebhookSecret string           `json:"webhook_secret,omitempty"`
+	LastDelivery  *WebhookDelivery `json:"last_delivery,omitempty"`
 	// Operation is the kind of the operation in progress, Phase its
 	// phase, BakeUntil the end of its bake window.
 	Operation string    `json:"operation,omitempty"`

@@ -18,8 +18,9 @@
 //	                  default 0, if set)
 //	child-sleep       internal: the fork-child child
 //
-// and the hostile modes of hostile.go (hold, close-sockets,
-// shutdown-sockets, bind-port, notify-flood, stdout-flood, fork-bomb).
+// the hostile modes of hostile.go (hold, close-sockets,
+// shutdown-sockets, bind-port, notify-flood, stdout-flood, fork-bomb), and
+// the trap modes of traps.go (own-port, strict-listen-pid).
 //
 // Without inherited sockets it serves nothing under agentd (a process type
 // without sockets, such as a worker: PORT is the web socket's, held by
@@ -129,6 +130,12 @@ func run() int {
 			c.Env[k] = v
 		}
 	}
+	if refusesFDs(modes) {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		fmt.Fprintf(os.Stderr, "testapp: LISTEN_PID=%s is not my pid %d: ignoring the fds, as sd_listen_fds does\n", c.ListenPID, c.Pid)
+		return serveOwnPort(ctx, "strict-listen-pid")
+	}
 	if c.ListenFDs != "" && c.ListenPID != strconv.Itoa(c.Pid) {
 		fmt.Fprintf(os.Stderr, "testapp: LISTEN_FDS=%s is set but LISTEN_PID=%q is not my pid %d: the fds would be ignored (broken exec shim?)\n",
 			c.ListenFDs, c.ListenPID, c.Pid)
@@ -159,6 +166,9 @@ func run() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testapp:", err)
 		return exitUsage
+	}
+	if modes["own-port"] {
+		return serveOwnPort(ctx, "own-port")
 	}
 	if code, stop := beforeListen(modes); stop {
 		return code

@@ -37,6 +37,8 @@ type Config struct {
 	MaxLogBytes int64
 	// Metrics, if set, observes what the agent does.
 	Metrics Observer
+	// Webhooks, if set, delivers the apps' deploy events (hooks.go).
+	Webhooks Hooks
 	// Journal, if set, receives every line of app output (journal.go): the
 	// processes still write to their log files, and agentd forwards what
 	// they wrote, so their output never waits for agentd.

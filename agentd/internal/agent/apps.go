@@ -85,6 +85,10 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		}
 		st.DrainTimeouts[typ] = duration(d)
 	}
+	madeSecret, err := setWebhook(&st, &req.Webhook, &req.WebhookSecret)
+	if err != nil {
+		return api.App{}, err
+	}
 	for typ, s := range req.Strategy {
 		if s != "" && s != api.StrategyOverlap {
 			if st.Strategy == nil {
@@ -140,7 +144,9 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 	ag.apps[req.Name] = a
 	ag.obs.ActiveRelease(req.Name, "")
 	ag.log.Info("app created", "app", req.Name, "sockets", len(a.held))
-	return ag.appAPI(a), nil
+	out := ag.appAPI(a)
+	out.WebhookSecret = madeSecret // shown once
+	return out, nil
 }
 
 func lookupUser(name string) (*user.User, error) {
@@ -196,6 +202,9 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 	delete(ag.apps, name)
 	ag.mu.Unlock()
 	ag.obs.AppDestroyed(name)
+	if ag.cfg.Webhooks != nil {
+		ag.cfg.Webhooks.Forget(name)
+	}
 	// Both generations: an app created later under the name must not
 	// recover this one's state.
 	if err := state.Remove(ag.cfg.appFile(name)); err != nil {

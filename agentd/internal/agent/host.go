@@ -342,7 +342,11 @@ func (h *host) Memory() (rollout.Memory, bool) {
 // wrong, with the last lines the process wrote.
 func (o *op) explain(p *proc, kind readiness.Kind, boot time.Duration, err error) error {
 	var what string
+	te, trapped := errors.AsType[*trapError](err)
 	switch {
+	case trapped && te.err == nil:
+		// Failed early: the trap says it all.
+		what = te.f.Msg
 	case errors.Is(err, readiness.ErrExited):
 		<-p.p.Done()
 		what = fmt.Sprintf("%s %s before it was ready", p.name(), p.p.Exit())
@@ -355,8 +359,15 @@ func (o *op) explain(p *proc, kind readiness.Kind, boot time.Duration, err error
 	}
 	tail := tailLines(p.log, 5)
 	what += o.ag.hints(p, tail)
+	if trapped && te.err != nil {
+		what += "; likely cause: " + te.f.Msg
+	}
 	if tail != "" {
 		what += "; its last output:\n" + tail
+	}
+	if trapped {
+		// The Reason lets a client add its own advice (hctl names flags).
+		return &Error{Code: api.CodeDeployFailed, Msg: what, Err: err, Reason: te.f.Trap, App: o.a.st.Name}
 	}
 	return errors.New(what)
 }

@@ -121,6 +121,10 @@ type appState struct {
 	// other hosts); Cron is what it keeps of each job (cron.go).
 	CronOff bool                   `json:"cron_off,omitempty"`
 	Cron    map[string]*cronRecord `json:"cron,omitempty"`
+	// Webhook is where the app's deploy events go, signed with
+	// WebhookSecret (hooks.go).
+	Webhook       string `json:"webhook,omitempty"`
+	WebhookSecret string `json:"webhook_secret,omitempty"`
 }
 
 type releaseState struct {

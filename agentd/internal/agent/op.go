@@ -48,6 +48,10 @@ type op struct {
 	// done, for the old processes to exit before it reports (they drain
 	// on after it): DeployRequest.WaitDrain, default defaultWaitDrain.
 	waitDrain time.Duration
+	// who asked for the release rolled out, for its webhook events;
+	// hookedStart: deploy.started went out (hooks.go).
+	who         string
+	hookedStart bool
 }
 
 // defaultWaitDrain is how long an operation waits for its drain.
@@ -165,6 +169,7 @@ func (o *op) finish(err error) api.OpResult {
 	}
 	res := o.res
 	o.mu.Unlock()
+	o.hookDone(res)
 	result := "ok"
 	if !res.OK {
 		result = "failed"

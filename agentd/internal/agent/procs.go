@@ -428,6 +428,9 @@ func (ag *Agent) waitReady(parent context.Context, a *app, p *proc, kind readine
 			Dir: dir, Env: env, Credential: cred,
 		})
 	}()
+	// What the process does with its sockets, to fail it early when it
+	// can never become ready, and to say why when it fails (traps.go).
+	traps := ag.watchTraps(ctx, a, p)
 	deadline := p.p.StartedAt().Add(boot)
 	ceiling := bootCeiling(p.p.StartedAt(), boot)
 	var extended *bootTimeoutError
@@ -447,7 +450,11 @@ func (ag *Agent) waitReady(parent context.Context, a *app, p *proc, kind readine
 				// probes it again (bake.go); it closes with the process.
 				ag.obs.ProcessReady(a.st.Name, p.typ, p.readyAt.Sub(p.p.StartedAt()))
 			}
-			return err
+			return traps.explain(err)
+		case te := <-traps.sure:
+			cancel()
+			<-done
+			return te
 		case d := <-p.extend:
 			if nd := time.Now().Add(d); nd.After(deadline) {
 				if extended == nil {
@@ -464,9 +471,9 @@ func (ag *Agent) waitReady(parent context.Context, a *app, p *proc, kind readine
 			cancel()
 			<-done
 			if extended != nil {
-				return extended
+				return traps.explain(extended)
 			}
-			return errBootTimeout
+			return traps.explain(errBootTimeout)
 		}
 	}
 }

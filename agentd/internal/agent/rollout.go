@@ -47,6 +47,7 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	if res, held := o.holdForMaintenance(r, t); held {
 		return res
 	}
+	o.hookStarted(r, t.Previous)
 	res, err := o.run(o.ctx, t, r)
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
@@ -179,7 +180,11 @@ func (o *op) fail(r *releaseState, err error) api.OpResult {
 	act := o.a.st.Active
 	o.a.mu.Unlock()
 	if act != 0 {
-		err = &Error{Code: codeOf(err), Msg: fmt.Sprintf("%v (%s keeps serving)", err, vname(act)), Err: err}
+		var reason, app string
+		if ae, ok := errors.AsType[*Error](err); ok {
+			reason, app = ae.Reason, ae.App
+		}
+		err = &Error{Code: codeOf(err), Msg: fmt.Sprintf("%v (%s keeps serving)", err, vname(act)), Err: err, Reason: reason, App: app}
 		o.mu.Lock()
 		o.res.Previous = vname(act)
 		o.mu.Unlock()
@@ -199,6 +204,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 		reason = fmt.Sprintf("%s: %v", vname(t.Release), be.Reason)
 	}
 	o.info("%s", reason)
+	o.hookBakeFailed(t.Release, reason)
 	ag.obs.Rollback(a.st.Name, "bake")
 	a.mu.Lock()
 	prev := a.release(t.Previous)

@@ -267,6 +267,19 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 			defer ag.kickCron()
 		}
 	}
+	var madeSecret string
+	if req.Webhook != nil || req.WebhookSecret != nil {
+		was, wasSecret := st.Webhook, st.WebhookSecret
+		if madeSecret, err = setWebhook(&st, req.Webhook, req.WebhookSecret); err != nil {
+			return api.AppSetResult{}, err
+		}
+		if st.Webhook != was {
+			note("webhook", false)
+		}
+		if st.WebhookSecret != wasSecret && st.Webhook != "" {
+			note("webhook_secret", false)
+		}
+	}
 	removed, added, err := ag.socketChanges(a, &st, req)
 	if err != nil {
 		return api.AppSetResult{}, err
@@ -312,7 +325,9 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 		}
 		ag.log.Info("app settings changed", "app", name, "changed", strings.Join(changed, ","))
 	}
-	return api.AppSetResult{App: ag.appAPI(a), Changed: append([]string{}, changed...), NextRollout: next}, nil
+	out := api.AppSetResult{App: ag.appAPI(a), Changed: append([]string{}, changed...), NextRollout: next}
+	out.App.WebhookSecret = madeSecret // shown once
+	return out, nil
 }
 
 // socketChanges validates the sockets req adds and removes against st,

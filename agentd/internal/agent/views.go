@@ -36,6 +36,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 	}
 	out.StateFile, out.StateNote = a.stateNote()
 	out.Maintenance = a.maintenanceAPI()
+	ag.webhookAPI(a, &out)
 	if a.st.Active != 0 {
 		out.ActiveRelease = vname(a.st.Active)
 		if r := a.release(a.st.Active); r != nil {

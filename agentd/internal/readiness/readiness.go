@@ -192,6 +192,9 @@ func checkHTTP(ctx context.Context, addr, path string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	// A wait that ends (the process failed otherwise) ends the check at
+	// once, not at its deadline.
+	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })()
 	// One request on its own connection, closed after: the probe never
 	// holds a kept-alive connection that the app would have to drain.
 	req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
