@@ -78,12 +78,31 @@ func TestGiveUpThenNext(t *testing.T) {
 		t.Fatalf("delivered %s, %s; want good1, good2", a, b)
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if want := []string{"bad", "bad", "bad", "good1", "good2"}; !equal(h.events, want) {
 		t.Errorf("attempts %v, want %v", h.events, want)
 	}
-	if d := s.Last("app"); d == nil || d.Event != "good2" || d.Status != api.DeliveryDelivered {
+	h.mu.Unlock()
+	// The receiver saw good2 before its answer reached the sender, which
+	// records the delivery only then: wait for that record.
+	if d := waitLast(t, s, "app", "good2"); d.Status != api.DeliveryDelivered {
 		t.Errorf("last %+v", d)
+	}
+}
+
+// waitLast polls s.Last until it names event (polling: the sender has no
+// event to wait on for its record), failing after 30 s.
+func waitLast(t *testing.T, s *Sender, app, event string) *api.WebhookDelivery {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		d := s.Last(app)
+		if d != nil && d.Event == event {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("last delivery %+v, want %s within 30 s", d, event)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
