@@ -26,6 +26,7 @@ import (
 	"github.com/agentd/agentd/agentd/internal/intake"
 	"github.com/agentd/agentd/agentd/internal/journal"
 	"github.com/agentd/agentd/agentd/internal/metrics"
+	"github.com/agentd/agentd/agentd/internal/relay"
 	"github.com/agentd/agentd/agentd/internal/scope"
 	"github.com/agentd/agentd/agentd/internal/server"
 	"github.com/agentd/agentd/agentd/internal/upgrade"
@@ -42,6 +43,10 @@ func main() {
 	if sockets.IsShim(os.Args) {
 		fmt.Fprintln(os.Stderr, "agentd:", sockets.RunShim(os.Args))
 		os.Exit(127)
+	}
+	// A one-off process's relay (hctl run): agentd re-executed too.
+	if relay.Is(os.Args) {
+		os.Exit(relay.Main(os.Args))
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "agentd:", err)

@@ -104,8 +104,8 @@ func (h *host) Live() []rollout.Proc {
 	defer h.a.mu.Unlock()
 	var out []rollout.Proc
 	for _, p := range h.a.procs {
-		if p.p.Exited() || p.typ == "release" && p.retired {
-			continue
+		if p.p.Exited() || p.typ == "release" && p.retired || p.run != nil {
+			continue // one-offs are no rollout's business (run.go)
 		}
 		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})
 	}

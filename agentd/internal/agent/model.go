@@ -113,6 +113,12 @@ type appState struct {
 	// ShedRate > 0: at a generation's deadline its connections are closed
 	// at that many per second before the SIGKILL.
 	ShedRate float64 `json:"shed_rate,omitempty"`
+
+	// Runs are the running one-off processes (hctl run, run.go), kept
+	// apart from Processes: they are no part of any formation.
+	Runs []runRecord `json:"runs,omitempty"`
+	// LastRun numbers them: run.N.
+	LastRun int `json:"last_run,omitempty"`
 }
 
 type releaseState struct {
@@ -284,6 +290,9 @@ type proc struct {
 	fwd logForward
 	// trigger fires when the process sent WATCHDOG=trigger (bake.go).
 	trigger signal
+
+	// run is set for a one-off process (run.go): never part of a rollout.
+	run *runInfo
 }
 
 func (p *proc) name() string {
@@ -313,6 +322,9 @@ func (a *app) liveProcs(v int, types []string) []*proc {
 	for _, p := range a.procs {
 		if p.p.Exited() || p.retired {
 			continue
+		}
+		if p.run != nil && (v != 0 || types != nil) {
+			continue // a one-off is no release's formation
 		}
 		if v != 0 && p.release != v {
 			continue
