@@ -124,11 +124,22 @@ func hasKey(env []string, k string) bool {
 	return false
 }
 
-// runStream is the current stream of a run: replaced when hctl re-attaches.
+// maxResend bounds the input hctl keeps to send again after a re-attach.
+const maxResend = 4 << 20
+
+// runStream is the current stream of a run, replaced when hctl
+// re-attaches, and the input sent on it that the relay may not have
+// received: a write to a connection that agentd's restart has just cut can
+// succeed and still be lost.
 type runStream struct {
 	mu   sync.Mutex
 	cur  *api.RunStream
 	next chan struct{} // closed when cur is replaced
+
+	sent   []byte // the last input sent, from offset base
+	base   int64
+	eof    bool // FrameEOF sent
+	stderr io.Writer
 }
 
 func (r *runStream) get() (*api.RunStream, <-chan struct{}) {
@@ -137,20 +148,69 @@ func (r *runStream) get() (*api.RunStream, <-chan struct{}) {
 	return r.cur, r.next
 }
 
-func (r *runStream) set(s *api.RunStream) {
+// set makes s the stream, after sending on it the input the relay says
+// it has not received (its first frame, FrameInput).
+func (r *runStream) set(s *api.RunStream) error {
+	f, err := s.R.Read()
+	if err != nil {
+		return err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if f.Type == api.FrameInput {
+		if n, eof, err := api.ParseInput(f.Data); err == nil {
+			end := r.base + int64(len(r.sent))
+			switch {
+			case n < r.base:
+				fmt.Fprintf(r.stderr, "hctl: %d bytes of input were lost while re-attaching\r\n", r.base-n)
+				s.W.Write(api.FrameStdin, r.sent)
+			case n < end:
+				s.W.Write(api.FrameStdin, r.sent[n-r.base:])
+			}
+			if r.eof && !eof {
+				s.W.Write(api.FrameEOF, nil)
+			}
+		}
+	}
 	r.cur = s
 	close(r.next)
 	r.next = make(chan struct{})
+	return nil
+}
+
+// received trims the input kept to what the relay has not said it has.
+func (r *runStream) received(data []byte) {
+	n, _, err := api.ParseInput(data)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil && n > r.base {
+		cut := min(n-r.base, int64(len(r.sent)))
+		r.sent, r.base = r.sent[cut:], r.base+cut
+	}
 }
 
 // send writes a frame to the current stream, waiting for a re-attach when
 // the connection was lost; it gives up when done closes.
 func (r *runStream) send(typ byte, data []byte, done <-chan struct{}) {
 	for {
-		s, next := r.get()
-		if s.W.Write(typ, data) == nil {
+		r.mu.Lock()
+		s, next := r.cur, r.next
+		// Kept and written under one lock: set's resend and this write
+		// cannot pass each other.
+		err := s.W.Write(typ, data)
+		if err == nil {
+			switch typ {
+			case api.FrameStdin:
+				r.sent = append(r.sent, data...)
+				if over := len(r.sent) - maxResend; over > 0 {
+					r.sent, r.base = r.sent[over:], r.base+int64(over)
+				}
+			case api.FrameEOF:
+				r.eof = true
+			}
+		}
+		r.mu.Unlock()
+		if err == nil {
 			return
 		}
 		select {
@@ -172,7 +232,7 @@ func (h *hctl) runSession(ctx context.Context, app string, req api.RunRequest, t
 		return err
 	}
 	info := st.Info
-	rs := &runStream{cur: st, next: make(chan struct{})}
+	rs := &runStream{cur: st, next: make(chan struct{}), stderr: h.stderr}
 	done := make(chan struct{})
 	defer close(done)
 
@@ -235,14 +295,22 @@ func (h *hctl) runSession(ctx context.Context, app string, req api.RunRequest, t
 		f, err := s.R.Read()
 		if err != nil {
 			s.Close()
-			ns, rerr := h.reattach(c, app, info.Process)
-			if rerr != nil {
-				return rerr
+			deadline := time.Now().Add(reattachFor)
+			for {
+				ns, rerr := h.reattach(c, app, info.Process, deadline)
+				if rerr != nil {
+					return rerr
+				}
+				if rs.set(ns) == nil {
+					break
+				}
+				ns.Close()
 			}
-			rs.set(ns)
 			continue
 		}
 		switch f.Type {
+		case api.FrameInput:
+			rs.received(f.Data)
 		case api.FrameStdout:
 			stdout.Write(f.Data)
 		case api.FrameStderr:
@@ -269,9 +337,8 @@ func (h *hctl) runSession(ctx context.Context, app string, req api.RunRequest, t
 }
 
 // reattach finds the run again through agentd after the connection was
-// lost, for up to reattachFor.
-func (h *hctl) reattach(c *api.Client, app, process string) (*api.RunStream, error) {
-	deadline := time.Now().Add(reattachFor)
+// lost, until deadline.
+func (h *hctl) reattach(c *api.Client, app, process string, deadline time.Time) (*api.RunStream, error) {
 	wait := 100 * time.Millisecond
 	for {
 		s, err := c.AttachRun(context.Background(), app, process)

@@ -35,6 +35,11 @@ const (
 	FrameStderr = 'r' // standard error (pipes only)
 	FrameExit   = 'x' // the exit: a RunExit as JSON; the last frame
 	FrameNotice = 'n' // a line from the relay for the user (text)
+	// FrameInput is the first frame on every (re-)attach: how many bytes
+	// of input the relay has received (uint64) and whether the input has
+	// ended (one byte, 1 or 0), so that a client resends what was lost
+	// with the connection it had.
+	FrameInput = 'k'
 )
 
 // StateRunning is the state of a one-off process (run.N) in `hctl ps`.
@@ -155,6 +160,23 @@ func noEOF(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// InputData is the payload of FrameInput.
+func InputData(n int64, eof bool) []byte {
+	b := binary.BigEndian.AppendUint64(nil, uint64(n))
+	if eof {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// ParseInput reads the payload of FrameInput.
+func ParseInput(b []byte) (n int64, eof bool, err error) {
+	if len(b) != 9 {
+		return 0, false, fmt.Errorf("run stream: input frame of %d bytes, want 9", len(b))
+	}
+	return int64(binary.BigEndian.Uint64(b)), b[8] == 1, nil
 }
 
 // ResizeData is the payload of FrameResize.

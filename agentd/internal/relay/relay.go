@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +64,11 @@ type session struct {
 	// in is the command's stdin: the pty or a pipe (nil once closed).
 	in  *os.File
 	log io.Writer
+
+	// inBytes counts the input received, inEOF its end: told to every
+	// client that attaches (FrameInput).
+	inBytes atomic.Int64
+	inEOF   atomic.Bool
 
 	out    chan api.Frame // output read from the command
 	outEnd chan struct{}  // closed when every output reader ended
@@ -281,6 +287,7 @@ func (s *session) serve(ln net.Listener) int {
 			cur = &client{c: c, w: api.NewFrameWriter(c)}
 			finished = false
 			grace.Stop()
+			send(api.Frame{Type: api.FrameInput, Data: api.InputData(s.inBytes.Load(), s.inEOF.Load())})
 			go s.readClient(cur, events)
 			if dropped > 0 {
 				send(api.Frame{Type: api.FrameNotice, Data: fmt.Appendf(nil, "%d bytes of output were not kept while detached (they are in the logs)", dropped)})
@@ -295,6 +302,16 @@ func (s *session) serve(ln net.Listener) int {
 		case f := <-s.out:
 			send(f)
 		case <-outDone:
+			// Every reader put its last frame in s.out before it ended;
+			// select may have picked this case first: they go before the exit.
+			for drained := false; !drained; {
+				select {
+				case f := <-s.out:
+					send(f)
+				default:
+					drained = true
+				}
+			}
 			outDone = nil
 			deliverExit()
 		case ex := <-exited:
@@ -373,10 +390,14 @@ func (s *session) readClient(cl *client, events chan<- event) {
 		}
 		switch f.Type {
 		case api.FrameStdin:
+			s.inBytes.Add(int64(len(f.Data)))
 			if s.in != nil {
 				s.in.Write(f.Data)
 			}
 		case api.FrameEOF:
+			if s.inEOF.Swap(true) {
+				continue
+			}
 			if s.ptmx != nil {
 				s.ptmx.Write([]byte{4}) // ^D: end of input on a terminal
 			} else if s.in != nil {

@@ -113,6 +113,9 @@ type conn struct {
 	c net.Conn
 	r *api.FrameReader
 	w *api.FrameWriter
+	// seen is the output so far; pos is past the last match of until.
+	seen string
+	pos  int
 }
 
 func (r *relayProc) attach() *conn {
@@ -125,24 +128,26 @@ func (r *relayProc) attach() *conn {
 	return &conn{t: r.t, c: c, r: api.NewFrameReader(c), w: api.NewFrameWriter(c)}
 }
 
-// until reads frames until the output holds want; it returns the output.
-func (c *conn) until(want string) string {
+// until reads frames until the output since the last match holds want.
+func (c *conn) until(want string) {
 	c.t.Helper()
 	c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	var out strings.Builder
-	for !strings.Contains(out.String(), want) {
+	for {
+		if i := strings.Index(c.seen[c.pos:], want); i >= 0 {
+			c.pos += i + len(want)
+			return
+		}
 		f, err := c.r.Read()
 		if err != nil {
-			c.t.Fatalf("waiting for %q, got %q: %v", want, out.String(), err)
+			c.t.Fatalf("waiting for %q, got %q: %v", want, c.seen[c.pos:], err)
 		}
 		if f.Type == api.FrameStdout || f.Type == api.FrameStderr {
-			out.Write(f.Data)
+			c.seen += string(f.Data)
 		}
 		if f.Type == api.FrameExit {
-			c.t.Fatalf("waiting for %q, got %q and the exit %s", want, out.String(), f.Data)
+			c.t.Fatalf("waiting for %q, got %q and the exit %s", want, c.seen[c.pos:], f.Data)
 		}
 	}
-	return out.String()
 }
 
 // exit reads until the exit frame, acknowledges it, and returns it.
@@ -161,6 +166,31 @@ func (c *conn) exit() api.RunExit {
 			}
 			c.w.Write(api.FrameAck, nil)
 			return ex
+		}
+	}
+}
+
+// collect reads until the exit frame and returns the output by stream.
+func (c *conn) collect() (stdout, stderr string, ex api.RunExit) {
+	c.t.Helper()
+	c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var o, e strings.Builder
+	for {
+		f, err := c.r.Read()
+		if err != nil {
+			c.t.Fatalf("waiting for the exit: %v", err)
+		}
+		switch f.Type {
+		case api.FrameStdout:
+			o.Write(f.Data)
+		case api.FrameStderr:
+			e.Write(f.Data)
+		case api.FrameExit:
+			if err := json.Unmarshal(f.Data, &ex); err != nil {
+				c.t.Fatal(err)
+			}
+			c.w.Write(api.FrameAck, nil)
+			return o.String(), e.String(), ex
 		}
 	}
 }
@@ -186,10 +216,10 @@ func TestStdinAndStderr(t *testing.T) {
 	c := r.attach()
 	c.w.Write(api.FrameStdin, []byte("hello\n"))
 	c.w.Write(api.FrameEOF, nil)
-	c.until("hello\n")
-	c.until("oops")
-	if ex := c.exit(); ex.Code != 3 {
-		t.Fatalf("exit %+v, want 3", ex)
+	// stdout and stderr are read apart: their order is not kept.
+	stdout, stderr, ex := c.collect()
+	if stdout != "hello\n" || stderr != "oops\n" || ex.Code != 3 {
+		t.Fatalf("stdout %q, stderr %q, exit %+v; want hello, oops, 3", stdout, stderr, ex)
 	}
 }
 
