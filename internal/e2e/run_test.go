@@ -128,6 +128,20 @@ func (r *liveRun) output() string {
 	return r.out.String()
 }
 
+// waitWithin is waitFor with a deadline of its own.
+func waitWithin(t *testing.T, d time.Duration, what string, done func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !done() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %s", what, d)
+		}
+		<-tick.C
+	}
+}
+
 func (e *env) runProcs(app string) []api.Process {
 	var out []api.Process
 	for _, p := range e.ps(app) {
@@ -260,8 +274,11 @@ func TestRunListedLoggedKilledWithClient(t *testing.T) {
 		t.Fatalf("after a deploy: runs %+v, want %s on v1 still", rs, name)
 	}
 
+	// Within the relay's 5 s SIGKILL delay and a margin, well before its
+	// 30 s grace window (what would end it if agentd failed to tell it the
+	// client was gone).
 	r.cmd.Process.Kill()
-	waitFor(t, "the end of the command after its hctl was killed", func() bool { return !alive(pid) })
+	waitWithin(t, 15*time.Second, fmt.Sprintf("end of %s (pid %d) after its hctl was killed", name, pid), func() bool { return !alive(pid) })
 	waitFor(t, name+" gone from hctl ps", func() bool { return len(e.runProcs("con")) == 0 })
 	if !strings.Contains(e.mustHctl("logs", "con", "--process", name).Stdout, "the client is gone") {
 		t.Errorf("the logs do not say why %s ended", name)
