@@ -124,9 +124,6 @@ func hasKey(env []string, k string) bool {
 	return false
 }
 
-// maxResend bounds the input hctl keeps to send again after a re-attach.
-const maxResend = 4 << 20
-
 // runStream is the current stream of a run, replaced when hctl
 // re-attaches, and the input sent on it that the relay may not have
 // received: a write to a connection that agentd's restart has just cut can
@@ -136,10 +133,22 @@ type runStream struct {
 	cur  *api.RunStream
 	next chan struct{} // closed when cur is replaced
 
-	sent   []byte // the last input sent, from offset base
+	sent   []byte // the input sent that the relay has not acknowledged, from offset base
 	base   int64
 	eof    bool // FrameEOF sent
 	stderr io.Writer
+	// room is signalled when acknowledgements make room in the input
+	// window (api.InputWindow) or the session ends (ended).
+	room  *sync.Cond
+	ended bool
+}
+
+// end wakes a sender waiting for room: the session is over.
+func (r *runStream) end() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ended = true
+	r.room.Broadcast()
 }
 
 func (r *runStream) get() (*api.RunStream, <-chan struct{}) {
@@ -162,6 +171,7 @@ func (r *runStream) set(s *api.RunStream) error {
 			end := r.base + int64(len(r.sent))
 			switch {
 			case n < r.base:
+				// Cannot be: the relay acknowledged more before.
 				fmt.Fprintf(r.stderr, "hctl: %d bytes of input were lost while re-attaching\r\n", r.base-n)
 				s.W.Write(api.FrameStdin, r.sent)
 			case n < end:
@@ -186,6 +196,7 @@ func (r *runStream) received(data []byte) {
 	if err == nil && n > r.base {
 		cut := min(n-r.base, int64(len(r.sent)))
 		r.sent, r.base = r.sent[cut:], r.base+cut
+		r.room.Broadcast()
 	}
 }
 
@@ -194,6 +205,15 @@ func (r *runStream) received(data []byte) {
 func (r *runStream) send(typ byte, data []byte, done <-chan struct{}) {
 	for {
 		r.mu.Lock()
+		// Flow control: no more than a window ahead of what the command
+		// has taken, which is also all hctl keeps to send again.
+		for typ == api.FrameStdin && len(r.sent) >= api.InputWindow && !r.ended {
+			r.room.Wait()
+		}
+		if r.ended {
+			r.mu.Unlock()
+			return
+		}
 		s, next := r.cur, r.next
 		// Kept and written under one lock: set's resend and this write
 		// cannot pass each other.
@@ -202,9 +222,6 @@ func (r *runStream) send(typ byte, data []byte, done <-chan struct{}) {
 			switch typ {
 			case api.FrameStdin:
 				r.sent = append(r.sent, data...)
-				if over := len(r.sent) - maxResend; over > 0 {
-					r.sent, r.base = r.sent[over:], r.base+int64(over)
-				}
 			case api.FrameEOF:
 				r.eof = true
 			}
@@ -233,8 +250,10 @@ func (h *hctl) runSession(ctx context.Context, app string, req api.RunRequest, t
 	}
 	info := st.Info
 	rs := &runStream{cur: st, next: make(chan struct{}), stderr: h.stderr}
+	rs.room = sync.NewCond(&rs.mu)
 	done := make(chan struct{})
 	defer close(done)
+	defer rs.end()
 
 	if term != nil {
 		raw := *term

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
 	"testing"
 
 	"github.com/agentd/agentd/agentd/api"
@@ -25,6 +26,7 @@ func TestRunStreamResends(t *testing.T) {
 	first, firstPeer := stream(t)
 	go io.Copy(io.Discard, firstPeer) // the old connection swallows what it gets
 	rs := &runStream{cur: first, next: make(chan struct{}), stderr: io.Discard}
+	rs.room = sync.NewCond(&rs.mu)
 	rs.send(api.FrameStdin, []byte("abc"), done)
 	rs.received(api.InputData(1, false)) // the relay had "a"
 	rs.send(api.FrameStdin, []byte("def"), done)

@@ -45,6 +45,10 @@ const (
 // StateRunning is the state of a one-off process (run.N) in `hctl ps`.
 const StateRunning = "running"
 
+// InputWindow is how much input a client sends ahead of the relay's
+// FrameInput acknowledgements; the relay cuts off a client far beyond it.
+const InputWindow = 1 << 20
+
 // MaxFrame bounds a frame's payload: a larger one is a protocol error.
 const MaxFrame = 1 << 20
 

@@ -245,7 +245,8 @@ grep -E '^(NoNewPrivs|Seccomp):' /proc/$$/status | tr -d '\t'`
 
 // TestRunListedLoggedKilledWithClient: a running run.N is listed by hctl
 // ps and counted in the metrics, its output reaches the logs, a deploy
-// leaves it alone, and killing hctl hangs it up: it is gone soon after.
+// leaves it alone, and killing hctl hangs it up: it is gone soon after,
+// even with input waiting that it never reads.
 func TestRunListedLoggedKilledWithClient(t *testing.T) {
 	e := start(t)
 	e.createApp("con", "--readiness", "web=notify")
@@ -274,6 +275,9 @@ func TestRunListedLoggedKilledWithClient(t *testing.T) {
 		t.Fatalf("after a deploy: runs %+v, want %s on v1 still", rs, name)
 	}
 
+	// Input the command never reads, more than a pipe and hctl's window
+	// hold: it must not hold up the hang-up.
+	go r.stdin.Write(make([]byte, 4<<20))
 	// Within the relay's 5 s SIGKILL delay and a margin, well before its
 	// 30 s grace window (what would end it if agentd failed to tell it the
 	// client was gone).

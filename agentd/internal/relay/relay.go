@@ -69,6 +69,9 @@ type session struct {
 	// client that attaches (FrameInput).
 	inBytes atomic.Int64
 	inEOF   atomic.Bool
+	// inq is the input not yet written; inWritten counts what was.
+	inq       *inputQueue
+	inWritten atomic.Int64
 
 	out    chan api.Frame // output read from the command
 	outEnd chan struct{}  // closed when every output reader ended
@@ -79,7 +82,8 @@ type session struct {
 // session (pty) or process group (pipes) of its own, SIGKILLed should the
 // relay die.
 func start(o Options, env []string, log io.Writer) (*session, error) {
-	s := &session{o: o, log: log, out: make(chan api.Frame, 64), outEnd: make(chan struct{}), exited: make(chan api.RunExit, 1)}
+	s := &session{o: o, log: log, out: make(chan api.Frame, 64), outEnd: make(chan struct{}), exited: make(chan api.RunExit, 1),
+		inq: newInputQueue()}
 	var kept []string
 	for _, kv := range env {
 		if k, _, _ := strings.Cut(kv, "="); k == "LISTEN_PID" || k == "LISTEN_FDS" || k == "LISTEN_FDNAMES" {
@@ -220,6 +224,9 @@ func (s *session) serve(ln net.Listener) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT)
 	events := make(chan event, 4)
+	written := make(chan struct{}, 1)
+	go s.writeInput(written)
+	defer s.inq.stop()
 
 	var (
 		cur      *client
@@ -301,6 +308,11 @@ func (s *session) serve(ln net.Listener) int {
 			deliverExit()
 		case f := <-s.out:
 			send(f)
+		case <-written:
+			// Input taken by the command: the client may send more.
+			if cur != nil {
+				send(api.Frame{Type: api.FrameInput, Data: api.InputData(s.inWritten.Load(), false)})
+			}
 		case <-outDone:
 			// Every reader put its last frame in s.out before it ended;
 			// select may have picked this case first: they go before the exit.
@@ -390,18 +402,19 @@ func (s *session) readClient(cl *client, events chan<- event) {
 		}
 		switch f.Type {
 		case api.FrameStdin:
-			s.inBytes.Add(int64(len(f.Data)))
-			if s.in != nil {
-				s.in.Write(f.Data)
-			}
-		case api.FrameEOF:
-			if s.inEOF.Swap(true) {
+			if s.inEOF.Load() {
 				continue
 			}
-			if s.ptmx != nil {
-				s.ptmx.Write([]byte{4}) // ^D: end of input on a terminal
-			} else if s.in != nil {
-				s.in.Close()
+			if !s.inq.push(f.Data) {
+				fmt.Fprintf(s.log, "agentd relay: the client sent more than %d bytes of input ahead of the command: cut off\n", maxQueued)
+				cl.c.Close()
+				events <- event{cl: cl}
+				return
+			}
+			s.inBytes.Add(int64(len(f.Data)))
+		case api.FrameEOF:
+			if !s.inEOF.Swap(true) {
+				s.inq.close()
 			}
 		case api.FrameResize:
 			if rows, cols, err := api.ParseResize(f.Data); err == nil && s.ptmx != nil {

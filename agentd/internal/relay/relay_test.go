@@ -243,6 +243,27 @@ func TestHangup(t *testing.T) {
 	}
 }
 
+// TestHangupWhileInputWaits: a command that never reads its stdin, with
+// input waiting for it, is still hung up at once: input is queued, never
+// written by the reader of the client's frames.
+func TestHangupWhileInputWaits(t *testing.T) {
+	r := startRelay(t, Options{Argv: []string{"sh", "-c", "echo up; exec sleep 1000"}})
+	c := r.attach()
+	c.until("up")
+	// Far more than a pipe holds; written aside, so that a relay that
+	// stops reading fails the test instead of blocking it.
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for range (2 << 20) / len(chunk) {
+			c.w.Write(api.FrameStdin, chunk)
+		}
+		c.w.Write(api.FrameHangup, nil)
+	}()
+	if code := r.wait(10 * time.Second); code != 128+int(syscall.SIGHUP) {
+		t.Fatalf("relay exited %d, want %d (SIGHUP)", code, 128+int(syscall.SIGHUP))
+	}
+}
+
 // TestReattach: a connection that ends without FrameHangup (agentd
 // restarting) leaves the command running; a new connection carries on
 // where it was, with the output written meanwhile.
