@@ -281,8 +281,10 @@ func TestRunListedLoggedKilledWithClient(t *testing.T) {
 	// Within the relay's 5 s SIGKILL delay and a margin, well before its
 	// 30 s grace window (what would end it if agentd failed to tell it the
 	// client was gone).
+	killed := time.Now()
 	r.cmd.Process.Kill()
 	waitWithin(t, 15*time.Second, fmt.Sprintf("end of %s (pid %d) after its hctl was killed", name, pid), func() bool { return !alive(pid) })
+	t.Logf("%s ended %s after its hctl was killed", name, time.Since(killed).Round(time.Millisecond))
 	waitFor(t, name+" gone from hctl ps", func() bool { return len(e.runProcs("con")) == 0 })
 	if !strings.Contains(e.mustHctl("logs", "con", "--process", name).Stdout, "the client is gone") {
 		t.Errorf("the logs do not say why %s ended", name)
@@ -312,10 +314,12 @@ func TestRunSurvivesAgentd(t *testing.T) {
 		case "upgrade":
 			e.mustHctl("agent", "upgrade")
 		}
+		back := time.Now()
 		if _, err := io.WriteString(r.stdin, "hello\n"); err != nil {
 			t.Fatal(err)
 		}
 		r.line(`^got hello$`)
+		t.Logf("%s: input answered %s after agentd was back", how, time.Since(back).Round(time.Millisecond))
 		if code := r.exit(); code != 3 {
 			t.Errorf("%s: hctl run exited %d, want 3; output %q; stderr %s", how, code, r.output(), r.errb.String())
 		}
