@@ -8,15 +8,19 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/creack/pty"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/internal/harness"
 )
 
 // hctlCmd is hctl against e's agentd, not yet started.
@@ -391,4 +395,71 @@ func TestRunInteractivePty(t *testing.T) {
 		t.Errorf("hctl run -- bash: exit %d, want 5; terminal:\n%s", code, screen.String())
 		mu.Unlock()
 	}
+}
+
+// TestRunOutputToJournal: with journald running, a run's output reaches
+// the journal with the fields of any process (AGENTD_PROCESS=run.N, its
+// release, the relay's PID).
+func TestRunOutputToJournal(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a mount namespace for a private journald)")
+	}
+	for _, p := range []string{journald, "/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/journalctl"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s is not installed (Debian: systemd, util-linux)", p)
+		}
+	}
+	dir, err := os.MkdirTemp("", "e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "agentd-in-ns")
+	if err := os.WriteFile(wrapper, []byte(journalWrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := bins
+	b.Agentd = wrapper
+	ag, err := harness.StartEnv(b, dir, []string{"JDIR=" + dir, "AGENTD=" + bins.Agentd}, "--journal", "on")
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	e := &env{t: t, ag: ag, dir: dir}
+	t.Cleanup(func() {
+		ag.Stop()
+		if b, err := os.ReadFile(filepath.Join(dir, "journald.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM)
+				waitExit(pid, 10*time.Second)
+			}
+		}
+		if t.Failed() {
+			t.Logf("agentd log:\n%s", ag.Log())
+		}
+		os.RemoveAll(dir)
+	})
+	e.createApp("jrun", "--readiness", "web=notify")
+	e.deploy("jrun", e.release(""))
+	out, stderr, code := e.runOut("", "run", "jrun", "--", "sh", "-c", "echo one-off-$((20+22)); echo pid=$PPID")
+	if code != 0 || !strings.Contains(out, "one-off-42") {
+		t.Fatalf("hctl run: exit %d, %q; stderr %s", code, out, stderr)
+	}
+	relayPID := strings.TrimSpace(out[strings.Index(out, "pid=")+4:])
+	waitWithin(t, 20*time.Second, "run output in the journal", func() bool {
+		got, err := exec.Command("nsenter", "--mount", "--target", strconv.Itoa(ag.PID()),
+			"journalctl", "--no-pager", "-o", "json", "AGENTD_APP=jrun", "AGENTD_PROCESS=run.1").Output()
+		if err != nil {
+			t.Fatalf("journalctl: %v", err)
+		}
+		for line := range strings.Lines(string(got)) {
+			var je journalEntry
+			if json.Unmarshal([]byte(line), &je) == nil && strings.Contains(je.Message, "one-off-42") {
+				if je.Release != "v1" || je.Identifier != "jrun" || je.PID != relayPID {
+					t.Fatalf("journal entry %+v: want release v1, identifier jrun, SYSLOG_PID %s (the relay)", je, relayPID)
+				}
+				return true
+			}
+		}
+		return false
+	})
 }
