@@ -40,6 +40,8 @@
 //	recover.go   adoption and reconcile after agentd (re)started
 //	release.go   artifacts, releases, the release phase, pruning
 //	views.go     what the API shows: apps, processes, releases, status
+//	run.go       one-off processes (hctl run): their relays started, recorded,
+//	             adopted, and their streams pumped
 //	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
 //
 // What is saved before each step, and what survives what, is in
