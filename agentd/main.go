@@ -27,6 +27,7 @@ import (
 	"github.com/agentd/agentd/agentd/internal/journal"
 	"github.com/agentd/agentd/agentd/internal/metrics"
 	"github.com/agentd/agentd/agentd/internal/responder"
+	"github.com/agentd/agentd/agentd/internal/relay"
 	"github.com/agentd/agentd/agentd/internal/scope"
 	"github.com/agentd/agentd/agentd/internal/server"
 	"github.com/agentd/agentd/agentd/internal/upgrade"
@@ -49,6 +50,10 @@ func main() {
 	// through the shim (package responder).
 	if responder.IsResponder(os.Args) {
 		os.Exit(responder.Main())
+	}
+	// A one-off process's relay (hctl run): agentd re-executed too.
+	if relay.Is(os.Args) {
+		os.Exit(relay.Main(os.Args))
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "agentd:", err)

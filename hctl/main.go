@@ -119,6 +119,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.configCommand(),
 			h.logsCommand(),
 			h.cronCommand(),
+			h.runCommand(),
 			h.waitCommand(),
 			h.cancelCommand(),
 			h.bakeCommand(),
@@ -212,6 +213,10 @@ func (h *hctl) withTimeout(ctx context.Context, def time.Duration) (context.Cont
 func (h *hctl) finish(err error) int {
 	if err == nil {
 		return exitOK
+	}
+	var es *exitStatus
+	if errors.As(err, &es) {
+		return es.code // hctl run: the command's own status, said by its output
 	}
 	err = reword(err)
 	code, jsonCode, msg := classify(err)

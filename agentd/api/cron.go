@@ -56,6 +56,7 @@ func (c *Client) Cron(ctx context.Context, app string) (*CronList, error) {
 	return &out, nil
 }
 
-// StateRunning is the state of a one-off process of the app that is not
-// part of the formation, such as a cron job's run (cron.N).
+// StateRunning is the state in `hctl ps` of a process of the app that is
+// not part of the formation: a cron job's run (cron.N) or a one-off of
+// hctl run (run.N).
 const StateRunning = "running"

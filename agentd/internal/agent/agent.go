@@ -216,7 +216,7 @@ func (ag *Agent) save(a *app) error {
 	}
 	a.st.Processes = a.st.Processes[:0]
 	for _, p := range a.procs {
-		if p.p.Exited() {
+		if p.p.Exited() || p.run != nil {
 			continue
 		}
 		a.st.Processes = append(a.st.Processes, procRecord{
@@ -226,6 +226,7 @@ func (ag *Agent) save(a *app) error {
 			Cron: p.cron,
 		})
 	}
+	a.recordRuns()
 	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {
 		ag.log.Error("saving state", "app", a.st.Name, "err", err)
 		return err

@@ -43,6 +43,8 @@
 //	cron.go      app.json cron jobs: the schedule loop; cronrun.go: a run
 //	             (cron.N), cronview.go: hctl cron and the --cron setting
 //	views.go     what the API shows: apps, processes, releases, status
+//	run.go       one-off processes (hctl run): their relays started, recorded,
+//	             adopted, and their streams pumped
 //	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
 //
 // What is saved before each step, and what survives what, is in

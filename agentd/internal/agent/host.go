@@ -104,9 +104,9 @@ func (h *host) Live() []rollout.Proc {
 	defer h.a.mu.Unlock()
 	var out []rollout.Proc
 	for _, p := range h.a.procs {
-		if p.p.Exited() || p.typ == "release" && p.retired || p.cron {
-			// A cron run is no part of the formation: a rollout neither
-			// counts nor retires it (cron.go).
+		if p.p.Exited() || p.typ == "release" && p.retired || p.cron || p.run != nil {
+			// A cron run (cron.go) and a one-off (run.go) are no part of the
+			// formation: a rollout neither counts nor retires them.
 			continue
 		}
 		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})

@@ -125,6 +125,11 @@ type appState struct {
 	// WebhookSecret (hooks.go).
 	Webhook       string `json:"webhook,omitempty"`
 	WebhookSecret string `json:"webhook_secret,omitempty"`
+	// Runs are the running one-off processes (hctl run, run.go), kept
+	// apart from Processes: they are no part of any formation.
+	Runs []runRecord `json:"runs,omitempty"`
+	// LastRun numbers them: run.N.
+	LastRun int `json:"last_run,omitempty"`
 }
 
 type releaseState struct {
@@ -305,6 +310,9 @@ type proc struct {
 	fwd logForward
 	// trigger fires when the process sent WATCHDOG=trigger (bake.go).
 	trigger signal
+
+	// run is set for a one-off process (run.go): never part of a rollout.
+	run *runInfo
 }
 
 func (p *proc) name() string {
@@ -334,6 +342,9 @@ func (a *app) liveProcs(v int, types []string) []*proc {
 	for _, p := range a.procs {
 		if p.p.Exited() || p.retired {
 			continue
+		}
+		if (p.run != nil || p.cron) && (v != 0 || types != nil) {
+			continue // a one-off or a cron run is no release's formation
 		}
 		if v != 0 && p.release != v {
 			continue

@@ -41,6 +41,7 @@ func (ag *Agent) recover(a *app) {
 		a.procs = append(a.procs, pr)
 		ag.log.Info("adopted process", "app", a.st.Name, "release", vname(rec.Release), "process", rec.Name, "pid", rec.PID, "state", rec.State)
 	}
+	ag.adoptRuns(a)
 	for i, spec := range a.st.Sockets {
 		h, err := ag.reclaimSocket(a, i, spec)
 		if err != nil {
@@ -86,6 +87,9 @@ func (ag *Agent) recover(a *app) {
 	ag.obs.ActiveRelease(a.st.Name, vnameOr(a.st.Active))
 	ag.observeMaintenance(a)
 	for _, p := range a.procs {
+		if p.run != nil {
+			continue // adoptRuns watches them
+		}
 		r := a.release(p.release)
 		if p.cron {
 			// A cron run adopted: it finishes, and counts as running.

@@ -109,6 +109,8 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("GET /v1/apps/{app}/op", s.attach)
 	m.HandleFunc("POST /v1/apps/{app}/cancel", s.admin(s.cancel))
 	m.HandleFunc("POST /v1/apps/{app}/bake", s.admin(s.endBake))
+	m.HandleFunc("POST /v1/apps/{app}/runs", s.admin(s.startRun))
+	m.HandleFunc("POST /v1/apps/{app}/runs/{process}/attach", s.admin(s.attachRun))
 	m.HandleFunc("POST /v1/agent/upgrade", s.admin(s.upgrade))
 	m.HandleFunc("POST /v1/uploads", s.admin(s.createUpload))
 	m.HandleFunc("POST /v1/uploads/{id}/blobs", s.admin(s.putBlobs))
