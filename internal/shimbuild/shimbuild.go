@@ -23,7 +23,7 @@ const Name = "agentd-shim"
 
 // CFlags are the compiler flags: static (no dynamic loader, no shared
 // library to map at every process start), optimised, stripped.
-var CFlags = []string{"-O2", "-static", "-s", "-Wall", "-Wextra", "-Werror"}
+var CFlags = []string{"-O2", "-static", "-s", "-fno-ident", "-Wall", "-Wextra", "-Werror"}
 
 // root is the repository root (the directory with go.mod).
 func root() (string, error) {
