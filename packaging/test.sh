@@ -219,10 +219,11 @@ check "  agentd.service enabled for the first boot" test -L "$R/etc/systemd/syst
 check "  agentd.socket enabled for the first boot" test -L "$R/etc/systemd/system/sockets.target.wants/agentd.socket"
 check "  agentd --version runs" sh -c "chroot '$R' /usr/bin/agentd --version | grep -q 'agentd ${pkgversion%-1}'"
 check "  hctl --version runs" sh -c "chroot '$R' /usr/bin/hctl --version | grep -q '${pkgversion%-1}'"
+check "  agentd-shim runs a command (static: nothing to load)" chroot "$R" /usr/bin/agentd-shim __agentd_exec -- /bin/true
 check "dpkg -i again (the upgrade path)" dpkg_in_root -i /tmp/agentd.deb
 mkdir -p "$R/var/lib/agentd/apps" && echo '{}' >"$R/var/lib/agentd/apps/demo.json"
 check "dpkg -r (remove)" dpkg_in_root -r agentd
-check "  binaries gone" test ! -e "$R/usr/bin/agentd" -a ! -e "$R/usr/bin/hctl"
+check "  binaries gone" test ! -e "$R/usr/bin/agentd" -a ! -e "$R/usr/bin/hctl" -a ! -e "$R/usr/bin/agentd-shim"
 check "  state kept (/var/lib/agentd/apps/demo.json)" test -f "$R/var/lib/agentd/apps/demo.json"
 check "  conffile kept (/etc/default/agentd)" test -f "$R/etc/default/agentd"
 check "dpkg -i after remove (apps' state found again)" dpkg_in_root -i /tmp/agentd.deb
