@@ -12,8 +12,15 @@ export CGO_ENABLED ?= 0
 
 all: build
 
+# agentd-shim, the exec shim between fork and each app's exec, is C with no
+# runtime to start (static, stripped): agentd uses the one beside it. The
+# same flags as internal/shimbuild (tests) and packaging/build.sh.
+SHIM_SRC    := sockets/cmd/agentd-shim/agentd-shim.c
+SHIM_CFLAGS := -O2 -static -s -fno-ident -Wall -Wextra -Werror
+
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./agentd ./hctl
+	$(CC) $(SHIM_CFLAGS) -o $(BIN)/agentd-shim $(SHIM_SRC)
 
 ## demo: start agentd, deploy the example app, redeploy it under load, print what happened.
 demo:

@@ -167,8 +167,22 @@ Flags:
 		ps, _ := ag.Ps("")
 		return ps
 	})
+	// The exec shim: the small static agentd-shim installed beside agentd
+	// (a process start then costs about one extra exec), else agentd
+	// itself, re-executed (a whole Go runtime's start-up per process, a
+	// few milliseconds: fine for `go run` and tests).
+	shim := exe
+	if self, err := os.Executable(); err == nil {
+		if s := sockets.ShimBinary(self); s != self {
+			shim = s
+		} else {
+			log.Info("exec shim: no "+sockets.ShimBinaryName+" beside agentd, so agentd re-executes itself to start each process (slower starts)",
+				"want", filepath.Join(filepath.Dir(self), sockets.ShimBinaryName))
+		}
+	}
+	log.Debug("exec shim", "path", shim)
 	cfg := agent.Config{
-		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: exe, Version: version, Log: log,
+		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: shim, Version: version, Log: log,
 		KeepReleases: *keep, Metrics: m, MaxArtifactBytes: artifactBytes, MaxLogBytes: logBytes,
 		Inherit:   upg.Inherit,
 		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),

@@ -46,11 +46,15 @@ func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, er
 	if err != nil {
 		return "", refused(app, err)
 	}
-	// The cache is saved once agentd accepted the manifest: its hashes
-	// were worth keeping.
-	if err := cache.save(root); err != nil {
-		fmt.Fprintf(h.stderr, "       (hash cache not saved: %v)\n", err)
-	}
+	// The cache is saved once agentd accepted the manifest (its hashes
+	// were worth keeping), while the contents are sent: not in the way.
+	saved := make(chan error, 1)
+	go func() { saved <- cache.save(root) }()
+	defer func() {
+		if err := <-saved; err != nil {
+			fmt.Fprintf(h.stderr, "       (hash cache not saved: %v)\n", err)
+		}
+	}()
 	send := make([]api.BlobRef, 0, len(res.Missing))
 	for _, hsh := range res.Missing {
 		b, ok := blobs[hsh]

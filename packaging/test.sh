@@ -78,6 +78,7 @@ section "2. contents"
 # mode owner group path, files only (directories are checked by being there).
 common_files="
 -rwxr-xr-x root root /usr/bin/agentd
+-rwxr-xr-x root root /usr/bin/agentd-shim
 -rwxr-xr-x root root /usr/bin/hctl
 -rw-r--r-- root root /usr/lib/systemd/system/agentd.service
 -rw-r--r-- root root /usr/lib/systemd/system/agentd.socket
@@ -124,7 +125,7 @@ for deb in "${debs[@]}"; do
 	done
 	x=$work/x-$arch
 	mkdir -p "$x" && dpkg-deb -x "$deb" "$x"
-	for b in agentd hctl; do
+	for b in agentd agentd-shim hctl; do
 		check "$name: /usr/bin/$b is an ELF $(elf_arch "$arch") executable" sh -c "file -b '$x/usr/bin/$b' | grep -q 'ELF 64-bit.*$(elf_arch "$arch")'"
 	done
 	check "$name: Depends: procps (/bin/kill for ExecReload)" test "$(dpkg-deb -f "$deb" Depends)" = procps
@@ -152,7 +153,9 @@ for rpm in "${rpms[@]}"; do
 	check "$name: %changelog names the version" sh -c "rpm -qp --changelog '$rpm' 2>/dev/null | head -n1 | grep -qF -- \"- \$(rpm -qp --qf '%{VERSION}-%{RELEASE}' '$rpm' 2>/dev/null)\""
 	x=$work/r-$arch
 	mkdir -p "$x" && (cd "$x" && rpm2cpio "$OLDPWD/$rpm" | cpio -idm --quiet --no-absolute-filenames 2>/dev/null)
-	check "$name: /usr/bin/agentd is an ELF $(elf_arch "$arch") executable" sh -c "file -b '$x/usr/bin/agentd' | grep -q 'ELF 64-bit.*$(elf_arch "$arch")'"
+	for b in agentd agentd-shim; do
+		check "$name: /usr/bin/$b is an ELF $(elf_arch "$arch") executable" sh -c "file -b '$x/usr/bin/$b' | grep -q 'ELF 64-bit.*$(elf_arch "$arch")'"
+	done
 done
 
 section "3. systemd-analyze verify on the packaged units"
@@ -216,10 +219,11 @@ check "  agentd.service enabled for the first boot" test -L "$R/etc/systemd/syst
 check "  agentd.socket enabled for the first boot" test -L "$R/etc/systemd/system/sockets.target.wants/agentd.socket"
 check "  agentd --version runs" sh -c "chroot '$R' /usr/bin/agentd --version | grep -q 'agentd ${pkgversion%-1}'"
 check "  hctl --version runs" sh -c "chroot '$R' /usr/bin/hctl --version | grep -q '${pkgversion%-1}'"
+check "  agentd-shim runs a command (static: nothing to load)" chroot "$R" /usr/bin/agentd-shim __agentd_exec -- /bin/true
 check "dpkg -i again (the upgrade path)" dpkg_in_root -i /tmp/agentd.deb
 mkdir -p "$R/var/lib/agentd/apps" && echo '{}' >"$R/var/lib/agentd/apps/demo.json"
 check "dpkg -r (remove)" dpkg_in_root -r agentd
-check "  binaries gone" test ! -e "$R/usr/bin/agentd" -a ! -e "$R/usr/bin/hctl"
+check "  binaries gone" test ! -e "$R/usr/bin/agentd" -a ! -e "$R/usr/bin/hctl" -a ! -e "$R/usr/bin/agentd-shim"
 check "  state kept (/var/lib/agentd/apps/demo.json)" test -f "$R/var/lib/agentd/apps/demo.json"
 check "  conffile kept (/etc/default/agentd)" test -f "$R/etc/default/agentd"
 check "dpkg -i after remove (apps' state found again)" dpkg_in_root -i /tmp/agentd.deb

@@ -80,6 +80,12 @@ func TestShellArgvRuns(t *testing.T) {
 // executable script without "#!" still runs (a shell takes it, as bash -c
 // would have).
 func TestShimDirectExec(t *testing.T) {
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testShimDirectExec(t, sh.path) })
+	}
+}
+
+func testShimDirectExec(t *testing.T, shim string) {
 	dir := t.TempDir()
 	script := dir + "/noshebang"
 	if err := os.WriteFile(script, []byte("echo \"pid=$$ listen=$LISTEN_PID args=$*\"\n"), 0o755); err != nil {
@@ -89,7 +95,7 @@ func TestShimDirectExec(t *testing.T) {
 	if argv[0] != script {
 		t.Fatalf("not direct: %q", argv)
 	}
-	cmd := exec.Command(os.Args[0], ShimArgv(os.Args[0], argv)[1:]...)
+	cmd := exec.Command(shim, ShimArgv(shim, argv)[1:]...)
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=0")
 	var out bytes.Buffer
 	cmd.Stdout = &out

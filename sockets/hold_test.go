@@ -14,10 +14,12 @@ import (
 // (agentd died before recording the process) gets exit status
 // ExitNotReleased and the app never ran: it would have created a file.
 func TestHeldShimNeedsTheGoAhead(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testHeldShimNeedsTheGoAhead(t, sh.path) })
 	}
+}
+
+func testHeldShimNeedsTheGoAhead(t *testing.T, exe string) {
 	for _, goAhead := range []bool{false, true} {
 		name := "closed without the byte"
 		if goAhead {

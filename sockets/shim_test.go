@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -131,6 +132,12 @@ func TestShimOptions(t *testing.T) {
 	if _, _, err := shutdownABI(); err != nil {
 		t.Skip("no seccomp guard on", err)
 	}
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testShimOptions(t, sh.path) })
+	}
+}
+
+func testShimOptions(t *testing.T, shim string) {
 	guarded, _ := ParseSpec("web=tcp://127.0.0.1:0")
 	h, err := Listen(guarded)
 	if err != nil {
@@ -152,7 +159,7 @@ func TestShimOptions(t *testing.T) {
 		{Name: "nofile", Soft: 100, Hard: min(200, cur.Max)},
 		{Name: "core", Soft: 0, Hard: 0},
 	}}
-	argv := ShimArgvOpts(exe, opt, []string{exe, "-test.run=^$"})
+	argv := ShimArgvOpts(shim, opt, []string{exe, "-test.run=^$"})
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), shimChildEnv+"=1")
 	cmd.Env = append(cmd.Env, Env([]string{"web"})...)
@@ -189,13 +196,24 @@ func TestShimOptions(t *testing.T) {
 // TestShimBadOption: a shim that cannot apply an option does not run the
 // command.
 func TestShimBadOption(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	argv := []string{exe, ShimArg, "--rlimit=bogus=1", "--", "/bin/true"}
-	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "unknown resource") {
-		t.Fatalf("shim with a bad option: %v, %s", err, out)
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) {
+			for opt, want := range map[string]string{
+				"--rlimit=bogus=1":     "unknown resource",
+				"--rlimit=nofile=2:1":  "soft limit is above",
+				"--rlimit=nofile=x":    "number",
+				"--hold-fd=1":          "bad --hold-fd",
+				"--guard-fds=-1":       "bad --guard-fds",
+				"--no-such-option":     "unknown option",
+				"--rlimit=nofile=1:2:": "number",
+			} {
+				argv := []string{sh.path, ShimArg, opt, "--", "/bin/true"}
+				out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 127 || !strings.Contains(string(out), want) {
+					t.Errorf("shim with %s: %v, %q; want exit status 127 and %q", opt, err, out, want)
+				}
+			}
+		})
 	}
 }

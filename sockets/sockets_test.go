@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/internal/shimbuild"
 )
 
 // TestMain turns the test binary into the shim or into a child app when the
@@ -26,7 +28,9 @@ func TestMain(m *testing.M) {
 		childMain()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	shimbuild.RemoveCached()
+	os.Exit(code)
 }
 
 // childMain reports what the app side of the protocol sees, then serves one
@@ -161,6 +165,12 @@ func TestUnixSocketModeAndStale(t *testing.T) {
 // socket and checks the child sees LISTEN_PID equal to its own PID, that the
 // PID is the one the parent started, and that it accepts on the socket.
 func TestShimSetsListenPID(t *testing.T) {
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testShimSetsListenPID(t, sh.path) })
+	}
+}
+
+func testShimSetsListenPID(t *testing.T, shim string) {
 	spec, _ := ParseSpec("web=tcp://127.0.0.1:0")
 	h, err := Listen(spec)
 	if err != nil {
@@ -171,7 +181,7 @@ func TestShimSetsListenPID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, ShimArgv(exe, []string{exe, "-test.run=^$"})[1:]...)
+	cmd := exec.Command(shim, ShimArgv(shim, []string{exe, "-test.run=^$"})[1:]...)
 	cmd.Env = append(os.Environ(), "SOCKETS_TEST_CHILD=1", "LISTEN_PID=1")
 	cmd.Env = append(cmd.Env, Env([]string{"web"})...)
 	cmd.ExtraFiles = []*os.File{h.File}

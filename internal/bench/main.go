@@ -160,7 +160,6 @@ func main() {
 type binaries struct {
 	harness.Bins
 	BenchApp, TinyApp string
-	Shim              string // agentd-shim
 	Nginx, Wrk, Hey   string // empty when not installed
 }
 
@@ -378,8 +377,8 @@ func lookPath(name string) (string, error) {
 	return "", errors.New(name + " not found")
 }
 
-// build compiles agentd and hctl (through the harness, as the tests do) and
-// the two benchmark apps.
+// build compiles agentd, hctl and agentd-shim (through the harness, as
+// the tests do) and the two benchmark apps.
 func build(b binaries, dir string) (binaries, error) {
 	bins, err := harness.Build(dir)
 	if err != nil {
@@ -388,12 +387,11 @@ func build(b binaries, dir string) (binaries, error) {
 	b.Bins = bins
 	b.BenchApp = filepath.Join(dir, "benchapp")
 	b.TinyApp = filepath.Join(dir, "tinyapp")
-	b.Shim = filepath.Join(dir, "agentd-shim")
 	root, err := harness.ModuleRoot()
 	if err != nil {
 		return b, err
 	}
-	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./internal/bench/benchapp", "./internal/bench/tinyapp", "./sockets/cmd/agentd-shim")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./internal/bench/benchapp", "./internal/bench/tinyapp")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -171,6 +171,18 @@ func TestKillBetweenForkAndRecord(t *testing.T) {
 	e.mustHctl("scale", "fr", "web=3")
 	ls := startLoads(t, url)
 	wait := e.deployUntil("test pause at record", "fr", e.release(""), "-m", "[pause]")
+	// Held there, each new process is agentd-shim, the C shim beside
+	// agentd, and not yet the app: the fast shim is the one agentd uses,
+	// and it holds the process until it is recorded.
+	held := runningOfRelease(e, "fr", "v2")
+	if len(held) == 0 {
+		t.Fatal("no v2 process held at the pause")
+	}
+	for _, pid := range held {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != bins.Shim {
+			t.Errorf("held v2 process %d runs %q (%v), want %s", pid, exe, err, bins.Shim)
+		}
+	}
 	ag.Kill()
 	wait()
 	ag.Env = nil

@@ -22,11 +22,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/internal/shimbuild"
 )
 
-// Bins are the built binaries.
+// Bins are the built binaries. Shim is the C exec shim, built beside
+// agentd, where agentd finds and uses it, as in the packages.
 type Bins struct {
-	Agentd, Hctl, TestApp, GoApp string
+	Agentd, Hctl, TestApp, GoApp, Shim string
 }
 
 // ModuleRoot finds the repository root (the directory with go.mod).
@@ -56,6 +59,9 @@ func Build(dir string) (Bins, error) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Bins{}, fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	if b.Shim, err = shimbuild.Build(dir); err != nil {
+		return Bins{}, err
 	}
 	return b, nil
 }

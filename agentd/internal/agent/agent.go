@@ -210,7 +210,12 @@ func (c Config) slugDir(digest string) string {
 
 // save persists a's state. Callers hold a.mu. While agentd is frozen for
 // an upgrade, the new agentd owns the state and nothing is written.
-func (ag *Agent) save(a *app) error {
+func (ag *Agent) save(a *app) error { return ag.saveThen(a, nil) }
+
+// saveThen is save that calls visible (when not nil) as soon as the new
+// state is in place for a restarted agentd to read, before it is fsynced
+// (state.WriteJSONThen): for letting just-recorded processes run.
+func (ag *Agent) saveThen(a *app, visible func()) error {
 	if ag.frozen.Load() {
 		return nil
 	}
@@ -227,7 +232,13 @@ func (ag *Agent) save(a *app) error {
 		})
 	}
 	a.recordRuns()
-	if err := state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st); err != nil {
+	var err error
+	if visible == nil {
+		err = state.WriteJSON(ag.cfg.appFile(a.st.Name), &a.st)
+	} else {
+		err = state.WriteJSONThen(ag.cfg.appFile(a.st.Name), &a.st, visible)
+	}
+	if err != nil {
 		ag.log.Error("saving state", "app", a.st.Name, "err", err)
 		return err
 	}

@@ -39,9 +39,11 @@ type host struct {
 }
 
 // flush records the processes started since the last flush with one
-// write of the state, then lets them run. When the state cannot be
-// written (or agentd is handing over to a new agentd, which owns the
-// state now) they are given up unrun.
+// write of the state, then lets them run: as soon as the record is in
+// place for a restarted agentd to read, its fsync overlapping their
+// start-up (releaseRecorded, procs.go). When the state cannot be written
+// (or agentd is handing over to a new agentd, which owns the state now)
+// they are given up unrun.
 func (h *host) flush() error {
 	h.heldMu.Lock()
 	defer h.heldMu.Unlock()
@@ -53,19 +55,16 @@ func (h *host) flush() error {
 	h.o.pause("record", h.r)
 	h.a.mu.Lock()
 	var err error
+	released := false
 	if h.ag.frozen.Load() {
 		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): nothing starts meanwhile")
 	} else {
-		err = h.ag.save(h.a)
+		err = h.ag.saveThen(h.a, func() { released = true; h.ag.releaseRecorded(h.a, ps) })
 	}
 	h.a.mu.Unlock()
 	for _, p := range ps {
-		if err != nil {
+		if !released {
 			p.p.Cancel()
-			continue
-		}
-		if rerr := p.p.Release(); rerr != nil {
-			h.ag.log.Warn("releasing a held process", "app", h.a.st.Name, "process", p.name(), "err", rerr)
 		}
 	}
 	if err != nil {

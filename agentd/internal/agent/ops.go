@@ -64,6 +64,10 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	if err != nil {
 		return o.finish(errf(api.CodeBadRequest, "prepare: %v", err))
 	}
+	// Parsed before the release is recorded, so that one durable write of
+	// the state (not two) records it with its Procfile: a state write is
+	// two fsyncs on the way to the new code's first answer.
+	pf, pfErr := ag.procfileOf(digest)
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
@@ -76,18 +80,15 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	}
 	r := ag.newRelease(a, digest, "deploy", maps.Clone(a.st.Config))
 	r.Message, r.ReleaseID, r.DeployedBy = req.Message, req.ReleaseID, req.DeployedBy
+	if pfErr == nil {
+		r.Procfile, r.Order = pf.Map(), pf.Types()
+	}
 	o.record(r.Version)
 	a.mu.Unlock()
 	o.res.Release = vname(r.Version)
-
-	pf, err := ag.procfileOf(digest)
-	if err != nil {
-		return o.fail(r, fmt.Errorf("prepare: %w", err))
+	if pfErr != nil {
+		return o.fail(r, fmt.Errorf("prepare: %w", pfErr))
 	}
-	a.mu.Lock()
-	r.Procfile, r.Order = pf.Map(), pf.Types()
-	ag.save(a)
-	a.mu.Unlock()
 	o.info("release %s: process types %s, digest %s", vname(r.Version), strings.Join(r.Order, ", "), shortDigest(digest))
 	o.pause("prepare", r)
 	a.mu.Lock()

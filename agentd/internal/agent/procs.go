@@ -204,6 +204,16 @@ func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, ext
 	return pr, nil
 }
 
+// releaseRecorded lets held processes exec their app, once their record
+// is where a restarted agentd would read it (host.flush).
+func (ag *Agent) releaseRecorded(a *app, ps []*proc) {
+	for _, p := range ps {
+		if err := p.p.Release(); err != nil {
+			ag.log.Warn("releasing a held process", "app", a.st.Name, "process", p.name(), "err", err)
+		}
+	}
+}
+
 func (p *proc) probeAddr() string {
 	if p.probe == nil {
 		return ""

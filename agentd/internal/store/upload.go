@@ -40,6 +40,9 @@ type Upload struct {
 	pins    []string
 	used    time.Time
 	done    bool
+	// copies are the contents the store holds under another mode or
+	// mtime only, copied into dir while the rest arrives (prepareCopies).
+	copies copyJob
 }
 
 // NewUpload checks a manifest (the artifact rules, see checkManifest) and
@@ -65,20 +68,31 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if u.dir, err = os.MkdirTemp(s.tmp, "upload-"); err != nil {
+		return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
+	}
+	var toCopy map[string]string // hash -> a blob of it under another mode or mtime
 	for _, h := range slices.Sorted(maps.Keys(sizes)) {
 		// The blob of the very same file, as in the last release, is the
 		// common case: one stat, not a directory listing.
-		b := exact[h]
+		b, same := exact[h], true
 		if _, err := os.Lstat(b); err != nil {
-			b = s.anyBlob(h)
+			b, same = s.anyBlob(h), false
 		}
 		if b != "" {
 			fi, err := os.Stat(b)
 			if err != nil {
+				removeAll(u.dir)
 				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
 			}
 			if fi.Size() == sizes[h] {
 				u.pins = append(u.pins, h)
+				if !same {
+					if toCopy == nil {
+						toCopy = map[string]string{}
+					}
+					toCopy[h] = b
+				}
 				continue
 			}
 			// Either the manifest lies or the blob was changed on disk (a
@@ -92,13 +106,14 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 		res.Missing = append(res.Missing, h)
 		res.MissingBytes += sizes[h]
 	}
-	if u.dir, err = os.MkdirTemp(s.tmp, "upload-"); err != nil {
-		return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
-	}
 	for _, h := range u.pins {
 		s.pinned[h]++
 	}
 	s.uploads[u.ID] = u
+	if !s.Has(t.digest()) {
+		// (A tree of this digest is reused as it is: no copy needed.)
+		u.startCopies(toCopy)
+	}
 	return u, res, nil
 }
 
@@ -137,7 +152,9 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	}
 	defer os.Remove(f.Name())
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, size+1))
+	buf := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(r, size+1), *buf)
+	copyBufs.Put(buf)
 	if err == nil && n == size {
 		// Start writing it out now, without waiting: the disk works while
 		// the rest of the upload is still coming, and Commit's fsync of
@@ -166,6 +183,11 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	u.mu.Unlock()
 	return nil
 }
+
+// copyBufs are Put's buffers: 256 KiB, eight times io.Copy's, so a
+// content is written with an eighth of the system calls; one per stream
+// in use, so memory stays small.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func countOf(n, size int64) string {
 	if n > size {
@@ -198,11 +220,18 @@ func (u *Upload) Commit() (string, error) {
 	u.done = true
 	u.mu.Unlock()
 	defer u.end()
-	// Every received file durable before any name refers to it.
-	if err := syncFiles(slices.Collect(maps.Values(u.got))); err != nil {
+	if err := u.copies.wait(); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
-	return u.s.build(u.t, u.got, u.replace)
+	// Every received file durable before any name refers to it (the
+	// copies are already).
+	u.mu.Lock()
+	got := maps.Clone(u.got)
+	u.mu.Unlock()
+	if err := syncFiles(slices.Collect(maps.Values(got))); err != nil {
+		return "", fmt.Errorf("upload %s: %w", u.ID, err)
+	}
+	return u.s.build(u.t, got, u.replace)
 }
 
 // syncFiles fsyncs files, several at once: the filesystem's journal then
@@ -254,6 +283,9 @@ func (u *Upload) Abort() {
 }
 
 func (u *Upload) end() {
+	// The copies read pinned blobs and write into dir: both must outlive
+	// them.
+	u.copies.stop()
 	s := u.s
 	s.mu.Lock()
 	for _, h := range u.pins {

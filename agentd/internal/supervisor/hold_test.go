@@ -31,7 +31,11 @@ func holderMain() {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
-	p, err := Start(Spec{Shim: exe, Argv: touchArgv(os.Getenv("HOLD_MARKER")), Env: os.Environ(), Output: out, Held: true})
+	shim := exe
+	if s := os.Getenv("HOLD_SHIM"); s != "" {
+		shim = s
+	}
+	p, err := Start(Spec{Shim: shim, Argv: touchArgv(os.Getenv("HOLD_MARKER")), Env: os.Environ(), Output: out, Held: true})
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(1)
@@ -45,7 +49,12 @@ func holderMain() {
 // command never ran. While held its PID and kernel start time, all a record
 // needs, are known.
 func TestHeldExecsOnlyOnRelease(t *testing.T) {
-	exe, _ := os.Executable()
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testHeldExecsOnlyOnRelease(t, sh.path) })
+	}
+}
+
+func testHeldExecsOnlyOnRelease(t *testing.T, exe string) {
 	for _, release := range []bool{true, false} {
 		t.Run(map[bool]string{true: "released", false: "cancelled"}[release], func(t *testing.T) {
 			marker := filepath.Join(t.TempDir(), "the-app-ran")
@@ -58,6 +67,14 @@ func TestHeldExecsOnlyOnRelease(t *testing.T) {
 			t.Cleanup(func() { p.Signal(syscall.SIGKILL); <-p.Done() })
 			if placed != p.PID() || p.KernelStart().IsZero() {
 				t.Fatalf("held: placed %d, pid %d, kernel start %v; want Place called and the record known", placed, p.PID(), p.KernelStart())
+			}
+			// Held, it is the shim asked for (once its exec is done), and
+			// the command has not run.
+			if got := heldExe(t, p.PID()); got != exe {
+				t.Errorf("held process %d runs %s, want the shim %s", p.PID(), got, exe)
+			}
+			if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the command ran before the release (marker: %v)", err)
 			}
 			if release {
 				if err := p.Release(); err != nil {
@@ -89,11 +106,17 @@ func TestHeldExecsOnlyOnRelease(t *testing.T) {
 // sees the hold pipe close without the go-ahead and exits without
 // exec'ing: the app never ran.
 func TestHolderDiesBeforeRecording(t *testing.T) {
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testHolderDiesBeforeRecording(t, sh.path) })
+	}
+}
+
+func testHolderDiesBeforeRecording(t *testing.T, shim string) {
 	exe, _ := os.Executable()
 	dir := t.TempDir()
 	marker, output := filepath.Join(dir, "the-app-ran"), filepath.Join(dir, "output")
 	holder := exec.Command(exe, "-test.run=^$")
-	holder.Env = append(os.Environ(), "SUPERVISOR_CHILD=holder", "HOLD_MARKER="+marker, "HOLD_OUTPUT="+output)
+	holder.Env = append(os.Environ(), "SUPERVISOR_CHILD=holder", "HOLD_MARKER="+marker, "HOLD_OUTPUT="+output, "HOLD_SHIM="+shim)
 	out, err := holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/agentd/agentd/internal/shimbuild"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -49,7 +50,9 @@ func TestMain(m *testing.M) {
 	case "holder":
 		holderMain()
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	shimbuild.RemoveCached()
+	os.Exit(code)
 }
 
 func start(t *testing.T, mode string) (*Process, *bufio.Reader) {
@@ -155,12 +158,17 @@ func TestOnExit(t *testing.T) {
 // during Place it has not exec'ed the command yet, and the hold pipe does
 // not leak into the app.
 func TestPlaceHoldsTheProcess(t *testing.T) {
-	exe, _ := os.Executable()
+	for _, sh := range testShims(t) {
+		t.Run(sh.name, func(t *testing.T) { testPlaceHoldsTheProcess(t, sh.path) })
+	}
+}
+
+func testPlaceHoldsTheProcess(t *testing.T, exe string) {
 	out, err := os.CreateTemp(t.TempDir(), "out")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var during, holdPipe string
+	var during, runs, holdPipe string
 	p, err := Start(Spec{
 		Shim: exe, Argv: []string{"/bin/sh", "-c", "exec ls -l /proc/self/fd/"}, Env: os.Environ(), Output: out,
 		Place: func(pid int) {
@@ -171,6 +179,7 @@ func TestPlaceHoldsTheProcess(t *testing.T) {
 				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 				during = string(b)
 			}
+			runs, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 			// fd 3: the first after stdio, as there are no sockets.
 			holdPipe, _ = os.Readlink(fmt.Sprintf("/proc/%d/fd/3", pid))
 		},
@@ -179,8 +188,8 @@ func TestPlaceHoldsTheProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-p.Done()
-	if !strings.Contains(during, sockets.ShimArg) {
-		t.Errorf("during Place the process ran %q, want the shim still holding it", during)
+	if !strings.Contains(during, sockets.ShimArg) || runs != exe {
+		t.Errorf("during Place the process ran %q (%s), want the shim %s still holding it", during, runs, exe)
 	}
 	if ex := p.Exit(); ex.Code != 0 {
 		t.Fatalf("exit %v", ex)

@@ -1,0 +1,62 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// WriteJSONThen is WriteJSON for a change that must be visible to the next
+// agentd before visible runs, but need not be on disk yet: it writes and
+// renames the new content, calls visible, and only then fsyncs the file
+// and the directory, returning once the content is durable.
+//
+// For recording the processes agentd just forked (held in the exec shim
+// until recorded): a restarted agentd reads the state through the page
+// cache, so the record must only be renamed into place before the shim may
+// exec the app; a machine crash kills the processes too, and until the
+// fsyncs are done it finds the file as it was, or PATH.prev (WriteFile's
+// previous generation, fsynced when written), which names no such process.
+// The fsync then overlaps the app's own start-up instead of preceding it.
+//
+// Callers serialize their writes of path (as WriteFile's callers do): the
+// next write's PATH.prev must be a durable generation, which it is once
+// this returns.
+func WriteJSONThen(path string, v any, visible func()) (err error) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	renamed := false
+	defer func() {
+		f.Close()
+		if !renamed {
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Chmod(0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = keepPrevious(path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	renamed = true
+	visible()
+	// Now durable, as WriteFile leaves it: the content, then both renames.
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync: %w", path, err)
+	}
+	return SyncDir(dir)
+}
