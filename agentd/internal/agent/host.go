@@ -104,7 +104,9 @@ func (h *host) Live() []rollout.Proc {
 	defer h.a.mu.Unlock()
 	var out []rollout.Proc
 	for _, p := range h.a.procs {
-		if p.p.Exited() || p.typ == "release" && p.retired {
+		if p.p.Exited() || p.typ == "release" && p.retired || p.typ == scriptPostdrain {
+			// A postdrain script is no process of the formation: no
+			// rollout stops it.
 			continue
 		}
 		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})
@@ -235,7 +237,7 @@ func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
 	p := rp.(procView).p
 	a := h.a
 	a.mu.Lock()
-	kind := a.readinessOf(p.typ)
+	kind := a.readinessFor(p.release, p.typ)
 	boot := time.Duration(a.st.BootTimeout)
 	a.mu.Unlock()
 	err := h.ag.waitReady(ctx, a, p, kind, boot)

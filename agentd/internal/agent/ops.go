@@ -84,8 +84,13 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	if err != nil {
 		return o.fail(r, fmt.Errorf("prepare: %w", err))
 	}
+	m, err := ag.appJSONOf(digest)
+	if err != nil {
+		return o.fail(r, errf(api.CodeBadRequest, "prepare: %v", err))
+	}
 	a.mu.Lock()
 	r.Procfile, r.Order = pf.Map(), pf.Types()
+	a.applyAppJSON(r, m, o.info)
 	ag.save(a)
 	a.mu.Unlock()
 	o.info("release %s: process types %s, digest %s", vname(r.Version), strings.Join(r.Order, ", "), shortDigest(digest))
@@ -160,6 +165,7 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 	r := ag.newRelease(a, target.Digest, "rollback", maps.Clone(target.Config))
 	r.Message = "rollback to " + vname(target.Version)
 	r.Procfile, r.Order = maps.Clone(target.Procfile), slices.Clone(target.Order)
+	inheritAppJSON(r, target)
 	r.DeployedBy = deployedBy
 	o.record(r.Version)
 	t := a.target(r)
@@ -217,6 +223,7 @@ func (ag *Agent) ChangeConfig(name string, req api.ConfigRequest, deployedBy str
 	}
 	r := ag.newRelease(a, act.Digest, "config", cfg)
 	r.Procfile, r.Order, r.DeployedBy = maps.Clone(act.Procfile), slices.Clone(act.Order), deployedBy
+	inheritAppJSON(r, act)
 	var msg []string
 	for _, k := range slices.Sorted(maps.Keys(req.Set)) {
 		msg = append(msg, "set "+k)

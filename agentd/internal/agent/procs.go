@@ -126,7 +126,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 			names = append(names, h.Spec.Name)
 		}
 	}
-	kind := a.readinessOf(typ)
+	kind := a.readinessFor(r.Version, typ)
 	userName := a.st.User
 	shimOpt := a.shimOptions(0)
 	drainTimeout := time.Duration(a.st.DrainTimeout)

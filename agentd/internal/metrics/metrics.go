@@ -42,6 +42,8 @@ type Metrics struct {
 	active   *prometheus.GaugeVec
 	rollback *prometheus.CounterVec
 	shed     *prometheus.CounterVec
+	// postdrain: scripts.go, registered on first use.
+	postdrain scriptRuns
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
