@@ -291,3 +291,67 @@ func TestAppJSONPostdrain(t *testing.T) {
 		t.Errorf("agentd's log does not report the failed postdrain")
 	}
 }
+
+// lifeEvents reads a $TESTAPP_LIFELOG: start and exit times by PID.
+func lifeEvents(t *testing.T, path string) (starts, exits map[int]int64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts, exits = map[int]int64{}, map[int]int64{}
+	for l := range strings.SplitSeq(string(b), "\n") {
+		fs := strings.Fields(l)
+		if len(fs) < 3 {
+			continue
+		}
+		pid, _ := strconv.Atoi(fs[1])
+		at, _ := strconv.ParseInt(fs[2], 10, 64)
+		switch fs[0] {
+		case "start":
+			starts[pid] = at
+		case "exit":
+			exits[pid] = at
+		}
+	}
+	return starts, exits
+}
+
+// TestAppJSONLiveness: web's liveness check (GET /healthz on the probe
+// socket, 2 attempts a second apart) fails 3 s after each process
+// started: agentd replaces the process each time, the new one started
+// and ready before the old one exits, and under load not one request
+// fails.
+func TestAppJSONLiveness(t *testing.T) {
+	e := start(t)
+	url := e.createApp("lv", "--readiness", "web=notify", "--drain-timeout", "20s")
+	lifelog := filepath.Join(e.dir, "life.log")
+	appJSON := `{"formation": {"worker": {"quantity": 0}},
+  "healthchecks": {"web": [{"type": "liveness", "path": "/healthz", "attempts": 2, "wait": 1, "timeout": 1}]}}`
+	e.deploy("lv", e.appJSONRelease(t, appJSON, "TESTAPP_MODE=unhealthy-after TESTAPP_UNHEALTHY_AFTER=3s TESTAPP_LIFELOG="+lifelog))
+	ls := startLoads(t, url)
+	waitFor(t, "two liveness restarts", func() bool {
+		_, exits := lifeEvents(t, lifelog)
+		return len(exits) >= 2
+	})
+	ls.stopAndCheck(t)
+	starts, exits := lifeEvents(t, lifelog)
+	for pid, exit := range exits {
+		// Another process started before this one exited, and lived on.
+		var successor bool
+		for other, start := range starts {
+			if other != pid && start < exit && (exits[other] == 0 || exits[other] > exit) {
+				successor = true
+			}
+		}
+		if !successor {
+			t.Errorf("process %d exited with no successor started before it", pid)
+		}
+	}
+	if n := strings.Count(e.ag.Log(), "replacing a process that failed its liveness check"); n < 2 {
+		t.Errorf("agentd logged %d liveness replacements, want 2 or more", n)
+	}
+	if got := get(t, url); !strings.Contains(got, "release=v1 process=web.1") {
+		t.Errorf("after the liveness restarts the app answers %q, want v1's web.1", got)
+	}
+}

@@ -251,6 +251,7 @@ func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
 		return h.o.explain(p, kind, boot, err)
 	}
 	h.o.event("process", p.name(), fmt.Sprintf("%s %s ready (%s) in %.2fs", vname(p.release), p.name(), kind, p.readyAt.Sub(p.p.StartedAt()).Seconds()))
+	go h.ag.watchLiveness(a, p)
 	return nil
 }
 

@@ -127,6 +127,8 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 		}
 	}
 	kind := a.readinessFor(r.Version, typ)
+	// Liveness checks of app.json probe the same private socket.
+	probeLive := livenessNeedsProbe(r, typ)
 	userName := a.st.User
 	shimOpt := a.shimOptions(0)
 	drainTimeout := time.Duration(a.st.DrainTimeout)
@@ -138,7 +140,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 	if err != nil {
 		return nil, err
 	}
-	if kind.NeedsProbe() {
+	if kind.NeedsProbe() || probeLive {
 		if pr.probe, err = readiness.NewProbe(); err != nil {
 			return nil, err
 		}

@@ -86,6 +86,9 @@ func (ag *Agent) recover(a *app) {
 		r := a.release(p.release)
 		p.p.OnExit(func() { ag.watchExit(a, p, r) })
 		go ag.attachNotify(a, p)
+		if p.state == api.StateReady {
+			go ag.watchLiveness(a, p)
+		}
 	}
 	if len(a.held) == len(a.st.Sockets) {
 		go ag.reconcile(a, bake)

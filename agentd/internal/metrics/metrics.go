@@ -44,6 +44,7 @@ type Metrics struct {
 	shed     *prometheus.CounterVec
 	// postdrain: scripts.go, registered on first use.
 	postdrain scriptRuns
+	liveness  scriptRuns
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active

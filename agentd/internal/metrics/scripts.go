@@ -6,8 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// scriptRuns counts runs of app.json's scripts.agentd.postdrain. It is
-// registered on its first use, so that it lives in a file of its own.
+// scriptRuns is a counter of app.json's scripts and checks, registered
+// on its first use, so that it lives in a file of its own.
 type scriptRuns struct {
 	once sync.Once
 	vec  *prometheus.CounterVec
@@ -26,4 +26,18 @@ func (m *Metrics) PostdrainDone(app, result string) {
 		m.reg.MustRegister(s.vec)
 	})
 	s.vec.WithLabelValues(app, result).Inc()
+}
+
+// LivenessRestart counts a process replaced because it failed an app.json
+// liveness check: agentd_liveness_restarts_total.
+func (m *Metrics) LivenessRestart(app, typ string) {
+	s := &m.liveness
+	s.once.Do(func() {
+		s.vec = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentd_liveness_restarts_total",
+			Help: "Processes replaced (the zero-downtime way) because they failed an app.json liveness check, by app and process type.",
+		}, []string{"app", "type"})
+		m.reg.MustRegister(s.vec)
+	})
+	s.vec.WithLabelValues(app, typ).Inc()
 }
