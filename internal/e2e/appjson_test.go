@@ -25,7 +25,7 @@ func (e *env) appJSONRelease(t *testing.T, appJSON, env string) string {
 	t.Helper()
 	releaseN++
 	dir := filepath.Join(e.dir, fmt.Sprintf("aj%d", releaseN))
-	procfile := fmt.Sprintf("web: %s exec %s\nworker: exec sleep 600\n", env, bins.TestApp)
+	procfile := fmt.Sprintf("web: %s exec %s\nworker: exec sleep 600\nclock: exec sleep 600\n", env, bins.TestApp)
 	if _, err := harness.Release(dir, procfile, map[string]string{"VERSION": fmt.Sprint(releaseN), "app.json": appJSON}); err != nil {
 		t.Fatal(err)
 	}
@@ -83,14 +83,20 @@ func TestAppJSONFormationScriptsChecks(t *testing.T) {
 	script := func(name string) string {
 		return fmt.Sprintf(`echo \"%s $AGENTD_RELEASE $(date +%%s%%N)\" >> %s`, name, log)
 	}
+	// clock: a type the first formation leaves out (0 processes): a later
+	// app.json asking for one changes nothing.
 	appJSON := func(web int, path string) string {
+		clock := ""
+		if web == 3 {
+			clock = `, "clock": {"quantity": 1}`
+		}
 		return fmt.Sprintf(`{
   "name": "aj", "env": {"IGNORED": {"value": "1"}},
-  "formation": {"web": {"quantity": %d}, "worker": {"quantity": 1}},
+  "formation": {"web": {"quantity": %d}, "worker": {"quantity": 1}%s},
   "scripts": {"postdeploy": "%s", "dokku": {"predeploy": "%s", "postdeploy": "%s"}},
   "healthchecks": {"web": [{"type": "startup", "path": "%s", "attempts": 3}],
                    "worker": [{"type": "startup", "uptime": 1}]}
-}`, web, script("postdeploy"), script("predeploy"), script("dokku-postdeploy"), path)
+}`, web, clock, script("postdeploy"), script("predeploy"), script("dokku-postdeploy"), path)
 	}
 	r := e.mustHctl("deploy", "aj", e.appJSONRelease(t, appJSON(2, "/healthz"), ""))
 	for _, want := range []string{"scripts.dokku.predeploy is the release phase", "formation: web=2 (first deploy)", "http:/healthz is web's readiness"} {
@@ -108,11 +114,11 @@ func TestAppJSONFormationScriptsChecks(t *testing.T) {
 
 	e.mustHctl("scale", "aj", "web=1")
 	r = e.mustHctl("deploy", "aj", e.appJSONRelease(t, appJSON(3, "/healthz"), ""))
-	if strings.Contains(r.Stderr, "formation: web=3") {
+	if strings.Contains(r.Stderr, "formation: web=3") || strings.Contains(r.Stderr, "formation: clock=1") {
 		t.Errorf("the second deploy applied app.json's formation:\n%s", r)
 	}
-	if n := countTypes(e.ps("aj")); n["web"] != 1 || n["worker"] != 1 {
-		t.Fatalf("after scale web=1 and a second deploy: %v ready, want web=1 worker=1 (hctl scale wins)", n)
+	if n := countTypes(e.ps("aj")); n["web"] != 1 || n["worker"] != 1 || n["clock"] != 0 {
+		t.Fatalf("after scale web=1 and a second deploy: %v ready, want web=1 worker=1 clock=0 (hctl scale wins; formation on the first deploy only)", n)
 	}
 	if got, want := strings.Join(names(scriptLines(t, log)), ", "), "predeploy v1, postdeploy v1, dokku-postdeploy v1, predeploy v2, dokku-postdeploy v2"; got != want {
 		t.Fatalf("scripts after the second deploy: %s, want %s", got, want)
@@ -289,6 +295,37 @@ func TestAppJSONPostdrain(t *testing.T) {
 	}
 	if !strings.Contains(e.ag.Log(), "postdrain script failed") {
 		t.Errorf("agentd's log does not report the failed postdrain")
+	}
+
+	// A fleet's way: deploy with --skip-postdrain, then hctl postdrain
+	// once. The script waits for a file, so it is seen in hctl ps.
+	gate := filepath.Join(e.dir, "gate")
+	waiting := fmt.Sprintf(`i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo \"postdrain $AGENTD_RELEASE $(date +%%s%%N)\" >> %s`, gate, log)
+	r = e.mustHctl("deploy", "pd", e.appJSONRelease(t, postdrain(waiting), env), "--skip-postdrain")
+	if pd := e.release1(t, "pd", "v4").Postdrain; pd == nil || pd.Status != "deferred" {
+		t.Fatalf("postdrain of v4 deployed with --skip-postdrain: %+v, want deferred", pd)
+	}
+	done := make(chan harness.Result, 1)
+	go func() { done <- e.ag.Hctl("postdrain", "pd") }()
+	waitFor(t, "postdrain in hctl ps", func() bool {
+		for _, p := range e.ps("pd") {
+			if p.Name == "postdrain" && p.Release == "v4" && p.State == "running" {
+				return true
+			}
+		}
+		return false
+	})
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.Code != 0 || !strings.Contains(r.Stdout, "scripts.agentd.postdrain succeeded") {
+		t.Errorf("hctl postdrain: %s", r)
+	}
+	if r := e.mustHctl("postdrain", "pd"); !strings.Contains(r.Stdout, "succeeded already") {
+		t.Errorf("hctl postdrain again: %s, want it not run again", r)
+	}
+	if got := strings.Join(names(scriptLines(t, log)), ", "); got != "postdrain v1, postdrain v2, postdrain v4" {
+		t.Errorf("postdrain lines: %s", got)
 	}
 }
 

@@ -42,6 +42,9 @@ const (
 	postdrainSucceeded = "succeeded"
 	postdrainFailed    = "failed"
 	postdrainSkipped   = "skipped"
+	// postdrainDeferred: deployed with --skip-postdrain, left to
+	// RunPostdrain (hctl postdrain), once per fleet.
+	postdrainDeferred = "deferred"
 )
 
 // postdrainState is what a release records of its scripts.agentd.postdrain.
@@ -240,10 +243,14 @@ func (ag *Agent) awaitPostdrain(a *app, r *releaseState, o *op) error {
 			return nil
 		}
 		older := a.olderProcs(r.Version)
-		a.mu.Unlock()
 		if len(older) == 0 {
+			// Claimed under the lock that saw it pending: a second
+			// waiter (hctl postdrain, a deploy's) finds it taken.
+			r.Postdrain = &postdrainState{Status: postdrainRunning, Started: time.Now().UTC()}
+			a.mu.Unlock()
 			break
 		}
+		a.mu.Unlock()
 		for _, p := range older {
 			<-p.p.Done()
 		}
@@ -251,9 +258,9 @@ func (ag *Agent) awaitPostdrain(a *app, r *releaseState, o *op) error {
 	return ag.runPostdrain(a, r, o)
 }
 
-// runPostdrain starts r's postdrain as a tracked process of its own
-// (recorded, so a restarted agentd adopts it; listed by `hctl ps`) and
-// waits for it.
+// runPostdrain starts r's postdrain, claimed by the caller, as a tracked
+// process of its own (recorded, so a restarted agentd adopts it; listed by
+// `hctl ps`) and waits for it.
 func (ag *Agent) runPostdrain(a *app, r *releaseState, o *op) error {
 	a.mu.Lock()
 	cmd := r.AppJSON.Scripts.AgentdPostdrain
@@ -269,7 +276,7 @@ func (ag *Agent) runPostdrain(a *app, r *releaseState, o *op) error {
 		a.mu.Unlock()
 		return ag.postdrainDone(a, r, o)
 	}
-	r.Postdrain = &postdrainState{Status: postdrainRunning, Started: pr.p.StartedAt().UTC(), Log: pr.log}
+	r.Postdrain.Started, r.Postdrain.Log = pr.p.StartedAt().UTC(), pr.log
 	err = ag.save(a)
 	a.mu.Unlock()
 	if err != nil {
@@ -467,4 +474,51 @@ func (o *op) postdrain(r *releaseState) error {
 		return nil
 	}
 	return o.ag.awaitPostdrain(a, r, o)
+}
+
+// RunPostdrain runs the active release's scripts.agentd.postdrain once no
+// process of an older release is left on this host (hctl postdrain): the
+// fleet's way to run it once, on one host, after every host deployed with
+// --skip-postdrain and drained. One that succeeded is not run again; one
+// that runs is not started twice.
+func (ag *Agent) RunPostdrain(name string, emit func(api.Event)) api.OpResult {
+	a, err := ag.get(name)
+	if err != nil {
+		return failNoApp(name, err, emit)
+	}
+	o := ag.newOp(a, "postdrain", emit)
+	a.mu.Lock()
+	r := a.release(a.st.Active)
+	if r == nil {
+		a.mu.Unlock()
+		return o.finish(errf(api.CodeBadRequest, "app %s has no active release: deploy first", name))
+	}
+	o.res.Release = vname(r.Version)
+	if r.AppJSON == nil || r.AppJSON.Scripts.AgentdPostdrain == "" {
+		a.mu.Unlock()
+		// Nothing to do is no failure: a fleet's playbook runs this
+		// after every deploy, with or without the script.
+		o.info("%s of %s has no app.json scripts.agentd.postdrain: nothing to run", vname(r.Version), name)
+		return o.finish(nil)
+	}
+	switch st := r.Postdrain; {
+	case st != nil && st.Status == postdrainSucceeded:
+		a.mu.Unlock()
+		o.info("scripts.agentd.postdrain of %s succeeded already (%s): not run again", vname(r.Version), st.Started.Format(time.RFC3339))
+		return o.finish(nil)
+	case st != nil && st.Status == postdrainRunning:
+		a.mu.Unlock()
+		return o.finish(errf(api.CodeConflict, "scripts.agentd.postdrain of %s is running already (since %s)", vname(r.Version), st.Started.Format(time.RFC3339)))
+	}
+	// Deferred, failed (run again on purpose) or never run.
+	r.Postdrain = nil
+	older := len(a.olderProcs(r.Version))
+	a.mu.Unlock()
+	if older > 0 {
+		o.info("waiting for %d process(es) of older releases to exit first", older)
+	}
+	o.mu.Lock()
+	o.res.Changed = true
+	o.mu.Unlock()
+	return o.finish(ag.awaitPostdrain(a, r, o))
 }

@@ -24,8 +24,11 @@ type DeployRequest struct {
 	Artifact         io.Reader // .tar.gz
 	Message          string
 	SkipReleasePhase bool
-	ReleaseID        string
-	DeployedBy       string
+	// SkipPostdrain leaves app.json's scripts.agentd.postdrain to
+	// RunPostdrain (once per fleet).
+	SkipPostdrain bool
+	ReleaseID     string
+	DeployedBy    string
 	// Prepare, when set, stores the release's code and returns its
 	// digest instead of unpacking Artifact (an upload by manifest).
 	Prepare func() (digest string, err error)
@@ -91,6 +94,10 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	a.mu.Lock()
 	r.Procfile, r.Order = pf.Map(), pf.Types()
 	a.applyAppJSON(r, m, o.info)
+	if req.SkipPostdrain && postdrainPending(r) {
+		r.Postdrain = &postdrainState{Status: postdrainDeferred}
+		o.info("app.json scripts.agentd.postdrain is left to hctl postdrain (--skip-postdrain)")
+	}
 	ag.save(a)
 	a.mu.Unlock()
 	o.info("release %s: process types %s, digest %s", vname(r.Version), strings.Join(r.Order, ", "), shortDigest(digest))
