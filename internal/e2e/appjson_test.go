@@ -315,12 +315,27 @@ func TestAppJSONPostdrain(t *testing.T) {
 		}
 		return false
 	})
+	// agentd is killed while it runs: the new agentd adopts it (still in
+	// hctl ps), and records how it ended; hctl lost its stream.
+	e.ag.Kill()
+	<-done
+	if err := e.ag.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	adopted := false
+	for _, p := range e.ps("pd") {
+		adopted = adopted || p.Name == "postdrain" && p.Release == "v4" && p.State == "running"
+	}
+	if !adopted {
+		t.Errorf("the running postdrain is not in hctl ps after an agentd restart: %+v", e.ps("pd"))
+	}
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-done; r.Code != 0 || !strings.Contains(r.Stdout, "scripts.agentd.postdrain succeeded") {
-		t.Errorf("hctl postdrain: %s", r)
-	}
+	waitFor(t, "v4's adopted postdrain recorded as succeeded", func() bool {
+		pd := e.release1(t, "pd", "v4").Postdrain
+		return pd != nil && pd.Status == "succeeded"
+	})
 	if r := e.mustHctl("postdrain", "pd"); !strings.Contains(r.Stdout, "succeeded already") {
 		t.Errorf("hctl postdrain again: %s, want it not run again", r)
 	}
@@ -390,5 +405,13 @@ func TestAppJSONLiveness(t *testing.T) {
 	}
 	if got := get(t, url); !strings.Contains(got, "release=v1 process=web.1") {
 		t.Errorf("after the liveness restarts the app answers %q, want v1's web.1", got)
+	}
+
+	// Inside a bake window a failed liveness probe fails the bake: the
+	// release is rolled back instead of its process being replaced.
+	e.mustHctl("apps", "set", "lv", "--bake", "30s")
+	r := e.hctl("deploy", "lv", e.appJSONRelease(t, appJSON, "TESTAPP_MODE=unhealthy-after TESTAPP_UNHEALTHY_AFTER=2s TESTAPP_LIFELOG="+lifelog))
+	if r.Code != 1 || !strings.Contains(r.Stderr, "failed its bake") || !strings.Contains(r.Stderr, "liveness check http:/healthz") {
+		t.Errorf("deploy whose process fails a liveness probe while baking: want exit 1, a failed bake naming the check:\n%s", r)
 	}
 }

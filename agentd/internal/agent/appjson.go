@@ -35,6 +35,24 @@ func isScript(typ string) bool {
 	return typ == "release" || typ == scriptPostdeploy || typ == scriptDokkuPostdeploy || typ == scriptPostdrain
 }
 
+// runsScript reports whether typ is an app.json script process r runs
+// (postdeploy, dokku-postdeploy, postdrain): a recorded process of that
+// name belongs to r (statecheck.go).
+func runsScript(r *releaseState, typ string) bool {
+	if r.AppJSON == nil {
+		return false
+	}
+	switch s := r.AppJSON.Scripts; typ {
+	case scriptPostdeploy:
+		return s.Postdeploy != ""
+	case scriptDokkuPostdeploy:
+		return s.DokkuPostdeploy != ""
+	case scriptPostdrain:
+		return s.AgentdPostdrain != ""
+	}
+	return false
+}
+
 // Postdrain states, recorded in the release so that it runs once per
 // release across agentd restarts.
 const (

@@ -122,7 +122,7 @@ func checkAppState(st *appState, name string) error {
 		switch {
 		case r == nil:
 			bad("process %s (pid %d) of release %s, which is not in the release list", p.Name, p.PID, vname(p.Release))
-		case !releaseHasType(r, p.Type):
+		case !releaseHasType(r, p.Type) && !runsScript(r, p.Type):
 			bad("process %s (pid %d): release %s has no process type %q", p.Name, p.PID, vname(p.Release), p.Type)
 		}
 		if p.PID <= 1 {
