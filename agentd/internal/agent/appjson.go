@@ -241,8 +241,9 @@ func (a *app) olderProcs(v int) []*proc {
 	return out
 }
 
-// awaitPostdrain waits until no process of a release other than r is left,
-// then runs r's postdrain once, if r is still the active release. o is the
+// awaitPostdrain waits until r's bake (if one is in progress) has passed
+// and no process of a release other than r is left, then runs r's
+// postdrain once, if r is still the active release. o is the
 // operation still waiting for it (its result carries the outcome), or nil
 // when nobody waits (the drain outlived the deploy, or agentd restarted).
 func (ag *Agent) awaitPostdrain(a *app, r *releaseState, o *op) error {
@@ -259,6 +260,13 @@ func (ag *Agent) awaitPostdrain(a *app, r *releaseState, o *op) error {
 			ag.save(a)
 			a.mu.Unlock()
 			return nil
+		}
+		if a.baking(r.Version) {
+			// An agentd restarted in the bake window resumes the bake: the
+			// postdrain waits for it to pass (or, failed, skips above).
+			a.mu.Unlock()
+			time.Sleep(time.Second)
+			continue
 		}
 		older := a.olderProcs(r.Version)
 		if len(older) == 0 {
