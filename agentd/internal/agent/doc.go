@@ -39,6 +39,9 @@
 //	drain.go     stopping processes; observe.go: connections, socket use
 //	recover.go   adoption and reconcile after agentd (re)started
 //	release.go   artifacts, releases, the release phase, pruning
+//	appjson.go   a release's app.json: formation, release phase, readiness,
+//	             its scripts (postdeploy, postdrain); liveness.go: its
+//	             liveness checks and the replacement of a failing process
 //	views.go     what the API shows: apps, processes, releases, status
 //	hostile.go, security.go, journal.go, logcap.go, memory.go: see each
 //
