@@ -189,6 +189,8 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.killed.DeletePartialMatch(l)
 	m.cut.DeletePartialMatch(l)
 	m.restarts.DeletePartialMatch(l)
+	m.postdrain.forget(l)
+	m.liveness.forget(l)
 	m.active.DeletePartialMatch(l)
 	m.rollback.DeletePartialMatch(l)
 	m.shed.DeletePartialMatch(l)
