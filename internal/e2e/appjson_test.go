@@ -150,6 +150,18 @@ func TestAppJSONFormationScriptsChecks(t *testing.T) {
 	if got := get(t, url); !strings.Contains(got, "release=v2") {
 		t.Errorf("after the malformed app.json the app answers %q, want release=v2", got)
 	}
+
+	// A failing Dokku postdeploy fails the result, after the cutover: the
+	// release stays active.
+	r = e.hctl("deploy", "aj", e.appJSONRelease(t, `{"scripts": {"dokku": {"postdeploy": "echo notify failed >&2; exit 3"}}}`, ""))
+	if r.Code != 1 || !strings.Contains(r.Stderr, "app.json scripts.dokku.postdeploy failed") || !strings.Contains(r.Stderr, "stays active") {
+		t.Errorf("deploy with a failing scripts.dokku.postdeploy: want exit 1 saying the release stays active:\n%s", r)
+	}
+	var info api.AppInfo
+	e.json(&info, "apps", "info", "aj")
+	if got := get(t, url); !strings.Contains(got, "release="+info.ActiveRelease) || info.ActiveRelease == "v2" {
+		t.Errorf("after a failing postdeploy: active %s, the app answers %q; want the new release active", info.ActiveRelease, got)
+	}
 }
 
 // lifeExits reads the exit times of the processes in a $TESTAPP_LIFELOG.
@@ -235,7 +247,7 @@ func TestAppJSONPostdrain(t *testing.T) {
 	}
 	v1 := e.ps("pd")
 	ls := startLoads(t, url)
-	holdOn(t, url, "v1", 8*time.Second)
+	holdOn(t, url, "v1", 15*time.Second)
 
 	r := e.mustHctl("deploy", "pd", e.appJSONRelease(t, ok, env), "--wait-drain", "1s")
 	if !strings.Contains(r.Stderr, "scripts.agentd.postdrain runs once no process of an older release is left") {
