@@ -100,6 +100,7 @@ func (h *hctl) deployCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "message", Aliases: []string{"m"}, Usage: "describe the release (`MSG`)", Local: true},
 			&cli.BoolFlag{Name: "skip-release-phase", Usage: "do not run the release: command (it ran elsewhere)", Local: true},
+			&cli.BoolFlag{Name: "skip-postdrain", Usage: "leave app.json's scripts.agentd.postdrain to hctl postdrain (once per fleet)", Local: true},
 			&cli.StringFlag{Name: "release-id", Usage: "keep `ID` (a commit, a build number) with the release", Local: true},
 			&cli.BoolFlag{Name: "detach", Usage: "return once the deploy has started; follow it with hctl wait APP", Local: true},
 			&cli.DurationFlag{Name: "wait-drain", Local: true, HideDefault: true,
@@ -117,6 +118,7 @@ func (h *hctl) deployCommand() *cli.Command {
 			opt := api.DeployOptions{
 				Message:          cmd.String("message"),
 				SkipReleasePhase: cmd.Bool("skip-release-phase"),
+				SkipPostdrain:    cmd.Bool("skip-postdrain"),
 				ReleaseID:        cmd.String("release-id"),
 				Detach:           cmd.Bool("detach"),
 				WaitDrain:        cmd.Duration("wait-drain"),

@@ -110,6 +110,7 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.appsCommand(),
 			h.deployCommand(),
 			h.releasePhaseCommand(),
+			h.postdrainCommand(),
 			h.releasesCommand(),
 			h.rollbackCommand(),
 			h.psCommand(),

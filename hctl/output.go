@@ -341,6 +341,7 @@ func writeRelease(w io.Writer, r *api.Release) {
 			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
+	writeScriptRun(w, r.Postdrain)
 	if len(r.Procfile) > 0 {
 		fmt.Fprintln(w, "procfile:")
 		for _, k := range slices.Sorted(maps.Keys(r.Procfile)) {

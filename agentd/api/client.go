@@ -101,6 +101,9 @@ type DeployOptions struct {
 	// SkipReleasePhase skips the release: command (run it once per fleet
 	// with [Client.ReleasePhase] instead).
 	SkipReleasePhase bool
+	// SkipPostdrain leaves app.json's scripts.agentd.postdrain to
+	// [Client.Postdrain] (run it once per fleet).
+	SkipPostdrain bool
 	// ReleaseID is an opaque identifier of the build (a commit, a CI run),
 	// kept with the release.
 	ReleaseID string
@@ -201,6 +204,9 @@ func (c *Client) Deploy(ctx context.Context, app string, artifact io.Reader, opt
 	}
 	if opt.SkipReleasePhase {
 		q.Set("skip_release_phase", "1")
+	}
+	if opt.SkipPostdrain {
+		q.Set("skip_postdrain", "1")
 	}
 	if opt.ReleaseID != "" {
 		q.Set("release_id", opt.ReleaseID)

@@ -82,6 +82,9 @@ const (
 	// (OpResult.Release names the release that serves).
 	CodeBakeFailed = "bake_failed"
 	CodeRolledBack = "rolled_back"
+	// CodePostdrainFailed: app.json's scripts.agentd.postdrain failed; the
+	// release stays active.
+	CodePostdrainFailed = "postdrain_failed"
 )
 
 // Error is the body of every failed request, and the error the client
@@ -305,6 +308,19 @@ type Release struct {
 	// or deleted by hand): nothing can start it, and a rollback to it is
 	// refused.
 	CodeGone bool `json:"code_gone,omitempty"`
+	// Postdrain is what became of the release's app.json
+	// scripts.agentd.postdrain; nil when it has none.
+	Postdrain *ScriptRun `json:"postdrain,omitempty"`
+}
+
+// ScriptRun is one run of an app.json script.
+type ScriptRun struct {
+	Script   string    `json:"script"` // scripts.agentd.postdrain
+	Status   string    `json:"status"` // running, succeeded, failed, skipped
+	Started  time.Time `json:"started,omitzero"`
+	Ended    time.Time `json:"ended,omitzero"`
+	ExitCode *int      `json:"exit_code,omitempty"`
+	Error    string    `json:"error,omitempty"`
 }
 
 // Process is one running (or recently ended) instance of a process type.

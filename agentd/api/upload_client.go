@@ -93,6 +93,9 @@ func (c *Client) DeployUpload(ctx context.Context, app, id string, opt DeployOpt
 	if opt.SkipReleasePhase {
 		q.Set("skip_release_phase", "1")
 	}
+	if opt.SkipPostdrain {
+		q.Set("skip_postdrain", "1")
+	}
 	if opt.ReleaseID != "" {
 		q.Set("release_id", opt.ReleaseID)
 	}

@@ -33,8 +33,12 @@ func (ag *Agent) watchBake(ctx context.Context, a *app, procs []*proc) <-chan er
 	}
 	for _, p := range procs {
 		a.mu.Lock()
-		kind := a.readinessOf(p.typ)
+		kind := a.readinessFor(p.release, p.typ)
+		live := a.livenessChecks(p)
 		a.mu.Unlock()
+		for _, c := range live {
+			go ag.probeLiveness(ctx, a, p, c, 1, report)
+		}
 		go func() {
 			select {
 			case <-p.p.Done():

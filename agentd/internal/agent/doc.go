@@ -42,6 +42,9 @@
 //	release.go   artifacts, releases, the release phase, pruning
 //	cron.go      app.json cron jobs: the schedule loop; cronrun.go: a run
 //	             (cron.N), cronview.go: hctl cron and the --cron setting
+//	appjson.go   a release's app.json: formation, release phase, readiness,
+//	             its scripts (postdeploy, postdrain); liveness.go: its
+//	             liveness checks and the replacement of a failing process
 //	views.go     what the API shows: apps, processes, releases, status
 //	run.go       one-off processes (hctl run): their relays started, recorded,
 //	             adopted, and their streams pumped

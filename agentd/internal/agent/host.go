@@ -103,9 +103,10 @@ func (h *host) Live() []rollout.Proc {
 	defer h.a.mu.Unlock()
 	var out []rollout.Proc
 	for _, p := range h.a.procs {
-		if p.p.Exited() || p.typ == "release" && p.retired || p.cron || p.run != nil {
-			// A cron run (cron.go) and a one-off (run.go) are no part of the
-			// formation: a rollout neither counts nor retires them.
+		if p.p.Exited() || p.typ == "release" && p.retired || p.cron || p.run != nil || p.typ == scriptPostdrain {
+			// A cron run (cron.go), a one-off (run.go) and a postdrain script
+			// (appjson.go) are no part of the formation: a rollout neither
+			// counts nor retires them.
 			continue
 		}
 		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})
@@ -242,7 +243,7 @@ func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
 	p := rp.(procView).p
 	a := h.a
 	a.mu.Lock()
-	kind := a.readinessOf(p.typ)
+	kind := a.readinessFor(p.release, p.typ)
 	boot := time.Duration(a.st.BootTimeout)
 	a.mu.Unlock()
 	err := h.ag.waitReady(ctx, a, p, kind, boot)
@@ -256,6 +257,7 @@ func (h *host) AwaitReady(ctx context.Context, rp rollout.Proc) error {
 		return h.o.explain(p, kind, boot, err)
 	}
 	h.o.event("process", p.name(), fmt.Sprintf("%s %s ready (%s) in %.2fs", vname(p.release), p.name(), kind, p.readyAt.Sub(p.p.StartedAt()).Seconds()))
+	go h.ag.watchLiveness(a, p)
 	return nil
 }
 

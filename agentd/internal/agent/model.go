@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/appjson"
 	"github.com/agentd/agentd/agentd/internal/notify"
 	"github.com/agentd/agentd/agentd/internal/readiness"
 	"github.com/agentd/agentd/agentd/internal/rollout"
@@ -146,6 +147,10 @@ type releaseState struct {
 	DeployedBy string            `json:"deployed_by,omitempty"`
 	Error      string            `json:"error,omitempty"`
 	Phases     []phaseTime       `json:"phases,omitempty"`
+	// AppJSON is the release's app.json (appjson.go), nil without one;
+	// Postdrain what became of its scripts.agentd.postdrain.
+	AppJSON   *appjson.Manifest `json:"app_json,omitempty"`
+	Postdrain *postdrainState   `json:"postdrain,omitempty"`
 }
 
 // procRecord is what a restarted agentd needs to adopt a process: its
@@ -199,7 +204,7 @@ func (r *releaseState) api(app string) api.Release {
 		App: app, Version: r.Version, Name: vname(r.Version), Status: r.Status,
 		Message: r.Message, Source: r.Source, Digest: r.Digest, ReleaseID: r.ReleaseID,
 		Procfile: r.Procfile, ConfigKeys: keys, CreatedAt: r.CreatedAt,
-		DeployedBy: r.DeployedBy, Error: r.Error,
+		DeployedBy: r.DeployedBy, Error: r.Error, Postdrain: r.Postdrain.api(),
 	}
 	for _, p := range r.Phases {
 		out.Phases = append(out.Phases, p.api())
@@ -316,8 +321,8 @@ type proc struct {
 }
 
 func (p *proc) name() string {
-	if p.typ == "release" {
-		return "release"
+	if isScript(p.typ) {
+		return p.typ // run once: release, postdeploy, postdrain
 	}
 	return fmt.Sprintf("%s.%d", p.typ, p.index)
 }

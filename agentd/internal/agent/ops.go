@@ -12,6 +12,7 @@ import (
 	"github.com/agentd/agentd/grammar"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/appjson"
 )
 
 // The operations that change what runs. Each checks its input, records a
@@ -24,8 +25,11 @@ type DeployRequest struct {
 	Artifact         io.Reader // .tar.gz
 	Message          string
 	SkipReleasePhase bool
-	ReleaseID        string
-	DeployedBy       string
+	// SkipPostdrain leaves app.json's scripts.agentd.postdrain to
+	// RunPostdrain (once per fleet).
+	SkipPostdrain bool
+	ReleaseID     string
+	DeployedBy    string
 	// Prepare, when set, stores the release's code and returns its
 	// digest instead of unpacking Artifact (an upload by manifest).
 	Prepare func() (digest string, err error)
@@ -68,6 +72,12 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	// the state (not two) records it with its Procfile: a state write is
 	// two fsyncs on the way to the new code's first answer.
 	pf, pfErr := ag.procfileOf(digest)
+	var m *appjson.Manifest
+	if pfErr == nil {
+		if m, err = ag.appJSONOf(digest); err != nil {
+			pfErr = errf(api.CodeBadRequest, "%v", err)
+		}
+	}
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
@@ -82,6 +92,11 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	r.Message, r.ReleaseID, r.DeployedBy = req.Message, req.ReleaseID, req.DeployedBy
 	if pfErr == nil {
 		r.Procfile, r.Order = pf.Map(), pf.Types()
+		a.applyAppJSON(r, m, o.info)
+		if req.SkipPostdrain && postdrainPending(r) {
+			r.Postdrain = &postdrainState{Status: postdrainDeferred}
+			o.info("app.json scripts.agentd.postdrain is left to hctl postdrain (--skip-postdrain)")
+		}
 	}
 	o.record(r.Version)
 	a.mu.Unlock()
@@ -161,6 +176,7 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 	r := ag.newRelease(a, target.Digest, "rollback", maps.Clone(target.Config))
 	r.Message = "rollback to " + vname(target.Version)
 	r.Procfile, r.Order = maps.Clone(target.Procfile), slices.Clone(target.Order)
+	inheritAppJSON(r, target)
 	r.DeployedBy = deployedBy
 	o.record(r.Version)
 	t := a.target(r)
@@ -218,6 +234,7 @@ func (ag *Agent) ChangeConfig(name string, req api.ConfigRequest, deployedBy str
 	}
 	r := ag.newRelease(a, act.Digest, "config", cfg)
 	r.Procfile, r.Order, r.DeployedBy = maps.Clone(act.Procfile), slices.Clone(act.Order), deployedBy
+	inheritAppJSON(r, act)
 	var msg []string
 	for _, k := range slices.Sorted(maps.Keys(req.Set)) {
 		msg = append(msg, "set "+k)

@@ -133,7 +133,9 @@ func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, ext
 			names = append(names, h.Spec.Name)
 		}
 	}
-	kind := a.readinessOf(typ)
+	kind := a.readinessFor(r.Version, typ)
+	// Liveness checks of app.json probe the same private socket.
+	probeLive := livenessNeedsProbe(r, typ)
 	userName := a.st.User
 	shimOpt := a.shimOptions(0)
 	drainTimeout := time.Duration(a.st.DrainTimeout)
@@ -145,7 +147,7 @@ func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, ext
 	if err != nil {
 		return nil, err
 	}
-	if kind.NeedsProbe() {
+	if kind.NeedsProbe() || probeLive {
 		if pr.probe, err = readiness.NewProbe(); err != nil {
 			return nil, err
 		}

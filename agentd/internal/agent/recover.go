@@ -33,6 +33,7 @@ func (ag *Agent) recover(a *app) {
 			extend: make(chan time.Duration, 1), cron: rec.Cron}
 		pr.fwd.off = rec.LogSent
 		pr.killAt = rec.KillAt
+		pr.retired = rec.Type == scriptPostdrain
 		if rec.Probe != "" {
 			// The process keeps its probe socket; agentd's copy is gone, so
 			// a tcp probe of it is a bare connect (readiness.Check).
@@ -98,10 +99,14 @@ func (ag *Agent) recover(a *app) {
 		}
 		p.p.OnExit(func() { ag.watchExit(a, p, r) })
 		go ag.attachNotify(a, p)
+		if p.state == api.StateReady {
+			go ag.watchLiveness(a, p)
+		}
 	}
 	if len(a.held) == len(a.st.Sockets) {
 		go ag.reconcile(a, bake)
 	}
+	ag.resumePostdrain(a)
 }
 
 // reclaimSocket gets socket i of a back: from the previous agentd (an

@@ -35,8 +35,15 @@ func (ag *Agent) newRelease(a *app, digest, source string, config map[string]str
 
 // runRelease runs the release command to completion, streaming its output.
 func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, command string, o *op) error {
+	return ag.runScript(ctx, a, r, "release", command, o)
+}
+
+// runScript runs command once as process name of release r (the release
+// phase, an app.json postdeploy script), streaming its output to o and the
+// logs, and waits for it to end.
+func (ag *Agent) runScript(ctx context.Context, a *app, r *releaseState, name, command string, o *op) error {
 	a.mu.Lock()
-	env, err := ag.procEnv(a, r, "release")
+	env, err := ag.procEnv(a, r, name)
 	userName := a.st.User
 	shimOpt := a.shimOptions(0)
 	releaseTimeout := ag.releaseTimeout(a)
@@ -54,7 +61,7 @@ func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, comman
 	}
 	logDir := filepath.Join(ag.cfg.logsDir(), a.st.Name)
 	os.MkdirAll(logDir, 0o750)
-	logf, err := os.OpenFile(filepath.Join(logDir, vname(r.Version)+".release.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	logf, err := os.OpenFile(filepath.Join(logDir, vname(r.Version)+"."+name+".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		pr.Close()
 		pw.Close()
@@ -78,7 +85,7 @@ func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, comman
 	}
 	// Tracked like any process, so that an agentd restarted meanwhile
 	// finds it and stops it with the interrupted deploy.
-	rp := &proc{typ: "release", release: r.Version, p: p, state: api.StateStarting, retired: true, extend: make(chan time.Duration, 1)}
+	rp := &proc{typ: name, release: r.Version, p: p, state: api.StateStarting, retired: true, extend: make(chan time.Duration, 1)}
 	a.mu.Lock()
 	a.procs = append(a.procs, rp)
 	err = ag.save(a)
@@ -105,12 +112,12 @@ func (ag *Agent) runRelease(ctx context.Context, a *app, r *releaseState, comman
 			if kept < limit {
 				n, _ := fmt.Fprintln(logf, line)
 				if kept += int64(n); kept >= limit {
-					fmt.Fprintf(logf, "agentd: the release command's output past %d bytes (the log cap) is not kept\n", limit)
+					fmt.Fprintf(logf, "agentd: the %s command's output past %d bytes (the log cap) is not kept\n", name, limit)
 				}
 			}
-			o.event("output", "release", line)
+			o.event("output", name, line)
 			if ag.cfg.Journal != nil {
-				ag.sendLine(LineOrigin{App: a.st.Name, Release: vname(r.Version), Process: "release", PID: p.PID()}, line)
+				ag.sendLine(LineOrigin{App: a.st.Name, Release: vname(r.Version), Process: name, PID: p.PID()}, line)
 			}
 			tail = append(tail, line)
 			if len(tail) > 5 {
@@ -201,11 +208,24 @@ func (ag *Agent) RunReleasePhase(name string, art io.Reader, emit func(api.Event
 	}
 	cmd, ok := pf.Release()
 	if !ok {
+		// Dokku's scripts.dokku.predeploy is the release phase of a
+		// Procfile without one, for fleets too.
+		m, err := ag.appJSONOf(digest)
+		if err != nil {
+			return o.finish(errf(api.CodeBadRequest, "prepare: %v", err))
+		}
+		if m != nil && m.Scripts.DokkuPredeploy != "" {
+			cmd, ok = m.Scripts.DokkuPredeploy, true
+			o.info("app.json scripts.dokku.predeploy is the release phase: %s", cmd)
+		}
+	}
+	if !ok {
 		o.info("the Procfile has no release command: nothing to run")
 		return o.finish(nil)
 	}
 	a.mu.Lock()
 	r := &releaseState{Version: a.st.LastVersion + 1, Digest: digest, Config: maps.Clone(a.st.Config), Procfile: pf.Map()}
+	r.Procfile["release"] = cmd
 	a.mu.Unlock()
 	o.enter(api.PhaseRelease, "running the release command: %s", cmd)
 	if err := ag.runRelease(context.Background(), a, r, cmd, o); err != nil {

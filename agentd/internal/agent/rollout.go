@@ -48,6 +48,9 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 		return res
 	}
 	o.hookStarted(r, t.Previous)
+	a.mu.Lock()
+	first := r != nil && o.kind == "deploy" && !a.everActive()
+	a.mu.Unlock()
 	res, err := o.run(o.ctx, t, r)
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
@@ -63,13 +66,22 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	o.mu.Lock()
 	o.res.Changed = o.res.Changed || !res.Plan.Empty() || t.Release != t.Previous
 	o.mu.Unlock()
+	var scriptErr error
+	if r != nil && o.kind == "deploy" {
+		scriptErr = o.runPostdeploy(r, first)
+	}
 	o.settle(r, res)
 	if o.kind == "maintenance" {
 		o.maintenanceDone(t)
 	} else if o.kind != "scale" {
 		o.info("%s %s is live (switch %.2fs, drain %.2fs)", a.st.Name, vname(t.Release), o.res.SwitchSeconds, o.res.DrainSeconds)
 	}
-	return o.finish(nil)
+	if r != nil && o.kind == "deploy" {
+		if err := o.postdrain(r); scriptErr == nil {
+			scriptErr = err
+		}
+	}
+	return o.finish(scriptErr)
 }
 
 // settle ends a rollout that reached its target: the operation is no
@@ -226,6 +238,7 @@ func (o *op) bakeFailed(r *releaseState, t rollout.Target, be *rollout.BakeError
 	}
 	nr := ag.newRelease(a, prev.Digest, "auto-rollback", maps.Clone(prev.Config))
 	nr.Procfile, nr.Order = maps.Clone(prev.Procfile), slices.Clone(prev.Order)
+	inheritAppJSON(nr, prev)
 	nr.Message = fmt.Sprintf("automatic rollback to %s: %s", vname(prev.Version), reason)
 	nr.DeployedBy = "agentd"
 	// The same code as prev: a fleet that deploys prev's release id again

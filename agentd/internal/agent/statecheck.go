@@ -123,7 +123,10 @@ func checkAppState(st *appState, name string) error {
 		switch {
 		case r == nil:
 			bad("process %s (pid %d) of release %s, which is not in the release list", p.Name, p.PID, vname(p.Release))
-		case !releaseHasType(r, p.Type) && p.Type != rollout.Responder && !p.Cron: // the responder runs agentd, a cron run an app.json job: neither is a Procfile type
+		case !releaseHasType(r, p.Type) && !runsReleasePhase(r, p.Type) && !runsScript(r, p.Type) && p.Type != rollout.Responder && !p.Cron:
+			// The release phase, the responder (agentd itself), a cron run
+			// and an app.json script are recorded too, none of them a
+			// process type of the formation.
 			bad("process %s (pid %d): release %s has no process type %q", p.Name, p.PID, vname(p.Release), p.Type)
 		}
 		if p.PID <= 1 {
@@ -142,6 +145,14 @@ func checkAppState(st *appState, name string) error {
 
 // releaseHasType: r's Procfile runs typ ("release" is the release phase, no
 // process type).
+// runsReleasePhase reports whether a process named typ is r's release
+// phase (the Procfile's release: line, or app.json's dokku predeploy put
+// there), recorded while it runs so that a restarted agentd finds it.
+func runsReleasePhase(r *releaseState, typ string) bool {
+	_, ok := r.Procfile[typ]
+	return ok && typ == "release"
+}
+
 func releaseHasType(r *releaseState, typ string) bool {
 	_, ok := r.Procfile[typ]
 	return ok && typ != "release"

@@ -60,6 +60,26 @@ func TestCheckAppStateAcceptsCoherent(t *testing.T) {
 	}
 }
 
+// TestCheckAppStateAcceptsAReleasePhase: the state saved while v3's
+// release phase runs records its release process (retired, so no rollout
+// counts it); an agentd killed then must find the file good, not fall
+// back to the previous generation.
+func TestCheckAppStateAcceptsAReleasePhase(t *testing.T) {
+	st := coherent(t)
+	st.Releases = append(st.Releases, &releaseState{Version: 3, Status: api.StatusPending, Procfile: st.Releases[1].Procfile, Order: []string{"web", "worker"}})
+	st.LastVersion = 3
+	st.Processes = append(st.Processes, procRecord{Name: "release", Type: "release", Release: 3, PID: 4245, State: "starting"})
+	if err := checkAppState(st, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	// A release process of a release whose Procfile has no release: line
+	// does not hold together.
+	delete(st.Releases[2].Procfile, "release")
+	if err := checkAppState(st, "a1"); err == nil {
+		t.Fatal("a release process of a release without a release: line was accepted")
+	}
+}
+
 // TestCheckAppStateAcceptsWhatAgentdWrites: the file a real CreateApp
 // saves (no release yet) passes the check.
 func TestCheckAppStateAcceptsWhatAgentdWrites(t *testing.T) {

@@ -44,6 +44,9 @@ type Metrics struct {
 	shed     *prometheus.CounterVec
 	maint    *prometheus.GaugeVec
 	cron     cronMetrics
+	// postdrain: scripts.go, registered on first use.
+	postdrain scriptRuns
+	liveness  scriptRuns
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -190,6 +193,8 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.killed.DeletePartialMatch(l)
 	m.cut.DeletePartialMatch(l)
 	m.restarts.DeletePartialMatch(l)
+	m.postdrain.forget(l)
+	m.liveness.forget(l)
 	m.active.DeletePartialMatch(l)
 	m.rollback.DeletePartialMatch(l)
 	m.shed.DeletePartialMatch(l)

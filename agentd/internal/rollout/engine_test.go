@@ -447,6 +447,8 @@ func TestPlan(t *testing.T) {
 			map[string][]int{"worker": {1}}, map[string]int{"worker": 1}},
 		{"reconcile", Target{Release: 3, Types: []string{"web", "worker"}, Formation: map[string]int{"web": 4, "worker": 1}, AllTypes: true},
 			map[string][]int{"web": {4}}, map[string]int{"clock": 1}},
+		{"renew web.2 (a failed liveness check)", Target{Release: 3, Types: []string{"web"}, Formation: map[string]int{"web": 3}, Renew: []string{"web.2"}},
+			map[string][]int{"web": {2}}, map[string]int{"web": 1}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -59,6 +59,9 @@ type Target struct {
 	AllTypes bool
 	// Replace: processes of Release are replaced too (a restart).
 	Replace bool
+	// Renew names processes of Release that are replaced too, the others
+	// kept (a process that failed its liveness checks).
+	Renew []string
 	// Strategy per type; Overlap when missing.
 	Strategy map[string]Strategy
 	// MaxSurge bounds how many processes of a type beyond its formation
@@ -139,7 +142,7 @@ func MakePlan(live []Proc, t Target) Plan {
 		ps := byType[typ]
 		sort.SliceStable(ps, func(i, j int) bool { return ps[i].Index() < ps[j].Index() })
 		for _, p := range ps {
-			keep := p.Release() == t.Release && !p.Retired() && !t.Replace &&
+			keep := p.Release() == t.Release && !p.Retired() && !t.Replace && !slices.Contains(t.Renew, p.Name()) &&
 				p.Index() >= 1 && p.Index() <= tp.Want && !have[p.Index()]
 			if keep {
 				have[p.Index()] = true

@@ -92,6 +92,7 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("DELETE /v1/apps/{app}", s.admin(s.destroyApp))
 	m.HandleFunc("POST /v1/apps/{app}/deploys", s.admin(s.deploy))
 	m.HandleFunc("POST /v1/apps/{app}/release-phase", s.admin(s.releasePhase))
+	m.HandleFunc("POST /v1/apps/{app}/postdrain", s.admin(s.postdrain))
 	m.HandleFunc("GET /v1/apps/{app}/releases", s.releases)
 	m.HandleFunc("GET /v1/apps/{app}/cron", s.cron)
 	m.HandleFunc("GET /v1/apps/{app}/releases/{version}", s.release)
@@ -394,7 +395,8 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 	req := agent.DeployRequest{
 		App: r.PathValue("app"), Artifact: newIdleBody(w, http.MaxBytesReader(w, r.Body, s.MaxUpload), s.UploadIdle),
 		Message: q.Get("message"), SkipReleasePhase: boolParam(r, "skip_release_phase"),
-		ReleaseID: q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
+		SkipPostdrain: boolParam(r, "skip_postdrain"),
+		ReleaseID:     q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
 	}
 	var ok bool
 	if req.WaitDrain, ok = waitDrain(w, r); !ok {

@@ -123,7 +123,8 @@ func (s *Server) deployUpload(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	req := agent.DeployRequest{
 		App: r.PathValue("app"), Message: q.Get("message"), SkipReleasePhase: boolParam(r, "skip_release_phase"),
-		ReleaseID: q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
+		SkipPostdrain: boolParam(r, "skip_postdrain"),
+		ReleaseID:     q.Get("release_id"), DeployedBy: peerName(peerOf(r)),
 		// The core calls it instead of unpacking an artifact: the release
 		// is built from the store.
 		Prepare: s.Agent.PrepareUpload(u),
