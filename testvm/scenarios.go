@@ -278,6 +278,9 @@ func (s *suite) runAll() bool {
 		fmt.Printf("== scenario %s\n", sc.name)
 		err := sc.f()
 		s.tm.add("scenario "+sc.name, start)
+		if longest, n := s.vm.stalls.since(start); n > 0 {
+			s.info("the guest stalled %d time(s) for %s or more during it, the longest %s", n, stallMin, longest)
+		}
 		if err != nil {
 			s.fail("scenario "+strings.Fields(sc.name)[0], "%v", err)
 			fmt.Println("   (the scenarios after it need its state: not run)")
