@@ -166,7 +166,9 @@ func (vm *VM) watchConsole(r io.Reader, done chan<- struct{}) {
 			// Once a second: only a stall goes to console.log.
 			if st, ok := vm.stalls.beat(line, time.Now()); ok {
 				fmt.Fprintf(vm.console, "[%7.2f] testvm: the guest stalled: no heartbeat for %s\n", time.Since(start).Seconds(), st)
-				fmt.Printf("   the guest stalled: no heartbeat for %s\n", st)
+				if st.host >= stallLoud {
+					fmt.Printf("   the guest stalled: no heartbeat for %s\n", st)
+				}
 			}
 			line = ""
 		}
