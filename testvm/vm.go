@@ -355,29 +355,6 @@ func (vm *VM) Reboot(ctx context.Context) error {
 	return vm.awaitBoot(ctx)
 }
 
-// Responsiveness measures, until stop is closed, how long the guest takes
-// to answer a new ssh connection (not the master's), once a second, and
-// returns the longest answer and the number of probes. It tells a guest
-// that stops answering (its ssh master then gives up after
-// ServerAliveInterval*ServerAliveCountMax) from one that closes a
-// connection.
-func (vm *VM) Responsiveness(ctx context.Context, stop <-chan struct{}) (longest time.Duration, probes int) {
-	for {
-		start := time.Now()
-		c := exec.CommandContext(ctx, "ssh", "-F", vm.sshConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", "testvm", "true")
-		c.Run()
-		longest = max(longest, time.Since(start))
-		probes++
-		select {
-		case <-stop:
-			return longest, probes
-		case <-ctx.Done():
-			return longest, probes
-		case <-time.After(time.Second):
-		}
-	}
-}
-
 // shellQuote quotes s for a POSIX shell.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
