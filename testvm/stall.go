@@ -41,7 +41,11 @@ func (s stall) String() string {
 // did not run (or qemu's main loop, which also carries the ssh
 // connection through slirp, did not), not that the guest was busy.
 type stallWatch struct {
-	mu       sync.Mutex
+	mu sync.Mutex
+	// armed: startHeartbeat started this boot's heartbeat. Lines from a
+	// heartbeat still running during a reboot's shutdown are ignored, so
+	// that watchHung does not count the boot's CPU time against it.
+	armed    bool
 	lastHost time.Time
 	lastUp   float64
 	beats    int
@@ -65,6 +69,9 @@ func (w *stallWatch) beat(line string, now time.Time) (stall, bool) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if !w.armed {
+		return stall{}, false
+	}
 	last, lastUp := w.lastHost, w.lastUp
 	w.lastHost, w.lastUp = now, up
 	w.beats++
@@ -115,10 +122,18 @@ func (w *stallWatch) state() string {
 	return msg
 }
 
-// reset forgets the last beat: the guest reboots.
+// reset forgets the last beat and ignores beats until arm: the guest
+// reboots, or its heartbeat is being started.
 func (w *stallWatch) reset() {
 	w.mu.Lock()
-	w.lastHost, w.lastUp = time.Time{}, 0
+	w.armed, w.lastHost, w.lastUp = false, time.Time{}, 0
+	w.mu.Unlock()
+}
+
+// arm takes beats from now on.
+func (w *stallWatch) arm() {
+	w.mu.Lock()
+	w.armed = true
 	w.mu.Unlock()
 }
 
@@ -138,7 +153,11 @@ func (vm *VM) startHeartbeat(ctx context.Context) error {
 	_, err := vm.Run(ctx, "printf '%s\\n' "+shellQuote(heartbeatScript)+" >/run/testvm-heartbeat.sh &&"+
 		" systemd-run --quiet --collect --unit=testvm-heartbeat"+
 		" -p CPUSchedulingPolicy=fifo -p CPUSchedulingPriority=99 /bin/sh /run/testvm-heartbeat.sh")
-	return err
+	if err != nil {
+		return err
+	}
+	vm.stalls.arm()
+	return nil
 }
 
 // hungCPU is how much CPU time qemu may use without a heartbeat from the

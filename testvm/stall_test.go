@@ -8,6 +8,7 @@ import (
 
 func TestStallWatchFindsGapsBetweenHeartbeats(t *testing.T) {
 	var w stallWatch
+	w.arm()
 	t0 := time.Date(2026, 12, 4, 18, 0, 0, 0, time.UTC)
 	beat := func(line string, at time.Duration) (stall, bool) { return w.beat(line, t0.Add(at)) }
 	if _, ok := beat("TESTVM-HEARTBEAT 100.00\r\n", 0); ok {
@@ -29,6 +30,13 @@ func TestStallWatchFindsGapsBetweenHeartbeats(t *testing.T) {
 	if _, ok := beat("garbage TESTVM-HEARTBEAT x", 100*time.Second); ok {
 		t.Fatal("a line without an uptime ended a stall")
 	}
+	// A reboot's shutdown: beats of the old heartbeat are ignored until
+	// the new one is started.
+	w.reset()
+	if _, ok := beat("TESTVM-HEARTBEAT 50.00", 150*time.Second); ok || !w.lastBeat().IsZero() {
+		t.Fatal("a beat before arm was taken")
+	}
+	w.arm()
 	longest, n := w.since(t0)
 	if n != 1 || longest.host != 40*time.Second {
 		t.Fatalf("since: %v, %d; want the 40 s stall, 1", longest, n)

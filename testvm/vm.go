@@ -76,9 +76,10 @@ func (vm *VM) Start(ctx context.Context) error {
 	vm.sshConfig = filepath.Join(vm.dir, "ssh_config")
 	// ServerAlive: ssh gives up on a guest that has not answered for
 	// 15 s x 40 = 10 minutes. Not less: an emulated guest on a busy host
-	// stops for tens of seconds now and then (docs/testvm.md, "What
-	// testvm found"), and with 5 s x 6 the master took such a stall for a
-	// lost connection and every command on it ended with exit 255. A
+	// can stop for over 30 s (once on CI; a 45 s SIGSTOP of qemu gives
+	// the same symptom: docs/testvm.md, "What testvm found"), and with
+	// 5 s x 6 the master took such a stall for a lost connection and the
+	// command on it ended with exit 255. A
 	// stall is waited out; a dead qemu closes the forward's socket, which
 	// ssh reports at once; a hung guest is found by watchHung (stall.go)
 	// long before these 10 minutes.
