@@ -287,6 +287,7 @@ func (s *suite) runAll() bool {
 			break
 		}
 	}
+	s.info("the guest's heartbeat: %s", s.vm.stalls.summary())
 	if len(s.failures) > 0 {
 		fmt.Printf("== %d failure(s):\n", len(s.failures))
 		for _, f := range s.failures {

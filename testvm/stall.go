@@ -122,6 +122,18 @@ func (w *stallWatch) state() string {
 	return msg
 }
 
+// summary counts the beats and stalls of the whole run, for its end.
+func (w *stallWatch) summary() string {
+	w.mu.Lock()
+	beats := w.beats
+	w.mu.Unlock()
+	longest, n := w.since(time.Time{})
+	if n == 0 {
+		return fmt.Sprintf("%d beats, no stall of %s or more", beats, stallMin)
+	}
+	return fmt.Sprintf("%d beats, %d stall(s) of %s or more, the longest %s", beats, n, stallMin, longest)
+}
+
 // reset forgets the last beat and ignores beats until arm: the guest
 // reboots, or its heartbeat is being started.
 func (w *stallWatch) reset() {

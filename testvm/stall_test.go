@@ -41,6 +41,9 @@ func TestStallWatchFindsGapsBetweenHeartbeats(t *testing.T) {
 	if n != 1 || longest.host != 40*time.Second {
 		t.Fatalf("since: %v, %d; want the 40 s stall, 1", longest, n)
 	}
+	if got, want := w.summary(), "4 beats, 1 stall(s) of 5s or more, the longest 40.0s (guest clock +40.0s) ending 18:00:41.0"; got != want {
+		t.Fatalf("summary: %q, want %q", got, want)
+	}
 	if _, n := w.since(t0.Add(41 * time.Second)); n != 0 {
 		t.Fatalf("since the stall's end: %d stalls, want 0", n)
 	}
