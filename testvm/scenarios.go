@@ -278,12 +278,16 @@ func (s *suite) runAll() bool {
 		fmt.Printf("== scenario %s\n", sc.name)
 		err := sc.f()
 		s.tm.add("scenario "+sc.name, start)
+		if longest, n := s.vm.stalls.since(start); n > 0 {
+			s.info("the guest stalled %d time(s) for %s or more during it, the longest %s", n, stallMin, longest)
+		}
 		if err != nil {
 			s.fail("scenario "+strings.Fields(sc.name)[0], "%v", err)
 			fmt.Println("   (the scenarios after it need its state: not run)")
 			break
 		}
 	}
+	s.info("the guest's heartbeat: %s", s.vm.stalls.summary())
 	if len(s.failures) > 0 {
 		fmt.Printf("== %d failure(s):\n", len(s.failures))
 		for _, f := range s.failures {
@@ -695,20 +699,11 @@ func (s *suite) s5Reboot() error {
 // purges it (state gone).
 func (s *suite) s4RemovePurge() error {
 	// Where the ssh sessions and the apps sit before the package goes (a
-	// session in a unit that the removal stops would be cut), and how
-	// long the guest takes to answer while it goes.
+	// session in a unit that the removal stops would be cut). Stalls of
+	// the guest meanwhile show in the heartbeat (runAll sums them up); no
+	// probe connections: each costs the emulated guest a key exchange.
 	where, _ := s.run("ps -eo pid,ppid,sid,cgroup:60,args --sort=pid | grep -E '[s]shd|[g]oapp'")
 	s.info("before dpkg -r:\n%s", where)
-	stop := make(chan struct{})
-	probed := make(chan string, 1)
-	go func() {
-		d, n := s.vm.Responsiveness(s.ctx, stop)
-		probed <- fmt.Sprintf("the guest answered a new ssh connection within %.1fs at worst (%d probes)", d.Seconds(), n)
-	}()
-	defer func() {
-		close(stop)
-		s.info("during dpkg -r and -P: %s", <-probed)
-	}()
 	if _, err := s.run("dpkg -r agentd"); err != nil {
 		return err
 	}

@@ -42,6 +42,9 @@ type VM struct {
 	// after its SIGTERM, then SIGKILLs them).
 	shutdownTook   time.Duration
 	shutdownWaited []string
+
+	stalls stallWatch // the guest's heartbeat on the serial console
+	hung   string     // why watchHung ended the ssh master, if it did
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -71,6 +74,15 @@ func (vm *VM) Start(ctx context.Context) error {
 		return err
 	}
 	vm.sshConfig = filepath.Join(vm.dir, "ssh_config")
+	// ServerAlive: ssh gives up on a guest that has not answered for
+	// 15 s x 40 = 10 minutes. Not less: an emulated guest on a busy host
+	// can stop for over 30 s (once on CI; a 45 s SIGSTOP of qemu gives
+	// the same symptom: docs/testvm.md, "What testvm found"), and with
+	// 5 s x 6 the master took such a stall for a lost connection and the
+	// command on it ended with exit 255. A
+	// stall is waited out; a dead qemu closes the forward's socket, which
+	// ssh reports at once; a hung guest is found by watchHung (stall.go)
+	// long before these 10 minutes.
 	cfg := fmt.Sprintf(`Host testvm
   HostName 127.0.0.1
   Port %d
@@ -82,8 +94,8 @@ func (vm *VM) Start(ctx context.Context) error {
   LogLevel ERROR
   BatchMode yes
   ConnectTimeout 10
-  ServerAliveInterval 5
-  ServerAliveCountMax 6
+  ServerAliveInterval 15
+  ServerAliveCountMax 40
   ControlPath %s
 `, vm.sshPort, key, filepath.Join(vm.dir, "cm.sock"))
 	if err := os.WriteFile(vm.sshConfig, []byte(cfg), 0o600); err != nil {
@@ -129,6 +141,7 @@ func (vm *VM) Start(ctx context.Context) error {
 	vm.boots = make(chan string, 8)
 	fmt.Printf("   qemu pid %d, ssh 127.0.0.1:%d, http 127.0.0.1:%d\n", q.Process.Pid, vm.sshPort, vm.httpPort)
 	atExit(vm.Stop)
+	go vm.watchHung(q.Process.Pid)
 	consoleDone := make(chan struct{})
 	go vm.watchConsole(out, consoleDone)
 	go func() {
@@ -150,6 +163,16 @@ func (vm *VM) watchConsole(r io.Reader, done chan<- struct{}) {
 	start := time.Now()
 	for {
 		line, err := br.ReadString('\n')
+		if strings.Contains(line, heartbeatMark) {
+			// Once a second: only a stall goes to console.log.
+			if st, ok := vm.stalls.beat(line, time.Now()); ok {
+				fmt.Fprintf(vm.console, "[%7.2f] testvm: the guest stalled: no heartbeat for %s\n", time.Since(start).Seconds(), st)
+				if st.host >= stallLoud {
+					fmt.Printf("   the guest stalled: no heartbeat for %s\n", st)
+				}
+			}
+			line = ""
+		}
 		if line != "" {
 			// Host time since power-on in front of every line, to see where
 			// a slow boot or shutdown spends its time.
@@ -245,7 +268,29 @@ func (vm *VM) awaitBoot(ctx context.Context) error {
 		}
 	}
 	fmt.Printf("   ssh answers %.1fs after power-on/reboot\n", time.Since(start).Seconds())
+	if err := vm.startHeartbeat(ctx); err != nil {
+		return fmt.Errorf("the guest's heartbeat: %w", err)
+	}
 	return nil
+}
+
+// connState says what the host knows of the guest when a command ends
+// with ssh's exit 255: qemu's state, the heartbeat, watchHung's verdict.
+func (vm *VM) connState() string {
+	vm.mu.Lock()
+	hung := vm.hung
+	vm.mu.Unlock()
+	qemu := "qemu runs"
+	select {
+	case <-vm.exited:
+		qemu = fmt.Sprintf("qemu exited (%v)", vm.exitErr)
+	default:
+	}
+	msg := qemu + "; " + vm.stalls.state()
+	if hung != "" {
+		msg += "; " + hung
+	}
+	return msg
 }
 
 // masterLog is where the ssh ControlMaster logs.
@@ -301,6 +346,7 @@ func (vm *VM) Stop() {
 // guest keeps its state across the reboot.
 func (vm *VM) Reboot(ctx context.Context) error {
 	vm.stopMaster()
+	vm.stalls.reset() // no heartbeat until the guest is back
 	vm.mu.Lock()
 	vm.rebootAt = time.Now()
 	vm.shutdownTook, vm.shutdownWaited = 0, nil
@@ -308,29 +354,6 @@ func (vm *VM) Reboot(ctx context.Context) error {
 	c := exec.CommandContext(ctx, "ssh", "-F", vm.sshConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", "testvm", "systemctl --no-block reboot")
 	c.Run() // the connection may drop under it
 	return vm.awaitBoot(ctx)
-}
-
-// Responsiveness measures, until stop is closed, how long the guest takes
-// to answer a new ssh connection (not the master's), once a second, and
-// returns the longest answer and the number of probes. It tells a guest
-// that stops answering (its ssh master then gives up after
-// ServerAliveInterval*ServerAliveCountMax) from one that closes a
-// connection.
-func (vm *VM) Responsiveness(ctx context.Context, stop <-chan struct{}) (longest time.Duration, probes int) {
-	for {
-		start := time.Now()
-		c := exec.CommandContext(ctx, "ssh", "-F", vm.sshConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", "testvm", "true")
-		c.Run()
-		longest = max(longest, time.Since(start))
-		probes++
-		select {
-		case <-stop:
-			return longest, probes
-		case <-ctx.Done():
-			return longest, probes
-		case <-time.After(time.Second):
-		}
-	}
 }
 
 // shellQuote quotes s for a POSIX shell.
@@ -356,7 +379,7 @@ func (vm *VM) Run(ctx context.Context, script string) (string, error) {
 				// ssh's own status: the connection, not the command, ended.
 				// The master's log says whether the guest closed it or
 				// stopped answering.
-				msg += "; the ssh master logged: " + vm.masterSays()
+				msg += "; the ssh master logged: " + vm.masterSays() + "; " + vm.connState()
 			}
 			return stdout.String(), fmt.Errorf("guest: %s: exit %d: %s", firstLine(script), ee.ExitCode(), msg)
 		}
