@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/agentd/agentd/agentd/internal/diagnose"
 	"github.com/agentd/agentd/agentd/internal/rollout"
 	"github.com/agentd/agentd/sockets"
 )
@@ -174,35 +175,9 @@ func dropHeld(pid int, left map[uint64]string) error {
 	return nil
 }
 
-// groupMembers lists the processes whose process group is pgid.
-func groupMembers(pgid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces and ')'.
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
+// groupMembers lists the processes whose process group is pgid (the same
+// /proc scan the readiness diagnostics make).
+func groupMembers(pgid int) []int { return diagnose.GroupMembers(pgid) }
 
 // rearm makes every socket of a that stopped listening listen again and
 // returns their names. A listening socket is shared by agentd and every
