@@ -171,18 +171,21 @@ Flags:
 	// (a process start then costs about one extra exec), else agentd
 	// itself, re-executed (a whole Go runtime's start-up per process, a
 	// few milliseconds: fine for `go run` and tests).
-	shim := exe
-	if self, err := os.Executable(); err == nil {
-		if s := sockets.ShimBinary(self); s != self {
-			shim = s
+	shim, self := exe, exe
+	if path, err := os.Executable(); err == nil {
+		if s := sockets.ShimBinary(path); s != path {
+			// agentd-shim execs what it is given by name, so the processes
+			// that run agentd itself (the maintenance responder, a run's
+			// relay) name agentd's file: /proc/self/exe would be the shim.
+			shim, self = s, path
 		} else {
 			log.Info("exec shim: no "+sockets.ShimBinaryName+" beside agentd, so agentd re-executes itself to start each process (slower starts)",
-				"want", filepath.Join(filepath.Dir(self), sockets.ShimBinaryName))
+				"want", filepath.Join(filepath.Dir(path), sockets.ShimBinaryName))
 		}
 	}
 	log.Debug("exec shim", "path", shim)
 	cfg := agent.Config{
-		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: shim, Version: version, Log: log,
+		StateDir: *stateDir, RuntimeDir: runtimeDir, Shim: shim, Self: self, Version: version, Log: log,
 		KeepReleases: *keep, Metrics: m, MaxArtifactBytes: artifactBytes, MaxLogBytes: logBytes,
 		Inherit:   upg.Inherit,
 		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),

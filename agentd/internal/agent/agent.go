@@ -21,8 +21,13 @@ import (
 type Config struct {
 	StateDir   string
 	RuntimeDir string // notify sockets live here; keep the path short
-	// Shim is the agentd binary used as the exec shim.
-	Shim    string
+	// Shim is the exec shim every process starts through: agentd-shim,
+	// or the agentd binary itself (sockets.ShimBinary).
+	Shim string
+	// Self is agentd's own binary, which the processes agentd runs itself
+	// start (the maintenance responder, a run's relay), through the shim
+	// like any other; empty: Shim, which is then agentd.
+	Self    string
 	Version string
 	Log     *slog.Logger
 	// KeepReleases is how many releases per app are kept (default 10).
@@ -398,4 +403,13 @@ type Scopes interface {
 	// none of its processes is supervised any more: processes that left
 	// their process group (daemons) and outlived the drain.
 	KillRelease(app string, release int) error
+}
+
+// self is agentd's own binary, for the processes that run agentd in one
+// of its modes (Config.Self).
+func (ag *Agent) self() string {
+	if ag.cfg.Self != "" {
+		return ag.cfg.Self
+	}
+	return ag.cfg.Shim
 }

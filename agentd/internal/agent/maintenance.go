@@ -69,7 +69,7 @@ func (ag *Agent) startResponder(a *app, r *releaseState, index int, page string)
 	if page != "" {
 		env = append(env, responder.EnvPage+"="+page)
 	}
-	return ag.spawn(a, r, rollout.Responder, index, []string{ag.cfg.Shim, responder.Arg}, env)
+	return ag.spawn(a, r, rollout.Responder, index, []string{ag.self(), responder.Arg}, env)
 }
 
 // Maintenance puts app name in maintenance (on) or takes it out (off).

@@ -149,7 +149,7 @@ func (ag *Agent) StartRun(name string, req api.RunRequest) (api.RunInfo, io.Read
 	opt := relay.Options{Sockets: len(files), Names: names, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols,
 		Grace: runGrace, Argv: argv}
 	spec := supervisor.Spec{
-		Shim: ag.cfg.Shim, Argv: relay.Args(ag.cfg.Shim, opt), Dir: dir, Env: env,
+		Shim: ag.cfg.Shim, Argv: relay.Args(ag.self(), opt), Dir: dir, Env: env,
 		Files: append(files, lf), Names: append(names, "relay"), Output: out, Credential: cred,
 		ShimOptions: shimOpt, Held: true,
 	}
