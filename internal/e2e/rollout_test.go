@@ -388,10 +388,30 @@ func TestDetachWaitCancel(t *testing.T) {
 		}
 		return false
 	})
+	// hctl wait attached first, as an operator who came back to the
+	// deploy would be, then the cancel: the wait reports it. (A wait
+	// started after the cancel may find the deploy already ended.)
+	wait := exec.Command(bins.Hctl, "wait", "dw")
+	wait.Env = append(os.Environ(), "HCTL_SOCKET="+e.ag.Socket)
+	waitErr, err := wait.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(waitErr)
+	if !sc.Scan() { // its first line: the deploy's history, replayed on attach
+		t.Fatalf("hctl wait printed nothing: %v", sc.Err())
+	}
 	e.mustHctl("cancel", "dw")
-	w = e.hctl("wait", "dw")
-	if w.Code != 1 || !strings.Contains(w.Stderr, "cancelled by") {
-		t.Errorf("hctl wait of a cancelled deploy: %s", w)
+	var waitOut strings.Builder
+	for sc.Scan() {
+		waitOut.WriteString(sc.Text() + "\n")
+	}
+	werr := wait.Wait()
+	if ee, ok := werr.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(waitOut.String(), "cancelled by") {
+		t.Errorf("hctl wait of a cancelled deploy: %v\n%s", werr, waitOut.String())
 	}
 	waitPs(t, e, "dw", "v2 alone", func(ps []api.Process) bool {
 		return len(ps) == 1 && ps[0].Release == "v2" && ps[0].State == api.StateReady
