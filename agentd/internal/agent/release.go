@@ -238,16 +238,8 @@ func (ag *Agent) RunReleasePhase(name string, art io.Reader, emit func(api.Event
 // prune drops releases beyond the retention count (never the active one)
 // and forgets ended processes. Callers hold a.mu.
 func (ag *Agent) prune(a *app) {
-	if extra := len(a.st.Releases) - ag.cfg.KeepReleases; extra > 0 {
-		var kept []*releaseState
-		for _, r := range a.st.Releases {
-			if extra > 0 && r.Version != a.st.Active && !a.keepForCron(r.Version) {
-				extra--
-				continue
-			}
-			kept = append(kept, r)
-		}
-		a.st.Releases = kept
+	if len(a.st.Releases) > ag.cfg.KeepReleases {
+		a.st.Releases = keptReleases(a.st.Releases, ag.cfg.KeepReleases, a.st.Active, a.keepForCron)
 		ag.pruneLogs(a)
 		go ag.pruneSlugs()
 	}
@@ -316,4 +308,42 @@ func (ag *Agent) pruneLogs(a *app) {
 			os.Remove(f)
 		}
 	}
+}
+
+// keptReleases is what is left of releases (oldest first) when only keep
+// of them are kept. Never dropped: the active release, those pinned (a
+// cron run still uses them), and the rollback target (the newest retired
+// release older than the active one), so that a string of failed deploys
+// cannot take away the release to roll back to. Failed releases go first,
+// oldest first, since nothing can switch to them; then the oldest others.
+func keptReleases(releases []*releaseState, keep, active int, pinned func(int) bool) []*releaseState {
+	target := 0
+	for i := len(releases) - 1; i >= 0; i-- {
+		if r := releases[i]; r.Version < active && r.Status == api.StatusRetired {
+			target = r.Version
+			break
+		}
+	}
+	drop := map[int]bool{}
+	extra := len(releases) - keep
+	for _, failedOnly := range []bool{true, false} {
+		for _, r := range releases {
+			if extra <= 0 {
+				break
+			}
+			if drop[r.Version] || r.Version == active || r.Version == target || pinned(r.Version) ||
+				failedOnly && r.Status != api.StatusFailed {
+				continue
+			}
+			drop[r.Version] = true
+			extra--
+		}
+	}
+	var kept []*releaseState
+	for _, r := range releases {
+		if !drop[r.Version] {
+			kept = append(kept, r)
+		}
+	}
+	return kept
 }
