@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"slices"
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
@@ -70,11 +69,4 @@ func cronWord(off bool) string {
 		return "off"
 	}
 	return "on"
-}
-
-// keepForCron says whether release v must be kept from pruning: a cron
-// run of it is alive (its code is its working directory, and a restarted
-// agentd refuses a state whose process has no release). Callers hold a.mu.
-func (a *app) keepForCron(v int) bool {
-	return slices.ContainsFunc(a.procs, func(p *proc) bool { return p.cron && p.release == v && !p.p.Exited() })
 }

@@ -425,13 +425,16 @@ func (ag *Agent) waitReady(parent context.Context, a *app, p *proc, kind readine
 	done := make(chan error, 1)
 	a.mu.Lock()
 	r := a.release(p.release)
-	env, _ := ag.procEnv(a, r, p.name())
+	var env []string
+	if r != nil { // gone from the list (an interrupted release, pruned): no exec check can run
+		env, _ = ag.procEnv(a, r, p.name())
+	}
 	userName := a.st.User
 	a.mu.Unlock()
 	// An exec check runs code of the release: as the app's user.
 	cred, _ := credential(userName)
 	dir := ""
-	if kind.Name == "exec" {
+	if kind.Name == "exec" && r != nil {
 		dir, _ = ag.codeDir(a, r)
 	}
 	go func() {

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -239,7 +240,7 @@ func (ag *Agent) RunReleasePhase(name string, art io.Reader, emit func(api.Event
 // and forgets ended processes. Callers hold a.mu.
 func (ag *Agent) prune(a *app) {
 	if len(a.st.Releases) > ag.cfg.KeepReleases {
-		a.st.Releases = keptReleases(a.st.Releases, ag.cfg.KeepReleases, a.st.Active, a.keepForCron)
+		a.st.Releases = keptReleases(a.st.Releases, ag.cfg.KeepReleases, a.st.Active, a.hasLive)
 		ag.pruneLogs(a)
 		go ag.pruneSlugs()
 	}
@@ -310,9 +311,17 @@ func (ag *Agent) pruneLogs(a *app) {
 	}
 }
 
+// hasLive reports whether a process of release v is still alive: one that
+// drains, a cron run on it, one the reconcile after a restart has yet to
+// stop. Its release stays listed while it runs (what it runs, its
+// readiness and its exit are looked up there). Callers hold a.mu.
+func (a *app) hasLive(v int) bool {
+	return slices.ContainsFunc(a.procs, func(p *proc) bool { return p.release == v && !p.p.Exited() })
+}
+
 // keptReleases is what is left of releases (oldest first) when only keep
 // of them are kept. Never dropped: the active release, those pinned (a
-// cron run still uses them), and the rollback target (the newest retired
+// live process still runs them), and the rollback target (the newest retired
 // release older than the active one), so that a string of failed deploys
 // cannot take away the release to roll back to. Failed releases go first,
 // oldest first, since nothing can switch to them; then the oldest others.
