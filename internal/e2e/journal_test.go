@@ -53,43 +53,7 @@ type journalEntry struct {
 // journal with the fields that say whose it is; across a self-upgrade no
 // line is lost or sent twice.
 func TestAppOutputToJournal(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a mount namespace for a private journald)")
-	}
-	for _, p := range []string{journald, "/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/journalctl"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s is not installed (Debian: systemd, util-linux)", p)
-		}
-	}
-	dir, err := os.MkdirTemp("", "e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "agentd-in-ns")
-	if err := os.WriteFile(wrapper, []byte(journalWrapper), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b := bins
-	b.Agentd = wrapper
-	ag, err := harness.StartEnv(b, dir, []string{"JDIR=" + dir, "AGENTD=" + bins.Agentd}, "--journal", "on")
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	e := &env{t: t, ag: ag, dir: dir}
-	t.Cleanup(func() {
-		ag.Stop()
-		if b, err := os.ReadFile(filepath.Join(dir, "journald.pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGTERM)
-				waitExit(pid, 10*time.Second)
-			}
-		}
-		if t.Failed() {
-			t.Logf("agentd log:\n%s", ag.Log())
-		}
-		os.RemoveAll(dir)
-	})
+	e, ag := startWithJournald(t)
 	// journalctl inside agentd's namespace, where the journal is.
 	entries := func() []journalEntry {
 		t.Helper()
@@ -207,4 +171,49 @@ func waitExit(pid int, d time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// startWithJournald starts agentd (--journal on) in a mount namespace of
+// its own beside a real journald (journalWrapper). It skips without root or
+// the tools; its cleanup stops agentd and that journald.
+func startWithJournald(t *testing.T) (*env, *harness.Agentd) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a mount namespace for a private journald)")
+	}
+	for _, p := range []string{journald, "/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/journalctl"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s is not installed (Debian: systemd, util-linux)", p)
+		}
+	}
+	dir, err := os.MkdirTemp("", "e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "agentd-in-ns")
+	if err := os.WriteFile(wrapper, []byte(journalWrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := bins
+	b.Agentd = wrapper
+	ag, err := harness.StartEnv(b, dir, []string{"JDIR=" + dir, "AGENTD=" + bins.Agentd}, "--journal", "on")
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	e := &env{t: t, ag: ag, dir: dir}
+	t.Cleanup(func() {
+		ag.Stop()
+		if b, err := os.ReadFile(filepath.Join(dir, "journald.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM)
+				waitExit(pid, 10*time.Second)
+			}
+		}
+		if t.Failed() {
+			t.Logf("agentd log:\n%s", ag.Log())
+		}
+		os.RemoveAll(dir)
+	})
+	return e, ag
 }

@@ -8,19 +8,16 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/creack/pty"
 
 	"github.com/agentd/agentd/agentd/api"
-	"github.com/agentd/agentd/internal/harness"
 )
 
 // hctlCmd is hctl against e's agentd, not yet started.
@@ -401,43 +398,7 @@ func TestRunInteractivePty(t *testing.T) {
 // the journal with the fields of any process (AGENTD_PROCESS=run.N, its
 // release, the relay's PID).
 func TestRunOutputToJournal(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a mount namespace for a private journald)")
-	}
-	for _, p := range []string{journald, "/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/journalctl"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s is not installed (Debian: systemd, util-linux)", p)
-		}
-	}
-	dir, err := os.MkdirTemp("", "e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "agentd-in-ns")
-	if err := os.WriteFile(wrapper, []byte(journalWrapper), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b := bins
-	b.Agentd = wrapper
-	ag, err := harness.StartEnv(b, dir, []string{"JDIR=" + dir, "AGENTD=" + bins.Agentd}, "--journal", "on")
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	e := &env{t: t, ag: ag, dir: dir}
-	t.Cleanup(func() {
-		ag.Stop()
-		if b, err := os.ReadFile(filepath.Join(dir, "journald.pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGTERM)
-				waitExit(pid, 10*time.Second)
-			}
-		}
-		if t.Failed() {
-			t.Logf("agentd log:\n%s", ag.Log())
-		}
-		os.RemoveAll(dir)
-	})
+	e, ag := startWithJournald(t)
 	e.createApp("jrun", "--readiness", "web=notify")
 	e.deploy("jrun", e.release(""))
 	out, stderr, code := e.runOut("", "run", "jrun", "--", "sh", "-c", "echo one-off-$((20+22)); echo pid=$PPID")
