@@ -81,7 +81,7 @@ func TestShellArgvRuns(t *testing.T) {
 // would have).
 func TestShimDirectExec(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testShimDirectExec(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testShimDirectExec(t, sh.Path) })
 	}
 }
 

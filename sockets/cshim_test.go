@@ -1,7 +1,6 @@
 package sockets
 
 import (
-	"os"
 	"testing"
 
 	"github.com/agentd/agentd/internal/shimbuild"
@@ -11,19 +10,13 @@ import (
 // test binary, whose TestMain is the shim) and the C agentd-shim that the
 // packages install and agentd prefers. Both must behave the same.
 
-type shimUnderTest struct{ name, path string }
-
 // testShims are the shims to run a test against: "go" (the test binary)
 // and "c" (agentd-shim, built once; TestMain removes it).
-func testShims(t *testing.T) []shimUnderTest {
+func testShims(t *testing.T) []shimbuild.Shim {
 	t.Helper()
-	exe, err := os.Executable()
+	shims, err := shimbuild.Both()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := shimbuild.Cached()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []shimUnderTest{{"go", exe}, {"c", c}}
+	return shims
 }

@@ -15,7 +15,7 @@ import (
 // ExitNotReleased and the app never ran: it would have created a file.
 func TestHeldShimNeedsTheGoAhead(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testHeldShimNeedsTheGoAhead(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testHeldShimNeedsTheGoAhead(t, sh.Path) })
 	}
 }
 

@@ -133,7 +133,7 @@ func TestShimOptions(t *testing.T) {
 		t.Skip("no seccomp guard on", err)
 	}
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testShimOptions(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testShimOptions(t, sh.Path) })
 	}
 }
 
@@ -197,7 +197,7 @@ func testShimOptions(t *testing.T, shim string) {
 // command.
 func TestShimBadOption(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) {
+		t.Run(sh.Name, func(t *testing.T) {
 			for opt, want := range map[string]string{
 				"--rlimit=bogus=1":     "unknown resource",
 				"--rlimit=nofile=2:1":  "soft limit is above",
@@ -207,7 +207,7 @@ func TestShimBadOption(t *testing.T) {
 				"--no-such-option":     "unknown option",
 				"--rlimit=nofile=1:2:": "number",
 			} {
-				argv := []string{sh.path, ShimArg, opt, "--", "/bin/true"}
+				argv := []string{sh.Path, ShimArg, opt, "--", "/bin/true"}
 				out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 				var ee *exec.ExitError
 				if !errors.As(err, &ee) || ee.ExitCode() != 127 || !strings.Contains(string(out), want) {

@@ -166,7 +166,7 @@ func TestUnixSocketModeAndStale(t *testing.T) {
 // PID is the one the parent started, and that it accepts on the socket.
 func TestShimSetsListenPID(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testShimSetsListenPID(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testShimSetsListenPID(t, sh.Path) })
 	}
 }
 

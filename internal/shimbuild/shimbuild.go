@@ -78,3 +78,21 @@ func RemoveCached() {
 		os.RemoveAll(cached.dir)
 	}
 }
+
+// Shim is one exec shim that tests of the shim's behaviour run against.
+type Shim struct{ Name, Path string }
+
+// Both are the shims such a test runs against, which must behave the
+// same: "go", the running binary (a test binary whose TestMain acts as
+// agentd re-executed), and "c", agentd-shim, built once (Cached).
+func Both() ([]Shim, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	c, err := Cached()
+	if err != nil {
+		return nil, err
+	}
+	return []Shim{{"go", exe}, {"c", c}}, nil
+}

@@ -12,22 +12,16 @@ import (
 	"github.com/agentd/agentd/sockets"
 )
 
-type shimUnderTest struct{ name, path string }
-
 // testShims are the shims the hold tests run against: "go" (the test
 // binary, as agentd re-executed) and "c" (agentd-shim, what agentd uses
 // when installed beside it; built once, TestMain removes it).
-func testShims(t *testing.T) []shimUnderTest {
+func testShims(t *testing.T) []shimbuild.Shim {
 	t.Helper()
-	exe, err := os.Executable()
+	shims, err := shimbuild.Both()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := shimbuild.Cached()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []shimUnderTest{{"go", exe}, {"c", c}}
+	return shims
 }
 
 // heldExe is the binary that held process pid runs, read once the exec

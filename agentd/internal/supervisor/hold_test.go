@@ -50,7 +50,7 @@ func holderMain() {
 // needs, are known.
 func TestHeldExecsOnlyOnRelease(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testHeldExecsOnlyOnRelease(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testHeldExecsOnlyOnRelease(t, sh.Path) })
 	}
 }
 
@@ -107,7 +107,7 @@ func testHeldExecsOnlyOnRelease(t *testing.T, exe string) {
 // exec'ing: the app never ran.
 func TestHolderDiesBeforeRecording(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testHolderDiesBeforeRecording(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testHolderDiesBeforeRecording(t, sh.Path) })
 	}
 }
 

@@ -159,7 +159,7 @@ func TestOnExit(t *testing.T) {
 // not leak into the app.
 func TestPlaceHoldsTheProcess(t *testing.T) {
 	for _, sh := range testShims(t) {
-		t.Run(sh.name, func(t *testing.T) { testPlaceHoldsTheProcess(t, sh.path) })
+		t.Run(sh.Name, func(t *testing.T) { testPlaceHoldsTheProcess(t, sh.Path) })
 	}
 }
 
