@@ -239,16 +239,13 @@ func (h *hctl) appsInfoCommand() *cli.Command {
 			"  hctl apps info myapp\n" +
 			"  hctl --json apps info myapp | jq .active_release",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			if err := checkAppName(cmd, a[0]); err != nil {
 				return err
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
-			info, err := h.client().AppInfo(ctx, a[0])
+			info, err := h.client().AppInfo(ctx, app)
 			if err != nil {
 				return err
 			}
@@ -274,12 +271,8 @@ func (h *hctl) appsDestroyCommand() *cli.Command {
 			&cli.StringFlag{Name: "confirm", Usage: "the app's name again, to confirm", Local: true},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			app := a[0]
-			if err := checkAppName(cmd, app); err != nil {
 				return err
 			}
 			if confirm := cmd.String("confirm"); confirm != app {

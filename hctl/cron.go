@@ -49,12 +49,8 @@ func (h *hctl) cronCommand() *cli.Command {
 			"  hctl cron myapp\n" +
 			"  hctl --json cron myapp | jq '.jobs[] | select(.last_exit_code != 0)'",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			app := a[0]
-			if err := checkAppName(cmd, app); err != nil {
 				return err
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)

@@ -286,16 +286,13 @@ func (h *hctl) releasesCommand() *cli.Command {
 			},
 		}},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			if err := checkAppName(cmd, a[0]); err != nil {
 				return err
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
-			rels, err := h.client().Releases(ctx, a[0])
+			rels, err := h.client().Releases(ctx, app)
 			if err != nil {
 				return err
 			}

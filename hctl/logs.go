@@ -27,12 +27,8 @@ func (h *hctl) logsCommand() *cli.Command {
 			&cli.StringFlag{Name: "release", Usage: "only lines of one release (`vN`)", Local: true},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			app := a[0]
-			if err := checkAppName(cmd, app); err != nil {
 				return err
 			}
 			opt := api.LogOptions{N: cmd.Int("num"), Follow: cmd.Bool("follow"), Process: cmd.String("process")}

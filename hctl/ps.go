@@ -187,16 +187,13 @@ func (h *hctl) configCommand() *cli.Command {
 			},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			if err := checkAppName(cmd, a[0]); err != nil {
 				return err
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
-			cfg, err := h.client().Config(ctx, a[0])
+			cfg, err := h.client().Config(ctx, app)
 			if err != nil {
 				return err
 			}

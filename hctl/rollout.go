@@ -162,12 +162,8 @@ func (h *hctl) appsSetCommand() *cli.Command {
 			"  hctl apps set myapp --add-socket admin=unix:///run/myapp/admin.sock && hctl restart myapp",
 		Flags: flags,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			app := a[0]
-			if err := checkAppName(cmd, app); err != nil {
 				return err
 			}
 			var req api.AppSet
@@ -290,15 +286,12 @@ func (h *hctl) waitCommand() *cli.Command {
 			"Examples:\n" +
 			"  hctl deploy myapp ./build --detach && hctl wait myapp",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
 				return err
 			}
-			if err := checkAppName(cmd, a[0]); err != nil {
-				return err
-			}
-			return h.runOp(ctx, "operation", a[0], func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
-				return h.client().Attach(ctx, a[0], on)
+			return h.runOp(ctx, "operation", app, func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
+				return h.client().Attach(ctx, app, on)
 			}, liveSummary)
 		},
 	}
@@ -316,23 +309,20 @@ func (h *hctl) cancelCommand() *cli.Command {
 			"Examples:\n" +
 			"  hctl cancel myapp",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			if err := checkAppName(cmd, a[0]); err != nil {
 				return err
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
-			if err := h.client().Cancel(ctx, a[0]); err != nil {
+			if err := h.client().Cancel(ctx, app); err != nil {
 				return err
 			}
 			if h.jsonMode() {
-				h.writeJSON(map[string]any{"app": a[0], "cancelled": true})
+				h.writeJSON(map[string]any{"app": app, "cancelled": true})
 				return nil
 			}
-			fmt.Fprintf(h.stdout, "cancelling the operation in progress on %s\n", a[0])
+			fmt.Fprintf(h.stdout, "cancelling the operation in progress on %s\n", app)
 			return nil
 		},
 	}
@@ -400,25 +390,22 @@ func (h *hctl) appsRepairCommand() *cli.Command {
 			"Examples:\n" +
 			"  hctl apps repair myapp && hctl apps set myapp --readiness web=http:/healthz",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			if err := checkAppName(cmd, a[0]); err != nil {
 				return err
 			}
 			ctx, cancel := h.withTimeout(ctx, queryTimeout)
 			defer cancel()
-			app, err := h.client().RepairApp(ctx, a[0])
+			repaired, err := h.client().RepairApp(ctx, app)
 			if err != nil {
 				return err
 			}
 			if h.jsonMode() {
-				h.writeJSON(app)
+				h.writeJSON(repaired)
 				return nil
 			}
 			fmt.Fprintf(h.stdout, "%s repaired: %s serves, formation %s; timeouts, readiness and rollout settings are the defaults again (hctl apps set)\n",
-				app.Name, orNone(app.ActiveRelease), fmtFormation(app.Formation))
+				repaired.Name, orNone(repaired.ActiveRelease), fmtFormation(repaired.Formation))
 			return nil
 		},
 	}

@@ -45,12 +45,8 @@ func (h *hctl) postdrainCommand() *cli.Command {
 			"  hctl deploy myapp ./build --skip-postdrain   # on every host\n" +
 			"  hctl postdrain myapp                         # then on one host",
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			a, err := needArgs(cmd, 1, 1, "APP")
+			app, err := appArg(cmd)
 			if err != nil {
-				return err
-			}
-			app := a[0]
-			if err := checkAppName(cmd, app); err != nil {
 				return err
 			}
 			return h.runOp(ctx, "postdrain", app,

@@ -142,3 +142,15 @@ func parseReadiness(cmd *cli.Command, specs []string) (map[string]string, error)
 	}
 	return r, nil
 }
+
+// appArg is the one APP argument of a command, checked by the grammar.
+func appArg(cmd *cli.Command) (string, error) {
+	a, err := needArgs(cmd, 1, 1, "APP")
+	if err != nil {
+		return "", err
+	}
+	if err := checkAppName(cmd, a[0]); err != nil {
+		return "", err
+	}
+	return a[0], nil
+}
