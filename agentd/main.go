@@ -84,6 +84,7 @@ Flags:
 	maxLog := fs.String("max-log-size", "256M", "cut a process's log file back to its last MiB when it grows past this size")
 	scopesMode := fs.String("release-scopes", "auto", "put each release's processes in a systemd scope unit of their own, agentd-APP-vN.scope (systemctl status, accounting, the end-of-drain SIGKILL and the shutdown reach every process of a release): auto (when agentd runs as a systemd service, as root) or off")
 	journalMode := fs.String("journal", "auto", "send app output to the systemd journal too, with AGENTD_APP, AGENTD_RELEASE and AGENTD_PROCESS fields: auto (when journald runs), on or off")
+	steering := fs.String("steering", "auto", "steer new connections per release in the kernel (SO_REUSEPORT group and a BPF program), so old processes stop getting connections before SIGTERM: auto (TCP sockets, when agentd runs as root on a kernel that supports it) or off (one shared socket per app socket)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pidFile := fs.String("pid-file", "", "write agentd's PID here (and the new PID after an upgrade)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -191,6 +192,13 @@ Flags:
 		TestPause: os.Getenv("AGENTD_TEST_PAUSE"),
 		Mode:      mode,
 		Claim:     in.Claim,
+	}
+	switch *steering {
+	case "auto":
+		cfg.Steering = true
+	case "off":
+	default:
+		return fmt.Errorf("--steering %q: want auto or off", *steering)
 	}
 	if jw != nil {
 		cfg.Journal = func(o agent.LineOrigin, line string) error {
