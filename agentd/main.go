@@ -195,8 +195,9 @@ Flags:
 	}
 	switch *steering {
 	case "auto":
-		cfg.Steering = true
+		cfg.SteerOff = "not built yet"
 	case "off":
+		cfg.SteerOff = "agentd runs with --steering off"
 	default:
 		return fmt.Errorf("--steering %q: want auto or off", *steering)
 	}

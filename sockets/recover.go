@@ -1,6 +1,7 @@
 package sockets
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -19,6 +20,13 @@ import (
 // The fd number cannot be trusted to be 3: activation libraries dup the
 // inherited fds and close the originals, so every socket fd is examined.
 func TakeFrom(pid int, spec Spec, bound string) (*Held, error) {
+	return take(pid, spec, func(h *Held) bool { return h.Bound() == bound },
+		fmt.Sprintf("socket %s: pid %d holds no socket listening on %s", spec.Name, pid, bound))
+}
+
+// take returns agentd's copy of the first listening socket among pid's
+// fds that match accepts.
+func take(pid int, spec Spec, match func(*Held) bool, notFound string) (*Held, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("socket %s from pid %d: %w", spec.Name, pid, err)
@@ -44,11 +52,11 @@ func TakeFrom(pid int, spec Spec, bound string) (*Held, error) {
 		}
 		f := os.NewFile(uintptr(fd), spec.Name)
 		h := &Held{Spec: spec, File: f}
-		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && acc == 1 && h.Bound() == bound {
+		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && acc == 1 && match(h) {
 			unix.CloseOnExec(fd)
 			return h, nil
 		}
 		f.Close()
 	}
-	return nil, fmt.Errorf("socket %s: pid %d holds no socket listening on %s", spec.Name, pid, bound)
+	return nil, errors.New(notFound)
 }

@@ -175,7 +175,18 @@ type Socket struct {
 	// InUse: a running process of the app holds the socket (and so accepts
 	// on it). A socket not in use still queues connections.
 	InUse bool `json:"in_use"`
+	// Steering is how new connections reach the app's processes:
+	// SteeringKernel (a socket per release, steered by agentd's program)
+	// or SteeringShared (one socket, and SteeringWhy says why).
+	Steering    string `json:"steering,omitempty"`
+	SteeringWhy string `json:"steering_why,omitempty"`
 }
+
+// Socket.Steering values.
+const (
+	SteeringKernel = "kernel"
+	SteeringShared = "shared"
+)
 
 // AppCreate is the body of POST /v1/apps.
 type AppCreate struct {

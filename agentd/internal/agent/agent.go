@@ -61,11 +61,13 @@ type Config struct {
 	// Scopes, if set (under systemd), gives each release of an app a
 	// cgroup of its own.
 	Scopes Scopes
-	// Steering asks for kernel steering of TCP sockets (steer.go): each
-	// release gets a socket of its own in an SO_REUSEPORT group, and a
-	// BPF program picks the release for each new connection. Where the
-	// kernel or privileges do not allow it, apps share one socket.
-	Steering bool
+	// Steer, if set, makes the kernel steering of one reuseport group
+	// (steer.go): each release gets a socket of its own in an SO_REUSEPORT
+	// group, and a BPF program picks the release for each new connection.
+	// nil: every app socket is one socket shared by all releases, and
+	// SteerOff says why.
+	Steer    func(name string) (SteerGroup, error)
+	SteerOff string
 	// Mode is "systemd" or "embedded", for status.
 	Mode string
 	// TestMemAvailable, a test-only hook, stands in for the memory the

@@ -121,7 +121,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 	}
 	a := &app{op: make(chan struct{}, 1), st: st, backoff: map[string]*time.Timer{}}
 	for _, spec := range st.Sockets {
-		h, err := ag.claimOrListen(req.Name, spec)
+		h, claimed, err := ag.claimOrListen(req.Name, spec)
 		if err != nil {
 			for _, h := range a.held {
 				h.Close()
@@ -134,6 +134,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		}
 		a.held = append(a.held, h)
 		a.st.Bound = append(a.st.Bound, h.Bound())
+		ag.startSteering(a, h, claimed)
 	}
 	if err := ag.save(a); err != nil {
 		for _, h := range a.held {
@@ -191,6 +192,7 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 	a.mu.Lock()
 	a.gone = true
 	for _, h := range a.held {
+		ag.stopSteering(a, h.Spec.Name)
 		h.Close()
 		if ag.cfg.Unstore != nil {
 			ag.cfg.Unstore(name + "." + h.Spec.Name)

@@ -274,7 +274,11 @@ func (h *host) Retire(ps []rollout.Proc) <-chan rollout.Drain {
 	h.a.mu.Unlock()
 	ch := make(chan rollout.Drain, 1)
 	go func() {
+		// Steered sockets: the old processes get no new connection any
+		// more; what they have queued empties first (steer.go).
+		after := h.ag.steerAway(h.a, procs)
 		d, killed, cut := h.ag.drain(h.a, procs, h.o)
+		after()
 		ch <- rollout.Drain{Took: d, Killed: killed, Cut: cut, Timeout: timeout}
 	}()
 	return ch
@@ -305,6 +309,7 @@ func (h *host) Activate(t rollout.Target) error {
 		if pr := a.release(prev); pr != nil {
 			pr.Status = api.StatusRetired
 		}
+		ag.steerCutover(a, prev, t.Release)
 		a.st.Active = t.Release
 		a.st.Config = maps.Clone(r.Config)
 	}

@@ -76,6 +76,9 @@ type appState struct {
 	// Bound is the address each socket got (index-aligned with Sockets),
 	// so that a socket asked for port 0 keeps its port across restarts.
 	Bound        []string          `json:"bound,omitempty"`
+	// Cookies are the SO_COOKIE of each steered socket's active-release
+	// socket, by socket name (steer.go).
+	Cookies map[string]uint64 `json:"cookies,omitempty"`
 	Formation    map[string]int    `json:"formation"`
 	Readiness    map[string]string `json:"readiness"`
 	BootTimeout  duration          `json:"boot_timeout"`
@@ -221,6 +224,10 @@ type app struct {
 	mu      sync.Mutex // guards everything below
 	st      appState
 	held    []*sockets.Held
+	// steer is the kernel steering of each steered socket by name, and
+	// steerWhy why a socket is shared instead (steer.go).
+	steer    map[string]*steering
+	steerWhy map[string]string
 	procs   []*proc
 	backoff map[string]*time.Timer // pending crash restarts by process name
 	gone    bool                   // destroyed

@@ -39,6 +39,10 @@ type DeployRequest struct {
 	// live, for the old processes to exit before it reports; they drain
 	// on after it. 0: 30s.
 	WaitDrain time.Duration
+	// Canary, when above 0, deploys the release as a canary that gets
+	// this percentage of new connections beside the active release
+	// (canary.go), until Promote or AbortCanary.
+	Canary float64
 }
 
 // Deploy prepares a new release from the artifact and switches the app to

@@ -129,8 +129,14 @@ func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, ext
 	var names []string
 	for _, h := range a.held {
 		if h.Spec.Type == typ || typ == rollout.Responder {
-			files = append(files, h.File)
-			names = append(names, h.Spec.Name)
+			s, serr := ag.socketFor(a, h, r.Version)
+			if serr != nil && err == nil {
+				err = serr
+			}
+			if serr == nil {
+				files = append(files, s.File)
+				names = append(names, h.Spec.Name)
+			}
 		}
 	}
 	kind := a.readinessFor(r.Version, typ)

@@ -44,12 +44,16 @@ func (ag *Agent) recover(a *app) {
 	}
 	ag.adoptRuns(a)
 	for i, spec := range a.st.Sockets {
-		h, err := ag.reclaimSocket(a, i, spec)
+		h, claimed, err := ag.reclaimSocket(a, i, spec)
 		if err != nil {
 			ag.log.Error("socket not available", "app", a.st.Name, "socket", spec.Name, "err", err)
 			continue
 		}
 		a.held = append(a.held, h)
+		if c := h.Cookie(); c != 0 && a.st.Cookies[spec.Name] != c {
+			ag.setCookie(a, spec.Name, c)
+		}
+		ag.startSteering(a, h, claimed)
 	}
 	var bake *opRecord
 	if op := a.st.Op; op != nil && op.Phase == rollout.PhaseBake && op.Release == a.st.Active && op.BakeUntil.After(time.Now()) {
@@ -110,14 +114,22 @@ func (ag *Agent) recover(a *app) {
 }
 
 // reclaimSocket gets socket i of a back: from the previous agentd (an
-// upgrade), else from a running process that holds it (a restart or crash:
-// the apps kept it open and kept serving), else by binding it again at the
-// address it had.
-func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held, error) {
+// upgrade), else from systemd (a socket unit or the fd store; claimed),
+// else from a running process that holds it (a restart or crash: the apps
+// kept it open and kept serving), else by binding it again at the address
+// it had.
+//
+// With steering every release's socket has the app's address: the one
+// wanted is the active release's, known by the cookie saved with the
+// state. A socket systemd passes that is not it is an earlier release's
+// (a socket unit's own socket outlives the release that used it): it is
+// stopped, which moves anything queued on it to the routed socket.
+func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Held, claimed bool, err error) {
+	cookie := a.st.Cookies[spec.Name]
 	if ag.cfg.Inherit != nil {
 		if f := ag.cfg.Inherit(socketKey(a.st.Name, spec.Name)); f != nil {
 			if h, err := sockets.FromFile(spec, f); err == nil {
-				return h, nil
+				return h, false, nil
 			}
 			f.Close()
 		}
@@ -128,20 +140,34 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held,
 	}
 	if ag.cfg.Claim != nil {
 		if f := ag.cfg.Claim(a.st.Name + "." + spec.Name); f != nil {
-			if h, err := sockets.FromFile(spec, f); err == nil {
-				return h, nil
+			h, err := sockets.FromFile(spec, f)
+			switch {
+			case err != nil:
+				f.Close()
+			case cookie != 0 && h.Cookie() != cookie:
+				ag.log.Info("a socket from systemd belongs to an earlier release: stopped", "app", a.st.Name, "socket", spec.Name)
+				h.Stop()
+				h.File.Close()
+			default:
+				return h, true, nil
 			}
-			f.Close()
 		}
 	}
 	if bound != "" {
 		for _, p := range a.procs {
-			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() {
+			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() || p.release != a.st.Active && cookie != 0 {
 				continue
 			}
-			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
+			var h *sockets.Held
+			var err error
+			if cookie != 0 {
+				h, err = sockets.TakeMatching(p.p.PID(), spec, cookie)
+			} else {
+				h, err = sockets.TakeFrom(p.p.PID(), spec, bound)
+			}
+			if err == nil {
 				ag.log.Info("socket taken back from a running process", "app", a.st.Name, "socket", spec.Name, "pid", p.p.PID())
-				return h, nil
+				return h, false, nil
 			}
 		}
 	}
@@ -150,7 +176,17 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held,
 		// Port 0 was resolved once; keep the port the clients know.
 		again.Address = bound
 	}
-	return ag.listen(a.st.Name, again)
+	if ok, _ := ag.steerable(spec); ok && cookie != 0 {
+		// Other releases' processes may still hold sockets of the group:
+		// join it.
+		h, err := sockets.ListenReuse(again, false)
+		if err == nil && ag.cfg.Store != nil {
+			ag.cfg.Store(a.st.Name+"."+spec.Name, h.File)
+		}
+		return h, false, err
+	}
+	h, err = ag.bindApp(a.st.Name, again)
+	return h, false, err
 }
 
 // listen binds a socket agentd owns itself and, under systemd, parks a
@@ -164,21 +200,22 @@ func (ag *Agent) listen(app string, spec sockets.Spec) (*sockets.Held, error) {
 	return h, err
 }
 
-// claimOrListen gives a new app the socket systemd passed for it by name,
-// or binds it.
-func (ag *Agent) claimOrListen(app string, spec sockets.Spec) (*sockets.Held, error) {
+// claimOrListen gives a new app the socket systemd passed for it by name
+// (claimed), or binds it.
+func (ag *Agent) claimOrListen(app string, spec sockets.Spec) (h *sockets.Held, claimed bool, err error) {
 	if ag.cfg.Claim != nil {
 		if f := ag.cfg.Claim(app + "." + spec.Name); f != nil {
 			h, err := sockets.FromFile(spec, f)
 			if err != nil {
 				f.Close()
-				return nil, err
+				return nil, false, err
 			}
 			ag.log.Info("socket from systemd", "app", app, "socket", spec.Name, "bound", h.Bound())
-			return h, nil
+			return h, true, nil
 		}
 	}
-	return ag.listen(app, spec)
+	h, err = ag.bindApp(app, spec)
+	return h, false, err
 }
 
 func socketKey(app, name string) string { return "app/" + app + "/" + name }

@@ -152,6 +152,9 @@ func (o *op) run(ctx context.Context, t rollout.Target, r *releaseState) (rollou
 	o.a.cutover = false
 	o.a.mu.Unlock()
 	res, err := eng.Run(ctx, t, ctl)
+	o.a.mu.Lock()
+	o.ag.pruneGens(o.a)
+	o.a.mu.Unlock()
 	o.mu.Lock()
 	if res.Cutover {
 		o.res.SwitchSeconds = res.Switch.Seconds()

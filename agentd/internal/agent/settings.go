@@ -286,8 +286,9 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 	}
 	// All valid: bind what is added, close what is removed, save.
 	var held []*sockets.Held
+	var claims []bool
 	for _, spec := range added {
-		h, err := ag.claimOrListen(name, spec)
+		h, claimed, err := ag.claimOrListen(name, spec)
 		if err != nil {
 			for _, h := range held {
 				h.Close()
@@ -299,6 +300,7 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 			return api.AppSetResult{}, &Error{Code: code, Msg: err.Error(), Err: err}
 		}
 		held = append(held, h)
+		claims = append(claims, claimed)
 		st.Sockets = append(st.Sockets, spec)
 		st.Bound = append(st.Bound, h.Bound())
 		note("socket "+spec.Name, true)
@@ -308,6 +310,7 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 		if slices.Contains(removed, h.Spec.Name) {
 			// The running processes keep their copy until the next
 			// rollout replaces them; agentd stops holding it now.
+			ag.stopSteering(a, h.Spec.Name)
 			h.Close()
 			if ag.cfg.Unstore != nil {
 				ag.cfg.Unstore(name + "." + h.Spec.Name)
@@ -319,6 +322,9 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 	}
 	a.held = append(keep, held...)
 	a.st = st
+	for i, h := range held {
+		ag.startSteering(a, h, claims[i])
+	}
 	if len(changed) > 0 {
 		if err := ag.save(a); err != nil {
 			return api.AppSetResult{}, &Error{Code: api.CodeInternal, Msg: fmt.Sprintf("saving app %s: %v", name, err), Err: err}

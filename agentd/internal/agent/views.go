@@ -51,6 +51,7 @@ func (ag *Agent) appAPI(a *app) api.App {
 		if i < len(a.held) {
 			s.Bound = a.held[i].Bound()
 		}
+		s.Steering, s.SteeringWhy = a.steeringAPI(spec.Name)
 		out.Sockets = append(out.Sockets, s)
 	}
 	return out
