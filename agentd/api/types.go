@@ -44,6 +44,9 @@ const (
 	StatusActive    = "active"
 	StatusFailed    = "failed"
 	StatusRetired   = "retired"
+	// StatusCanary: the release gets a share of new connections beside
+	// the active one (hctl deploy --canary), until promote or abort.
+	StatusCanary = "canary"
 )
 
 // Process states.

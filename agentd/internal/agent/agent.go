@@ -361,6 +361,9 @@ func (ag *Agent) Freeze() (files map[string]*os.File, thaw func()) {
 		a.mu.Lock()
 		for _, h := range a.held {
 			files[socketKey(a.st.Name, h.Spec.Name)] = h.File
+			if s := a.steer[h.Spec.Name]; s != nil && s.canary != 0 && s.gens[s.canary] != nil {
+				files[socketKey(a.st.Name, h.Spec.Name)+"@canary"] = s.gens[s.canary].File
+			}
 		}
 		a.mu.Unlock()
 	}

@@ -109,6 +109,10 @@ func (h *host) Live() []rollout.Proc {
 			// counts nor retires them.
 			continue
 		}
+		if c := h.a.st.Canary; c != nil && p.release == c.Release && h.target != c.Release && h.o.kind != "abort" {
+			// A canary's processes belong to no other rollout (canary.go).
+			continue
+		}
 		out = append(out, procView{p: p, retired: p.retired || p.state == api.StateDraining})
 	}
 	return out
@@ -310,6 +314,9 @@ func (h *host) Activate(t rollout.Target) error {
 			pr.Status = api.StatusRetired
 		}
 		ag.steerCutover(a, prev, t.Release)
+		if c := a.st.Canary; c != nil && c.Release == t.Release {
+			a.st.Canary = nil // promoted
+		}
 		a.st.Active = t.Release
 		a.st.Config = maps.Clone(r.Config)
 	}

@@ -86,6 +86,10 @@ func (ag *Agent) Maintenance(name string, on bool, page, deployedBy string, emit
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
+	if err := a.canaryBlocks(); err != nil {
+		a.mu.Unlock()
+		return o.finish(err)
+	}
 	r := a.release(a.st.Active)
 	if r == nil {
 		a.mu.Unlock()

@@ -121,6 +121,8 @@ type appState struct {
 
 	// Maintenance is the app's maintenance mode (maintenance.go).
 	Maintenance *maintState `json:"maintenance,omitempty"`
+	// Canary is the app's canary (canary.go), nil when none.
+	Canary *canaryRecord `json:"canary,omitempty"`
 	// CronOff: this host does not run the app's cron jobs (a fleet's
 	// other hosts); Cron is what it keeps of each job (cron.go).
 	CronOff bool                   `json:"cron_off,omitempty"`

@@ -53,7 +53,11 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	if err != nil {
 		return failNoApp(req.App, err, emit)
 	}
-	o := ag.newOp(a, "deploy", emit)
+	kind := "deploy"
+	if req.Canary != 0 {
+		kind = "canary"
+	}
+	o := ag.newOp(a, kind, emit)
 	o.waitDrain = req.WaitDrain
 	// The upload is received before the app's operation lock is taken: a
 	// slow or stuck client then holds up nobody but itself, and bad input
@@ -85,6 +89,16 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
+	if err := a.canaryBlocks(); err != nil {
+		a.mu.Unlock()
+		return o.finish(err)
+	}
+	if req.Canary != 0 {
+		if err := ag.canaryRefusal(a, req.Canary); err != nil {
+			a.mu.Unlock()
+			return o.finish(err)
+		}
+	}
 	if act := a.release(a.st.Active); act != nil && maps.Equal(act.Config, a.st.Config) &&
 		((req.ReleaseID != "" && act.ReleaseID == req.ReleaseID) || (req.ReleaseID == "" && act.Digest == digest)) {
 		a.mu.Unlock()
@@ -112,7 +126,13 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	o.pause("prepare", r)
 	a.mu.Lock()
 	t := a.target(r)
+	if req.Canary != 0 {
+		t, err = ag.canaryTarget(a, r, req.Canary)
+	}
 	a.mu.Unlock()
+	if err != nil {
+		return o.fail(r, err)
+	}
 	t.ReleasePhase = !req.SkipReleasePhase
 	return o.rollout(r, t)
 }
@@ -144,6 +164,10 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
+	if err := a.canaryBlocks(); err != nil {
+		a.mu.Unlock()
+		return o.finish(err)
+	}
 	var target *releaseState
 	if version != "" {
 		v, err := grammar.ParseRelease(version)
@@ -217,6 +241,10 @@ func (ag *Agent) ChangeConfig(name string, req api.ConfigRequest, deployedBy str
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
+	if err := a.canaryBlocks(); err != nil {
+		a.mu.Unlock()
+		return o.finish(err)
+	}
 	cfg := maps.Clone(a.st.Config)
 	maps.Copy(cfg, req.Set)
 	for _, k := range req.Unset {
@@ -269,6 +297,10 @@ func (ag *Agent) Restart(name, typ string, emit func(api.Event)) api.OpResult {
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
+	if err := a.canaryBlocks(); err != nil {
+		a.mu.Unlock()
+		return o.finish(err)
+	}
 	r := a.release(a.st.Active)
 	if r == nil {
 		a.mu.Unlock()
@@ -302,6 +334,10 @@ func (ag *Agent) Scale(name string, formation map[string]int, emit func(api.Even
 	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
+	if err := a.canaryBlocks(); err != nil {
+		a.mu.Unlock()
+		return o.finish(err)
+	}
 	r := a.release(a.st.Active)
 	if r == nil {
 		a.mu.Unlock()

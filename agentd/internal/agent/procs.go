@@ -339,6 +339,11 @@ func (ag *Agent) watchExit(a *app, p *proc, r *releaseState) {
 	// A serving process whose accept failed because a socket was shut
 	// under it: the socket must listen again before anything restarts.
 	ag.rearm(a)
+	if c := a.st.Canary; c != nil && c.Release == p.release && wasReady && !a.gone {
+		ag.canaryCrashed(a, c)
+		ag.save(a)
+		return
+	}
 	if !wasReady || a.gone || r == nil || p.release != a.st.Active || a.st.Formation == nil {
 		ag.save(a)
 		return

@@ -55,6 +55,7 @@ func (ag *Agent) recover(a *app) {
 		}
 		ag.startSteering(a, h, claimed)
 	}
+	ag.recoverCanary(a)
 	var bake *opRecord
 	if op := a.st.Op; op != nil && op.Phase == rollout.PhaseBake && op.Release == a.st.Active && op.BakeUntil.After(time.Now()) {
 		// Past its cutover, in its bake window: the bake resumes.
@@ -261,5 +262,12 @@ func (ag *Agent) reconcile(a *app, bake *opRecord) {
 	res := o.rollout(nil, t)
 	if !res.OK {
 		ag.log.Error("processes not ready after agentd start", "app", a.st.Name, "err", res.Error)
+	}
+	a.mu.Lock()
+	c := a.st.Canary
+	a.mu.Unlock()
+	if c != nil {
+		// Its processes that died meanwhile start again (canary.go).
+		go ag.restartCanary(a, c.Release)
 	}
 }

@@ -54,6 +54,9 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	res, err := o.run(o.ctx, t, r)
 	var be *rollout.BakeError
 	if errors.As(err, &be) {
+		if t.Canary > 0 {
+			return o.canaryFailed(r, t, be)
+		}
 		return o.bakeFailed(r, t, be)
 	}
 	if err != nil {
@@ -71,9 +74,14 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 		scriptErr = o.runPostdeploy(r, first)
 	}
 	o.settle(r, res)
-	if o.kind == "maintenance" {
+	switch {
+	case o.kind == "maintenance":
 		o.maintenanceDone(t)
-	} else if o.kind != "scale" {
+	case t.Canary > 0 && o.kind == "canary":
+		o.info("%s canary %s gets %g%% of new connections, %s the rest: `hctl canary %s` shows the split; `hctl promote %s` or `hctl canary abort %s` ends it",
+			a.st.Name, vname(t.Release), t.Canary, vname(t.Previous), a.st.Name, a.st.Name, a.st.Name)
+	case t.Canary > 0:
+	case o.kind != "scale":
 		o.info("%s %s is live (switch %.2fs, drain %.2fs)", a.st.Name, vname(t.Release), o.res.SwitchSeconds, o.res.DrainSeconds)
 	}
 	if r != nil && o.kind == "deploy" {

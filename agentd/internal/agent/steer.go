@@ -185,7 +185,11 @@ func (ag *Agent) steerCutover(a *app, prev, r int) {
 		}
 		delete(s.gens, r)
 		if s.canary == r {
+			// Promoted: its socket is the app's now.
 			s.canary, s.canaryPercent = 0, 0
+			if ag.cfg.Unstore != nil {
+				ag.cfg.Unstore(canaryStoreName(a.st.Name, h.Spec.Name))
+			}
 		}
 		var canary *os.File
 		if c := s.gens[s.canary]; c != nil && s.canary != 0 {

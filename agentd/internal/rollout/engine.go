@@ -15,6 +15,7 @@ const (
 	PhasePreboot   = "preboot"
 	PhaseReadiness = "readiness"
 	PhaseCutover   = "cutover"
+	PhaseCanary    = "canary"
 	PhaseBake      = "bake"
 	PhaseDrain     = "drain"
 )
@@ -58,6 +59,10 @@ type Host interface {
 	// Activate makes the release the active one, with the target's
 	// formation, and saves it: the cutover.
 	Activate(t Target) error
+	// Canary sends t.Canary percent of the new connections to t.Release's
+	// processes, the rest staying with the active release's, and saves
+	// it: a canary's cutover.
+	Canary(t Target) error
 	// Watch watches ps for the bake window: the channel gets the first
 	// failure (an exit, failed health probes, WATCHDOG=trigger). It ends
 	// with ctx.
@@ -97,6 +102,8 @@ type Result struct {
 	Started []Proc
 	// Cutover: the target release became active.
 	Cutover bool
+	// Canary: the target release gets its canary share (Target.Canary).
+	Canary bool
 	// Switch is the time from the start of preboot to the cutover.
 	Switch time.Duration
 	// Drained gets one Drain once every process the rollout retired has
@@ -166,6 +173,9 @@ func (e *Engine) Run(ctx context.Context, t Target, ctl Controls) (Result, error
 		return res, r.abort(fmt.Errorf("%w", err))
 	}
 	res.Started = r.started
+	if t.Canary > 0 {
+		return r.canary(ctx, ctl, res)
+	}
 	if err := r.enter(Phase{Name: PhaseCutover, Message: fmt.Sprintf("%s is ready: sending SIGTERM to the old processes", vname(t.Release))}); err != nil {
 		return res, r.abort(err)
 	}

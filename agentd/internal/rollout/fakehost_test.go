@@ -55,6 +55,10 @@ type fakeHost struct {
 	together map[string]bool
 
 	clock time.Time
+
+	// canary and canaryPercent: the release Canary sent a share to.
+	canary        int
+	canaryPercent float64
 }
 
 type fakeProc struct {
@@ -261,6 +265,17 @@ func (h *fakeHost) Activate(t Target) error {
 		h.formation[typ] = t.Formation[typ]
 	}
 	h.log = append(h.log, fmt.Sprintf("activate v%d", t.Release))
+	return nil
+}
+
+func (h *fakeHost) Canary(t Target) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.fail("canary"); err != nil {
+		return err
+	}
+	h.canary, h.canaryPercent = t.Release, t.Canary
+	h.log = append(h.log, fmt.Sprintf("canary v%d %g%%", t.Release, t.Canary))
 	return nil
 }
 

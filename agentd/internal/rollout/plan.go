@@ -75,6 +75,12 @@ type Target struct {
 	// rollout ends there: nothing starts, nothing retires, nothing is
 	// activated (a deploy while the app is in maintenance).
 	ReleaseOnly bool
+	// Canary, above 0, makes the rollout a canary's (canary.go): Release's
+	// processes start to Formation beside the active release's, which
+	// stay; instead of a cutover the host sends them Canary percent of the
+	// new connections (Host.Canary). Nothing retires but Release's own
+	// surplus.
+	Canary float64
 }
 
 func (t Target) strategy(typ string) Strategy {
@@ -142,6 +148,9 @@ func MakePlan(live []Proc, t Target) Plan {
 		ps := byType[typ]
 		sort.SliceStable(ps, func(i, j int) bool { return ps[i].Index() < ps[j].Index() })
 		for _, p := range ps {
+			if t.Canary > 0 && p.Release() != t.Release {
+				continue // the active release's: a canary leaves them be
+			}
 			keep := p.Release() == t.Release && !p.Retired() && !t.Replace && !slices.Contains(t.Renew, p.Name()) &&
 				p.Index() >= 1 && p.Index() <= tp.Want && !have[p.Index()]
 			if keep {
@@ -159,7 +168,7 @@ func MakePlan(live []Proc, t Target) Plan {
 		plan.Types = append(plan.Types, tp)
 		delete(byType, typ)
 	}
-	if t.AllTypes {
+	if t.AllTypes && t.Canary == 0 {
 		var rest []string
 		for typ := range byType {
 			rest = append(rest, typ)
