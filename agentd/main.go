@@ -30,6 +30,7 @@ import (
 	"github.com/agentd/agentd/agentd/internal/responder"
 	"github.com/agentd/agentd/agentd/internal/scope"
 	"github.com/agentd/agentd/agentd/internal/server"
+	"github.com/agentd/agentd/agentd/internal/steer"
 	"github.com/agentd/agentd/agentd/internal/upgrade"
 	"github.com/agentd/agentd/agentd/internal/watchdog"
 	"github.com/agentd/agentd/agentd/internal/webhook"
@@ -168,6 +169,7 @@ Flags:
 		ps, _ := ag.Ps("")
 		return ps
 	})
+	m.WatchSteering(func() ([]api.SteeredCount, []api.CanaryShare) { return ag.SteeredCounts() })
 	// The exec shim: the small static agentd-shim installed beside agentd
 	// (a process start then costs about one extra exec), else agentd
 	// itself, re-executed (a whole Go runtime's start-up per process, a
@@ -195,7 +197,12 @@ Flags:
 	}
 	switch *steering {
 	case "auto":
-		cfg.SteerOff = "not built yet"
+		if err := steer.Supported(); err != nil {
+			cfg.SteerOff = err.Error()
+			log.Info("kernel steering unavailable: each app socket is shared by all its releases", "why", err)
+		} else {
+			cfg.Steer = func(name string) (agent.SteerGroup, error) { return steer.New(name) }
+		}
 	case "off":
 		cfg.SteerOff = "agentd runs with --steering off"
 	default:

@@ -49,6 +49,10 @@ func ListenReuse(spec Spec, first bool) (*Held, error) {
 		}
 		return serr
 	}}
+	// Go listens with MPTCP by default where the kernel has it; a
+	// sockarray takes plain TCP sockets only, and the clients of the
+	// group's other sockets see plain TCP anyway.
+	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), spec.Network, address)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {

@@ -32,6 +32,7 @@ type Canary struct {
 
 // CanaryShare is one release's part of a canary's split.
 type CanaryShare struct {
+	App     string  `json:"app,omitempty"`
 	Release string  `json:"release"`
 	Percent float64 `json:"percent"` // the share asked for
 	// Steered counts the new connections the kernel sent to the release.
@@ -56,3 +57,12 @@ const (
 	// sockets do not have (App.Sockets[].SteeringWhy says why).
 	ReasonNoSteering = "no_steering"
 )
+
+// SteeredCount is how many new connections the kernel steered to one
+// release's socket of an app socket since agentd started.
+type SteeredCount struct {
+	App         string `json:"app"`
+	Socket      string `json:"socket"`
+	Release     string `json:"release"`
+	Connections uint64 `json:"connections"`
+}

@@ -144,6 +144,7 @@ func (ag *Agent) routeCanary(a *app, c *canaryRecord) error {
 			c.Cookies = map[string]uint64{}
 		}
 		c.Cookies[h.Spec.Name] = g.Cookie()
+		s.releases[g.Cookie()] = c.Release
 		if ag.cfg.Store != nil {
 			ag.cfg.Unstore(canaryStoreName(a.st.Name, h.Spec.Name))
 			ag.cfg.Store(canaryStoreName(a.st.Name, h.Spec.Name), g.File)

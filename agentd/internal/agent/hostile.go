@@ -102,7 +102,7 @@ func (ag *Agent) checkSockets(a *app, p *proc) error {
 			continue
 		}
 		var st unix.Stat_t
-		if unix.Fstat(sockets.Fd(h.File), &st) == nil {
+		if unix.Fstat(sockets.Fd(a.givenTo(h, p.release).File), &st) == nil {
 			want[st.Ino] = h.Spec.Name
 		}
 	}

@@ -52,6 +52,9 @@ type steering struct {
 	// claimed: the app's socket came from systemd (a socket unit holds a
 	// copy of it that agentd cannot close).
 	claimed bool
+	// releases names the release of each socket ever routed, by cookie,
+	// for the steered counts (SteeredCounts).
+	releases map[uint64]int
 }
 
 type retiredSocket struct {
@@ -134,7 +137,8 @@ func (ag *Agent) startSteering(a *app, h *sockets.Held, claimed bool) {
 	if a.steer == nil {
 		a.steer = map[string]*steering{}
 	}
-	a.steer[name] = &steering{group: g, gens: map[int]*sockets.Held{}, claimed: claimed}
+	a.steer[name] = &steering{group: g, gens: map[int]*sockets.Held{}, claimed: claimed,
+		releases: map[uint64]int{h.Cookie(): a.st.Active}}
 	delete(a.steerWhy, name)
 	ag.log.Info("connections steered per release in the kernel", "app", a.st.Name, "socket", name, "bound", h.Bound())
 }
@@ -166,6 +170,17 @@ func (ag *Agent) socketFor(a *app, h *sockets.Held, release int) (*sockets.Held,
 	}
 	s.gens[release] = g
 	return g, nil
+}
+
+// givenTo is the socket of app socket h that release's processes got.
+// Callers hold a.mu.
+func (a *app) givenTo(h *sockets.Held, release int) *sockets.Held {
+	if s := a.steer[h.Spec.Name]; s != nil && release != a.st.Active {
+		if g := s.gens[release]; g != nil {
+			return g
+		}
+	}
+	return h
 }
 
 // steerCutover points every steered socket of a at release r, now active
@@ -205,6 +220,7 @@ func (ag *Agent) steerCutover(a *app, prev, r int) {
 		s.claimed = false
 		a.held[i] = g
 		ag.setCookie(a, h.Spec.Name, g.Cookie())
+		s.releases[g.Cookie()] = r
 		if ag.cfg.Store != nil {
 			ag.cfg.Unstore(a.st.Name + "." + h.Spec.Name)
 			ag.cfg.Store(a.st.Name+"."+h.Spec.Name, g.File)
@@ -345,4 +361,43 @@ func (a *app) steeringAPI(name string) (mode, why string) {
 		return api.SteeringKernel, ""
 	}
 	return api.SteeringShared, a.steerWhy[name]
+}
+
+// SteeredCounts lists, per app socket and release, the new connections the
+// steering program sent to the release's socket since agentd started (for
+// metrics), and each app's canary share.
+func (ag *Agent) SteeredCounts() (counts []api.SteeredCount, canaries []api.CanaryShare) {
+	ag.mu.Lock()
+	apps := make([]*app, 0, len(ag.apps))
+	for _, a := range ag.apps {
+		apps = append(apps, a)
+	}
+	ag.mu.Unlock()
+	for _, a := range apps {
+		a.mu.Lock()
+		for name, s := range a.steer {
+			got, err := s.group.Steered()
+			if err != nil {
+				continue
+			}
+			byRelease := map[int]uint64{}
+			for cookie, n := range got {
+				if r, ok := s.releases[cookie]; ok {
+					byRelease[r] += n
+				}
+			}
+			for r, n := range byRelease {
+				rel := ""
+				if r != 0 {
+					rel = vname(r)
+				}
+				counts = append(counts, api.SteeredCount{App: a.st.Name, Socket: name, Release: rel, Connections: n})
+			}
+		}
+		if c := a.st.Canary; c != nil {
+			canaries = append(canaries, api.CanaryShare{Release: vname(c.Release), Percent: c.Percent, App: a.st.Name})
+		}
+		a.mu.Unlock()
+	}
+	return counts, canaries
 }

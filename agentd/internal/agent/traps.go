@@ -125,7 +125,8 @@ func trapInput(a *app, p *proc) (diagnose.Input, bool) {
 		if h.Spec.Type != p.typ {
 			continue
 		}
-		in.Passed = append(in.Passed, diagnose.Socket{Name: h.Spec.Name, FD: fd, Inode: inode(sockets.Fd(h.File))})
+		g := a.givenTo(h, p.release)
+		in.Passed = append(in.Passed, diagnose.Socket{Name: h.Spec.Name, FD: fd, Inode: inode(sockets.Fd(g.File))})
 		fd++
 	}
 	a.mu.Unlock()
