@@ -119,7 +119,7 @@ func (g *Group) Attach(f *os.File) error {
 	if !g.routed {
 		return errors.New("attach steering: no routes yet (Route before Attach)")
 	}
-	if info.addr != g.addr {
+	if g.addr.IsValid() && info.addr != g.addr { // unknown after Open until a Route or Attach
 		return fmt.Errorf("attach steering: %s is bound to %s, the group to %s: %w", f.Name(), info.addr, g.addr, ErrOtherGroup)
 	}
 	err = control(f, func(fd int) error {
@@ -128,6 +128,7 @@ func (g *Group) Attach(f *os.File) error {
 	if err != nil {
 		return fmt.Errorf("attach steering to %s (%s): SO_ATTACH_REUSEPORT_EBPF: %w", f.Name(), info.addr, err)
 	}
+	g.addr = info.addr
 	return nil
 }
 

@@ -129,3 +129,41 @@ func TestRoutesWord(t *testing.T) {
 		t.Errorf("objName without suffix = %q", got)
 	}
 }
+
+// A hundred generations, each a new socket that takes the routes and then
+// the old one closing, as a long-lived agentd does: slots are given back
+// and reused, and each socket's count is its own.
+func TestRouteManyGenerations(t *testing.T) {
+	needSteering(t)
+	first := listen(t, "127.0.0.1:0")
+	addr := addrOf(t, first)
+	g := newTestGroup(t)
+	mustRoute(t, g, first, nil, 0)
+	if err := g.Attach(first); err != nil {
+		t.Fatal(err)
+	}
+	const generations, each = 100, 5
+	prev, prevSrv := first, serve(t, first, 0)
+	var cookies []uint64
+	for i := range generations {
+		f := listen(t, addr)
+		s := serve(t, f, byte(i+1))
+		mustRoute(t, g, f, nil, 0)
+		if got := dialN(t, addr, each, 1); got[byte(i+1)] != each {
+			t.Fatalf("generation %d: %v, want %d on it", i+1, got, each)
+		}
+		prevSrv.stop()
+		prev.Close()
+		prev, prevSrv = f, s
+		cookies = append(cookies, cookie(t, f))
+	}
+	steered, err := g.Steered()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cookies {
+		if steered[c] != each {
+			t.Fatalf("generation %d (cookie %d): Steered %d, want %d", i+1, c, steered[c], each)
+		}
+	}
+}

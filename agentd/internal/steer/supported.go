@@ -37,11 +37,23 @@ func Supported() error {
 func explain(what string, err error) error {
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return fmt.Errorf("%w: needs root (CAP_BPF and CAP_NET_ADMIN): %s: %w", ErrUnsupported, what, err)
+		// The errno alone: the library's hint about RLIMIT_MEMLOCK is for
+		// kernels before 5.11, which cannot steer anyway.
+		errno := unix.EPERM
+		if errors.Is(err, unix.EACCES) {
+			errno = unix.EACCES
+		}
+		return fmt.Errorf("%w: needs root (CAP_BPF and CAP_NET_ADMIN): %s: %w", ErrUnsupported, what, errno)
 	case errors.Is(err, unix.ENOSYS):
 		return fmt.Errorf("%w: kernel %s has no bpf() (CONFIG_BPF_SYSCALL): %s: %w", ErrUnsupported, release(), what, err)
 	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, unix.EINVAL):
-		return fmt.Errorf("%w: kernel %s lacks BPF_SK_REUSEPORT_SELECT_OR_MIGRATE (needs ≥ 5.14): %s: %w", ErrUnsupported, release(), what, err)
+		// EINVAL is also the verifier refusing the program: on a kernel
+		// that has what the program needs that is a bug here, not the
+		// kernel's lack, and must not read as "unsupported" (tests would
+		// skip instead of failing).
+		if !kernelAtLeast(5, 14) {
+			return fmt.Errorf("%w: kernel %s lacks BPF_SK_REUSEPORT_SELECT_OR_MIGRATE (needs ≥ 5.14): %s: %w", ErrUnsupported, release(), what, err)
+		}
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -52,4 +64,13 @@ func release() string {
 		return "(unknown)"
 	}
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// kernelAtLeast compares the running kernel's version ("6.18.44-…").
+func kernelAtLeast(major, minor int) bool {
+	var ma, mi int
+	if _, err := fmt.Sscanf(release(), "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
