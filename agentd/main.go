@@ -201,7 +201,7 @@ Flags:
 			cfg.SteerOff = err.Error()
 			log.Info("kernel steering unavailable: each app socket is shared by all its releases", "why", err)
 		} else {
-			cfg.Steer = func(name string) (agent.SteerGroup, error) { return steer.New(name) }
+			cfg.Steer = steerer{}
 		}
 	case "off":
 		cfg.SteerOff = "agentd runs with --steering off"

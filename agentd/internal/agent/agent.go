@@ -66,7 +66,7 @@ type Config struct {
 	// group, and a BPF program picks the release for each new connection.
 	// nil: every app socket is one socket shared by all releases, and
 	// SteerOff says why.
-	Steer    func(name string) (SteerGroup, error)
+	Steer    Steerer
 	SteerOff string
 	// Mode is "systemd" or "embedded", for status.
 	Mode string
@@ -361,8 +361,18 @@ func (ag *Agent) Freeze() (files map[string]*os.File, thaw func()) {
 		a.mu.Lock()
 		for _, h := range a.held {
 			files[socketKey(a.st.Name, h.Spec.Name)] = h.File
-			if s := a.steer[h.Spec.Name]; s != nil && s.canary != 0 && s.gens[s.canary] != nil {
+			s := a.steer[h.Spec.Name]
+			if s == nil {
+				continue
+			}
+			if s.canary != 0 && s.gens[s.canary] != nil {
 				files[socketKey(a.st.Name, h.Spec.Name)+"@canary"] = s.gens[s.canary].File
+			}
+			// The new agentd steers on with this program and these maps.
+			if fs, err := s.group.Files(); err == nil {
+				for f, file := range fs {
+					files[socketKey(a.st.Name, h.Spec.Name)+"@steer."+f] = file
+				}
 			}
 		}
 		a.mu.Unlock()

@@ -33,8 +33,28 @@ type SteerGroup interface {
 	Attach(f *os.File) error
 	Route(primary, canary *os.File, canaryPercent float64) error
 	Steered() (map[uint64]uint64, error)
+	// Files are the program's and maps' fds by name, for the fd store and
+	// the hand-over to a new agentd; the caller closes them.
+	Files() (map[string]*os.File, error)
 	Close() error
 }
+
+// Steerer makes SteerGroups (steer.New, steer.Open, steer.Find).
+type Steerer interface {
+	// New loads a new program and maps for a group.
+	New(name string) (SteerGroup, error)
+	// Open steers on with a previous agentd's program and maps (Files).
+	Open(files map[string]*os.File) (SteerGroup, error)
+	// Find finds the program and maps whose map holds the socket with
+	// cookie, from the kernel's list: a previous agentd's, when its Files
+	// were lost with it (a crash without systemd's fd store).
+	Find(cookie uint64) (SteerGroup, error)
+}
+
+// steerFileNames are the names of a SteerGroup's Files.
+var steerFileNames = []string{"prog", "socks", "routes", "counts"}
+
+func steerStoreName(app, socket, file string) string { return app + "." + socket + ".steer." + file }
 
 // steering is one app socket's steering state. Guarded by app.mu.
 type steering struct {
@@ -119,7 +139,7 @@ func (ag *Agent) startSteering(a *app, h *sockets.Held, claimed bool) {
 		a.steerWhy = setKey(a.steerWhy, name, why)
 		return
 	}
-	g, err := ag.cfg.Steer(a.st.Name + "_" + name)
+	g, how, err := ag.steerGroup(a, h)
 	if err == nil {
 		err = g.Route(h.File, nil, 0)
 		if err == nil {
@@ -140,7 +160,68 @@ func (ag *Agent) startSteering(a *app, h *sockets.Held, claimed bool) {
 	a.steer[name] = &steering{group: g, gens: map[int]*sockets.Held{}, claimed: claimed,
 		releases: map[uint64]int{h.Cookie(): a.st.Active}}
 	delete(a.steerWhy, name)
-	ag.log.Info("connections steered per release in the kernel", "app", a.st.Name, "socket", name, "bound", h.Bound())
+	if how == "new" || how == "found" {
+		ag.storeSteerFiles(a, name, g)
+	}
+	ag.log.Info("connections steered per release in the kernel", "app", a.st.Name, "socket", name, "bound", h.Bound(), "program", how)
+}
+
+// steerGroup gets the steering of h's group: the previous agentd's
+// program and maps (handed over, or from systemd's fd store: "opened"),
+// else found in the kernel by h's cookie ("found": the previous agentd
+// crashed without an fd store), else new ones ("new"). The kernel lets a
+// socket be in one steering map only, so the previous ones must be reused
+// while they hold the group's sockets.
+func (ag *Agent) steerGroup(a *app, h *sockets.Held) (SteerGroup, string, error) {
+	name := h.Spec.Name
+	files := map[string]*os.File{}
+	for _, f := range steerFileNames {
+		var got *os.File
+		if ag.cfg.Inherit != nil {
+			got = ag.cfg.Inherit(socketKey(a.st.Name, name) + "@steer." + f)
+		}
+		if got == nil && ag.cfg.Claim != nil {
+			got = ag.cfg.Claim(steerStoreName(a.st.Name, name, f))
+		}
+		if got != nil {
+			files[f] = got
+		}
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if len(files) == len(steerFileNames) {
+		g, err := ag.cfg.Steer.Open(files)
+		if err == nil {
+			return g, "opened", nil
+		}
+		ag.log.Warn("the previous agentd's steering program could not be reused", "app", a.st.Name, "socket", name, "err", err)
+	}
+	if g, err := ag.cfg.Steer.Find(h.Cookie()); err == nil {
+		return g, "found", nil
+	}
+	g, err := ag.cfg.Steer.New(a.st.Name + "_" + name)
+	return g, "new", err
+}
+
+// storeSteerFiles parks g's program and maps in systemd's fd store, so
+// that a restarted agentd steers on with them. Callers hold a.mu.
+func (ag *Agent) storeSteerFiles(a *app, name string, g SteerGroup) {
+	if ag.cfg.Store == nil {
+		return
+	}
+	files, err := g.Files()
+	if err != nil {
+		ag.log.Warn("the steering program's fds are not in the fd store", "app", a.st.Name, "socket", name, "err", err)
+		return
+	}
+	for f, file := range files {
+		ag.cfg.Unstore(steerStoreName(a.st.Name, name, f))
+		ag.cfg.Store(steerStoreName(a.st.Name, name, f), file)
+		file.Close()
+	}
 }
 
 func setKey(m map[string]string, k, v string) map[string]string {
@@ -353,6 +434,11 @@ func (ag *Agent) stopSteering(a *app, name string) {
 	}
 	s.group.Close()
 	delete(a.steer, name)
+	if ag.cfg.Unstore != nil {
+		for _, f := range steerFileNames {
+			ag.cfg.Unstore(steerStoreName(a.st.Name, name, f))
+		}
+	}
 }
 
 // steeringAPI says how connections reach socket name.

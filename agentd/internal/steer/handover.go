@@ -92,20 +92,28 @@ func Open(fs Files) (*Group, error) {
 			return nil, err
 		}
 	}
+	if err := g.readSlots(); err != nil {
+		g.closeAll()
+		return nil, err
+	}
+	return g, nil
+}
+
+// readSlots learns which socket is in which slot from the sockarray.
+func (g *Group) readSlots() error {
 	for i := range numSlots {
 		var c uint64
 		switch err := g.socks.Lookup(uint32(i), &c); {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 		case err != nil:
-			g.closeAll()
-			return nil, fmt.Errorf("open steering: read slot %d: %w", i, err)
+			return fmt.Errorf("open steering: read slot %d: %w", i, err)
 		default:
 			g.slots[i] = c
 			g.next = (i + 1) % numSlots
 			g.routed = true
 		}
 	}
-	return g, nil
+	return nil
 }
 
 // dupFile dups f's fd after checking it is a BPF object of the kind
