@@ -75,10 +75,10 @@ type appState struct {
 	Sockets []sockets.Spec `json:"sockets"`
 	// Bound is the address each socket got (index-aligned with Sockets),
 	// so that a socket asked for port 0 keeps its port across restarts.
-	Bound        []string          `json:"bound,omitempty"`
+	Bound []string `json:"bound,omitempty"`
 	// Cookies are the SO_COOKIE of each steered socket's active-release
 	// socket, by socket name (steer.go).
-	Cookies map[string]uint64 `json:"cookies,omitempty"`
+	Cookies      map[string]uint64 `json:"cookies,omitempty"`
 	Formation    map[string]int    `json:"formation"`
 	Readiness    map[string]string `json:"readiness"`
 	BootTimeout  duration          `json:"boot_timeout"`
@@ -223,16 +223,16 @@ type app struct {
 	// op serialises operations that change what runs: one at a time per app.
 	op chan struct{}
 
-	mu      sync.Mutex // guards everything below
-	st      appState
-	held    []*sockets.Held
+	mu   sync.Mutex // guards everything below
+	st   appState
+	held []*sockets.Held
 	// steer is the kernel steering of each steered socket by name, and
 	// steerWhy why a socket is shared instead (steer.go).
 	steer    map[string]*steering
 	steerWhy map[string]string
-	procs   []*proc
-	backoff map[string]*time.Timer // pending crash restarts by process name
-	gone    bool                   // destroyed
+	procs    []*proc
+	backoff  map[string]*time.Timer // pending crash restarts by process name
+	gone     bool                   // destroyed
 
 	// cur is the operation holding the op lock (Attach, Cancel);
 	// cutover is set once its rollout is past the cutover; bakeEnd

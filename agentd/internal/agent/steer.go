@@ -333,7 +333,9 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 	for name, s := range a.steer {
 		keep := s.retiring[:0]
 		for _, rs := range s.retiring {
-			if slices.ContainsFunc(procs, func(p *proc) bool { return p.release == rs.release && (p.typ == rs.h.Spec.Type || p.typ == "responder") }) {
+			if slices.ContainsFunc(procs, func(p *proc) bool {
+				return p.release == rs.release && (p.typ == rs.h.Spec.Type || p.typ == "responder")
+			}) {
 				waits = append(waits, rs)
 				continue
 			}
