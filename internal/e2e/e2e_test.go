@@ -50,12 +50,18 @@ type env struct {
 
 func start(t *testing.T, args ...string) *env {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv is start with extra environment variables for agentd.
+func startEnv(t *testing.T, environ []string, args ...string) *env {
+	t.Helper()
 	// Short paths: unix socket paths are limited to 107 bytes.
 	dir, err := os.MkdirTemp("", "e2e-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ag, err := harness.Start(bins, dir, args...)
+	ag, err := harness.StartEnv(bins, dir, environ, args...)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
