@@ -87,7 +87,7 @@ func (h *hctl) deployCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "deploy",
 		Usage:     "deploy a directory or .tar.gz as a new release, without downtime",
-		UsageText: "hctl deploy APP PATH [-m MSG] [--skip-release-phase] [--release-id ID]",
+		UsageText: "hctl deploy APP PATH [-m MSG] [--skip-release-phase] [--release-id ID] [--canary P%]",
 		Description: "PATH is a directory or a .tar.gz holding a Procfile. hctl waits and streams the phases\n" +
 			"(prepare, release, preboot, readiness, cutover, drain) to stderr. If the deploy fails,\n" +
 			"the old release keeps serving and hctl exits 1. Deploying the active release again does\n" +
@@ -96,6 +96,7 @@ func (h *hctl) deployCommand() *cli.Command {
 			"  hctl deploy myapp ./build -m 'fix login'\n" +
 			"  hctl deploy myapp myapp-1.4.tar.gz --release-id $(git rev-parse HEAD)\n" +
 			"  hctl deploy myapp ./build --skip-release-phase   # after hctl release-phase on one host\n" +
+			"  hctl deploy myapp ./build --canary 10%          # 10% of new connections; see hctl canary --help\n" +
 			"  hctl --json deploy myapp ./build 2>deploy.log | jq -r .release",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "message", Aliases: []string{"m"}, Usage: "describe the release (`MSG`)", Local: true},
@@ -105,6 +106,7 @@ func (h *hctl) deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "detach", Usage: "return once the deploy has started; follow it with hctl wait APP", Local: true},
 			&cli.DurationFlag{Name: "wait-drain", Local: true, HideDefault: true,
 				Usage: "once the new release is live, wait at most `D` for the old processes to exit; they drain on after it (default 30s)"},
+			canaryFlag(),
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			a, err := needArgs(cmd, 2, 2, "APP", "PATH")
@@ -123,6 +125,10 @@ func (h *hctl) deployCommand() *cli.Command {
 				Detach:           cmd.Bool("detach"),
 				WaitDrain:        cmd.Duration("wait-drain"),
 			}
+			if opt.Canary, err = canaryOption(cmd); err != nil {
+				return err
+			}
+			summary := deploySummary(opt.Canary)
 			if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 				// A directory goes manifest first: only what agentd lacks
 				// is sent (see upload.go).
@@ -137,15 +143,17 @@ func (h *hctl) deployCommand() *cli.Command {
 						case err != nil:
 							return nil, err
 						case id != "":
-							return h.client().DeployUpload(ctx, app, id, opt, on)
+							res, err := h.client().DeployUpload(ctx, app, id, opt, on)
+							return res, h.explainNoSteering(ctx, app, err)
 						}
 						art, err := api.OpenArtifact(path)
 						if err != nil {
 							return nil, err
 						}
 						defer art.Close()
-						return h.client().Deploy(ctx, app, art, opt, on)
-					}, liveSummary)
+						res, err := h.client().Deploy(ctx, app, art, opt, on)
+						return res, h.explainNoSteering(ctx, app, err)
+					}, summary)
 			}
 			art, err := openArtifact(cmd, path)
 			if err != nil {
@@ -154,8 +162,9 @@ func (h *hctl) deployCommand() *cli.Command {
 			defer art.Close()
 			return h.runOp(ctx, "deploy", app,
 				func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
-					return h.client().Deploy(ctx, app, art, opt, on)
-				}, liveSummary)
+					res, err := h.client().Deploy(ctx, app, art, opt, on)
+					return res, h.explainNoSteering(ctx, app, err)
+				}, summary)
 		},
 	}
 }

@@ -113,6 +113,8 @@ func (h *hctl) rootCommand() *cli.Command {
 			h.postdrainCommand(),
 			h.releasesCommand(),
 			h.rollbackCommand(),
+			h.canaryCommand(),
+			h.promoteCommand(),
 			h.psCommand(),
 			h.scaleCommand(),
 			h.restartCommand(),

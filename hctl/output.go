@@ -425,22 +425,30 @@ func fmtSurge(n int) string {
 
 func writeSockets(w io.Writer, socks []api.Socket, withApp bool) {
 	tw := newTable(w)
+	// STEERING: kernel, or shared and why (canaryview.go).
+	steer := anySteering(socks)
+	head := []string{"TYPE", "NAME", "ADDR", "BOUND", "IN USE"}
 	if withApp {
-		row(tw, "APP", "TYPE", "NAME", "ADDR", "BOUND", "IN USE")
-	} else {
-		row(tw, "TYPE", "NAME", "ADDR", "BOUND", "IN USE")
+		head = append([]string{"APP"}, head...)
 	}
+	if steer {
+		head = append(head, "STEERING")
+	}
+	row(tw, head...)
 	for _, s := range socks {
 		// In use: a running process of the app holds it and accepts.
 		inUse := "no"
 		if s.InUse {
 			inUse = "yes"
 		}
+		cells := []string{s.Type, s.Name, s.Addr, s.Bound, inUse}
 		if withApp {
-			row(tw, s.App, s.Type, s.Name, s.Addr, s.Bound, inUse)
-		} else {
-			row(tw, s.Type, s.Name, s.Addr, s.Bound, inUse)
+			cells = append([]string{s.App}, cells...)
 		}
+		if steer {
+			cells = append(cells, steeringCell(s))
+		}
+		row(tw, cells...)
 	}
 	tw.Flush()
 }

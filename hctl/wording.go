@@ -16,6 +16,9 @@ func reword(err error) error {
 		return err
 	}
 	msg := ae.Message
+	if m, ok := canaryWording(ae); ok {
+		msg = m
+	}
 	switch ae.Reason {
 	case api.ReasonNoSuchApp:
 		msg += " (see hctl apps)"

@@ -115,12 +115,19 @@ type DeployOptions struct {
 	// exit once the new release is live (agentd's default: 30s); past it
 	// the result says what still drains, and the drain goes on.
 	WaitDrain time.Duration
+	// Canary, when above 0, deploys the release as a canary that gets
+	// this percentage of new connections beside the active release
+	// (above 0, below 100), until [Client.Promote] or [Client.AbortCanary].
+	Canary float64
 }
 
 // query adds the options agentd reads from the deploy's query string.
 func (o DeployOptions) query(q url.Values) {
 	if o.WaitDrain > 0 {
 		q.Set("wait_drain", o.WaitDrain.String())
+	}
+	if o.Canary != 0 {
+		q.Set("canary", canaryQuery(o.Canary))
 	}
 }
 

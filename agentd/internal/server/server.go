@@ -97,6 +97,9 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("GET /v1/apps/{app}/cron", s.cron)
 	m.HandleFunc("GET /v1/apps/{app}/releases/{version}", s.release)
 	m.HandleFunc("POST /v1/apps/{app}/rollback", s.admin(s.rollback))
+	m.HandleFunc("GET /v1/apps/{app}/canary", s.canary)
+	m.HandleFunc("POST /v1/apps/{app}/promote", s.admin(s.promote))
+	m.HandleFunc("POST /v1/apps/{app}/canary/abort", s.admin(s.abortCanary))
 	m.HandleFunc("GET /v1/ps", s.ps)
 	m.HandleFunc("GET /v1/apps/{app}/ps", s.ps)
 	m.HandleFunc("POST /v1/apps/{app}/scale", s.admin(s.scale))
@@ -400,6 +403,9 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 	}
 	var ok bool
 	if req.WaitDrain, ok = waitDrain(w, r); !ok {
+		return
+	}
+	if req.Canary, ok = canaryParam(w, r); !ok {
 		return
 	}
 	if _, err := s.Agent.AppInfo(req.App); err != nil {

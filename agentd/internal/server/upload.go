@@ -132,6 +132,9 @@ func (s *Server) deployUpload(w http.ResponseWriter, r *http.Request) {
 	if req.WaitDrain, ok = waitDrain(w, r); !ok {
 		return
 	}
+	if req.Canary, ok = canaryParam(w, r); !ok {
+		return
+	}
 	if _, err := s.Agent.AppInfo(req.App); err != nil {
 		fail(w, err)
 		return
