@@ -351,6 +351,17 @@ hctl config set %[1]s BOOT_DELAY=%[2]s
 	ss, _ := s.run("ss -Hltnp 'sport = :8080'")
 	s.check("1", strings.TrimSpace(got) != "0" && strings.Contains(ss, "pid=1,"),
 		"app socket from agentd-%s-web.socket: agentd logged \"socket from systemd\" %s time(s); ss: %s", appName, strings.TrimSpace(got), strings.TrimSpace(ss))
+	// The unit has ReusePort=yes: agentd steers the app's connections per
+	// release in the kernel (docs/concepts.md), binding the siblings itself.
+	var info api.AppInfo
+	if err := s.hctlJSON(&info, "apps info "+appName); err != nil {
+		return err
+	}
+	steering := ""
+	for _, so := range info.App.Sockets {
+		steering += so.Steering + " " + so.SteeringWhy
+	}
+	s.check("1", strings.TrimSpace(steering) == api.SteeringKernel, "steering of the socket unit's socket (ReusePort=yes): %s", steering)
 
 	start := time.Now()
 	res, err := s.deploy("/root/goapp.tar.gz", "testvm: first release")
@@ -539,6 +550,10 @@ func (s *suite) s3Survive() error {
 // s6Observe checks /metrics with promtool on the host, and app output in
 // journald with agentd's fields.
 func (s *suite) s6Observe() error {
+	// A few connections since agentd's last start, for the steered counts.
+	if _, err := s.run("for i in $(seq 20); do curl -fsS -o /dev/null http://127.0.0.1:8080/; done"); err != nil {
+		return err
+	}
 	out, err := s.run("curl -fsS --unix-socket /run/agentd/agentd.sock http://agentd/metrics")
 	if err != nil {
 		return err
@@ -568,6 +583,18 @@ func (s *suite) s6Observe() error {
 			deploys += v
 		}
 	}
+	// Scenario 2's deploys and scenario 3's restarts under load went to
+	// the releases through the steering program: the active release's
+	// socket has connections steered to it since agentd last started.
+	var steered float64
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "agentd_steered_connections_total{") && strings.Contains(line, `app="`+appName+`"`) {
+			fs := strings.Fields(line)
+			v, _ := strconv.ParseFloat(fs[len(fs)-1], 64)
+			steered += v
+		}
+	}
+	s.check("6", steered > 0, "agentd_steered_connections_total{app=%q} sums to %.0f since agentd's last start", appName, steered)
 	// Counters start afresh with each agentd (scenario 3 restarted it), so
 	// the figure is shown, not judged.
 	s.check("6", strings.Contains(out, "\n# TYPE agentd_deploys_total counter"), "agentd_deploys_total present; {app=%q} sums to %.0f since agentd's last start (this run: %d deploys)", appName, deploys, s.deploys)
