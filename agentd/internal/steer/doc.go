@@ -78,10 +78,12 @@
 //     back and reads the slots' cookies from the sockarray. (bpffs pinning
 //     is unreliable under agentd.service's hardening.) A new Group with new
 //     sockets, attached over the old program, works too (TestReplaceProgram).
-//   - The counters count selections, made at SYN time: a connection whose
-//     handshake then fails, or a SYN retransmitted after the accept queue
-//     overflowed, counts without being accepted; a migrated connection
-//     counts for the socket that took it.
+//   - The counters count selections, not connections. The kernel runs the
+//     program for every segment that finds no connection of its own, not
+//     only for SYNs: a late ACK or RST of a connection already gone counts
+//     too (about 1 in 10,000 connections in the tests), as does a SYN
+//     retransmitted after its first was dropped; a migrated connection
+//     counts again, for the socket that took it.
 //
 // # What the program can and cannot do
 //

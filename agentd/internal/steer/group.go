@@ -301,7 +301,8 @@ func (g *Group) count(i int) (slotCount, error) {
 // Steered returns how many new connections the program sent to each
 // socket since New (or Open), keyed by cookie, sockets no longer routed
 // included. Connections a closing listener handed on count for the socket
-// that took them.
+// that took them. The counts are the program's selections, a little above
+// the connections accepted (see the package doc's traps), never below.
 func (g *Group) Steered() (map[uint64]uint64, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
