@@ -81,7 +81,8 @@
 //   - The counters count selections, not connections. The kernel runs the
 //     program for every segment that finds no connection of its own, not
 //     only for SYNs: a late ACK or RST of a connection already gone counts
-//     too (about 1 in 10,000 connections in the tests), as does a SYN
+//     too (seen in the tests, whose listeners take ephemeral ports that
+//     were clients' ports a moment ago: up to 0.3 % over), as does a SYN
 //     retransmitted after its first was dropped; a migrated connection
 //     counts again, for the socket that took it.
 //
