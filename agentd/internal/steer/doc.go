@@ -78,6 +78,11 @@
 //     back and reads the slots' cookies from the sockarray. (bpffs pinning
 //     is unreliable under agentd.service's hardening.) A new Group with new
 //     sockets, attached over the old program, works too (TestReplaceProgram).
+//     A restart that lost the maps must Detach the old program and wait
+//     until the kernel frees its map (a deferred free: 22–73 ms measured
+//     here; Route answers ErrInOtherMap until then) before a new Group can
+//     route to the same socket, and meanwhile the kernel picks by hash among
+//     the group's sockets, old ones included: keep the Files.
 //   - The counters count selections, not connections. The kernel runs the
 //     program for every segment that finds no connection of its own, not
 //     only for SYNs: a late ACK or RST of a connection already gone counts

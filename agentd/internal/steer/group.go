@@ -132,6 +132,23 @@ func (g *Group) Attach(f *os.File) error {
 	return nil
 }
 
+// Detach takes the steering program off the reuseport group f is in
+// (SO_DETACH_REUSEPORT_BPF): from then on the kernel picks among the
+// group's sockets by hash, old ones included. For turning steering off,
+// and for a restart that lost the maps (no Files): the old program holds
+// its sockarray, and the sockarray its sockets, until it is detached and
+// the kernel has freed it (a moment later; Route says ErrInOtherMap until
+// then). A group without a program is not an error.
+func Detach(f *os.File) error {
+	err := control(f, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
+	})
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("detach steering from %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
 // Route points new connections at primary, and a share of canaryPercent
 // (0 to 100) at canary when it is not nil. In order: the sockets not
 // routed yet go into free slots of the sockarray; one write of the routes
