@@ -78,10 +78,18 @@
 //     back and reads the slots' cookies from the sockarray. (bpffs pinning
 //     is unreliable under agentd.service's hardening.) A new Group with new
 //     sockets, attached over the old program, works too (TestReplaceProgram).
-//   - The counters count selections, made at SYN time: a connection whose
-//     handshake then fails, or a SYN retransmitted after the accept queue
-//     overflowed, counts without being accepted; a migrated connection
-//     counts for the socket that took it.
+//     A restart that lost the maps must Detach the old program and wait
+//     until the kernel frees its map (a deferred free: 22–73 ms measured
+//     here; Route answers ErrInOtherMap until then) before a new Group can
+//     route to the same socket, and meanwhile the kernel picks by hash among
+//     the group's sockets, old ones included: keep the Files.
+//   - The counters count selections, not connections. The kernel runs the
+//     program for every segment that finds no connection of its own, not
+//     only for SYNs: a late ACK or RST of a connection already gone counts
+//     too (seen in the tests, whose listeners take ephemeral ports that
+//     were clients' ports a moment ago: up to 0.3 % over), as does a SYN
+//     retransmitted after its first was dropped; a migrated connection
+//     counts again, for the socket that took it.
 //
 // # What the program can and cannot do
 //

@@ -132,6 +132,23 @@ func (g *Group) Attach(f *os.File) error {
 	return nil
 }
 
+// Detach takes the steering program off the reuseport group f is in
+// (SO_DETACH_REUSEPORT_BPF): from then on the kernel picks among the
+// group's sockets by hash, old ones included. For turning steering off,
+// and for a restart that lost the maps (no Files): the old program holds
+// its sockarray, and the sockarray its sockets, until it is detached and
+// the kernel has freed it (a moment later; Route says ErrInOtherMap until
+// then). A group without a program is not an error.
+func Detach(f *os.File) error {
+	err := control(f, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
+	})
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("detach steering from %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
 // Route points new connections at primary, and a share of canaryPercent
 // (0 to 100) at canary when it is not nil. In order: the sockets not
 // routed yet go into free slots of the sockarray; one write of the routes
@@ -301,7 +318,8 @@ func (g *Group) count(i int) (slotCount, error) {
 // Steered returns how many new connections the program sent to each
 // socket since New (or Open), keyed by cookie, sockets no longer routed
 // included. Connections a closing listener handed on count for the socket
-// that took them.
+// that took them. The counts are the program's selections, a little above
+// the connections accepted (see the package doc's traps), never below.
 func (g *Group) Steered() (map[uint64]uint64, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
