@@ -355,7 +355,11 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 	}
 	start := time.Now()
 	for _, rs := range waits {
-		ag.awaitEmpty(rs.h, start)
+		ag.awaitEmpty(rs.h, start, func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return ag.liveOf(a, rs.release, rs.h.Spec.Type)
+		})
 	}
 	var stop []retiredSocket
 	for _, rs := range waits {
@@ -377,10 +381,15 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 }
 
 // awaitEmpty waits until h's accept queue has been empty for steerSettle,
-// or steerAwaitAway has passed since start.
-func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time) {
+// or steerAwaitAway has passed since start, or no process that could
+// accept from it runs (served false: they all exited, a crash): what is
+// queued then moves to the routed socket when agentd closes its copy.
+func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time, served func() bool) {
 	var emptySince time.Time
 	for time.Since(start) < steerAwaitAway {
+		if !served() {
+			return
+		}
 		n, err := h.Queued()
 		if err != nil {
 			return
