@@ -41,6 +41,7 @@ type stockRow struct {
 	Failed       int64            `json:"failed"`
 	Late         int64            `json:"late"`
 	PerDeploy    []int64          `json:"failed_per_deploy"`
+	FailedBefore int64            `json:"failed_before_first_deploy,omitempty"`
 	LossyDeploys int              `json:"deploys_that_lost"`
 	ByClass      map[string]int64 `json:"failed_by_class,omitempty"`
 	Error        string           `json:"error,omitempty"`
@@ -149,32 +150,13 @@ func stockBlock(bins binaries, dir string, app stockBenchApp, mode string, n int
 	if r.Elapsed > 0 {
 		row.SentPerSec = float64(r.Sent) / r.Elapsed.Seconds()
 	}
-	row.PerDeploy = failedPerDeploy(r)
+	row.PerDeploy, row.FailedBefore = r.FailedPerMark() // one mark per deploy
 	for _, f := range row.PerDeploy {
 		if f > 0 {
 			row.LossyDeploys++
 		}
 	}
 	return row
-}
-
-// failedPerDeploy counts each failed request against the deploy in whose
-// window it failed, from that deploy's mark to the next one's.
-func failedPerDeploy(r loadgen.Result) []int64 {
-	var starts []time.Duration
-	for _, m := range r.Marks {
-		starts = append(starts, m.At)
-	}
-	per := make([]int64, len(starts))
-	for _, f := range r.Failures {
-		for i := len(starts) - 1; i >= 0; i-- {
-			if starts[i] <= f.At+f.Took {
-				per[i]++
-				break
-			}
-		}
-	}
-	return per
 }
 
 func (s stockRow) line() string {

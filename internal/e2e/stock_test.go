@@ -197,6 +197,7 @@ type stockRun struct {
 	rate      float64
 	perDeploy []int64 // failed requests attributed to each deploy's window
 	before    int64   // failed before the first deploy under load
+	after     int64   // failed after the last deploy returned
 	res       loadgen.Result
 	seconds   []float64 // each deploy's wall time
 }
@@ -327,7 +328,9 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) (stockRun, b
 	}
 	run.Mark("end")
 	r.res = run.Stop()
-	r.perDeploy, r.before = attribute(r.res)
+	// Marks: "deploy 1" … "deploy N", "end".
+	per, before := r.res.FailedPerMark()
+	r.perDeploy, r.after, r.before = per[:len(per)-1], per[len(per)-1], before
 	deploys := len(r.perDeploy)
 	// Every deploy's window had traffic: a load that ended early would
 	// make "0 failed" mean nothing.
@@ -337,7 +340,7 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) (stockRun, b
 		}
 	}
 	t.Logf("%s --steering %s at %.0f req/s: %s", app.name, mode, rate, r.res)
-	t.Logf("failed per deploy %v (before the first: %d); deploys took %s s", r.perDeploy, r.before, fmtSeconds(r.seconds))
+	t.Logf("failed per deploy %v (before the first: %d, after the last: %d); deploys took %s s", r.perDeploy, r.before, r.after, fmtSeconds(r.seconds))
 	if r.res.Sent == 0 || r.res.OK == 0 {
 		t.Fatalf("no request succeeded: %s", r.res)
 	}
@@ -367,33 +370,6 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) (stockRun, b
 		}
 	}
 	return r, true
-}
-
-// attribute counts each failed request against the deploy in whose
-// window it failed: from that deploy's mark to the next one's. Failures
-// before the first deploy are returned apart.
-func attribute(res loadgen.Result) (perDeploy []int64, before int64) {
-	var starts []time.Duration
-	for _, m := range res.Marks {
-		if strings.HasPrefix(m.Label, "deploy ") {
-			starts = append(starts, m.At)
-		}
-	}
-	perDeploy = make([]int64, len(starts))
-	for _, f := range res.Failures {
-		at := f.At + f.Took
-		i := len(starts) - 1
-		for i >= 0 && starts[i] > at {
-			i--
-		}
-		if i < 0 {
-			before++
-			continue
-		}
-		perDeploy[i]++
-	}
-	// Failures past loadgen's record (1,000) are in res.Failed only.
-	return perDeploy, before
 }
 
 func fmtSeconds(s []float64) string {
