@@ -255,9 +255,8 @@ func TestStockServersSteering(t *testing.T) {
 		}
 		for _, mode := range []string{"off", "auto"} {
 			t.Run(app.name+"/"+mode, func(t *testing.T) {
-				if r, ok := stockDeploysUnderLoad(t, app, mode); ok {
-					runs = append(runs, r)
-				}
+				// A skip or a fatal failure ends the subtest inside.
+				runs = append(runs, stockDeploysUnderLoad(t, app, mode))
 			})
 		}
 	}
@@ -269,14 +268,12 @@ func TestStockServersSteering(t *testing.T) {
 }
 
 // stockDeploysUnderLoad deploys app stockDeploys times under load with
-// agentd --steering mode, and checks the outcome for that mode. It
-// reports false when it skipped.
-func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) (stockRun, bool) {
+// agentd --steering mode, and checks the outcome for that mode.
+func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) stockRun {
 	rate := app.rate
 	if mode == "auto" {
 		if capable, why := kernelCapable(); !capable {
 			t.Skipf("no kernel steering here: %s", why)
-			return stockRun{}, false
 		}
 	}
 	e := startEnv(t, []string{"PATH=" + systemPath}, "--steering", mode)
@@ -288,7 +285,6 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) (stockRun, b
 				t.Fatalf("CI, root, Linux ≥ 5.14: steering must be on, but agentd says %s", why)
 			}
 			t.Skipf("agentd does not steer here: %s", why)
-			return stockRun{}, false
 		}
 	}
 	if res := e.deploy(app.name, app.release(t, e, 0)); !res.OK {
@@ -369,7 +365,7 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) (stockRun, b
 			t.Errorf("with steering: %v; failed per deploy %v", err, r.perDeploy)
 		}
 	}
-	return r, true
+	return r
 }
 
 func fmtSeconds(s []float64) string {
