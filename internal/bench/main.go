@@ -23,6 +23,10 @@
 //     boot, for 8/64/256 MiB of new files and 256 MiB with one changed
 //     file, by .tar.gz and manifest first, beside cp -a + sync; and the
 //     process start chain against a direct fork+exec (store.go).
+//   - stock: stock servers (uvicorn from Debian, a Go app whose SIGTERM
+//     handler is just http.Server.Shutdown) deployed 10 times under
+//     new-connection POST load by agentd with --steering off and auto:
+//     what kernel steering saves them (issue 18; stock.go).
 //
 // Load comes from internal/loadgen, which never retries and classifies
 // every failure (refused, reset, eof, timeout, non2xx), in its three client
@@ -78,7 +82,7 @@ type options struct {
 	mdOut      string
 }
 
-var allScenarios = []string{"deploys", "crosscheck", "proxy", "scale", "store"}
+var allScenarios = []string{"deploys", "crosscheck", "proxy", "scale", "store", "stock"}
 
 func main() {
 	var o options
@@ -272,6 +276,11 @@ func run(o options) error {
 	if o.scenarios["store"] {
 		if res.Store, err = storeScenario(o, bins, filepath.Join(dir, "store")); err != nil {
 			res.fail("store", err)
+		}
+	}
+	if o.scenarios["stock"] {
+		if res.Stock, err = stockScenario(o, bins, filepath.Join(dir, "stock"), res); err != nil {
+			res.fail("stock", err)
 		}
 	}
 	res.Seconds = time.Since(benchStart).Seconds()

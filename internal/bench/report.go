@@ -69,6 +69,9 @@ func report(r *results) string {
 	if s := r.Store; s != nil {
 		reportStore(&b, s)
 	}
+	if s := r.Stock; s != nil {
+		reportStock(&b, s)
+	}
 	if len(r.Errors) > 0 {
 		p("## Scenarios that failed\n\n")
 		for _, e := range r.Errors {

@@ -27,6 +27,7 @@ type results struct {
 	Proxy         *proxyResults   `json:"proxy,omitempty"`
 	Scale         *scaleResults   `json:"scale,omitempty"`
 	Store         *storeResults   `json:"store,omitempty"`
+	Stock         *stockResults   `json:"stock,omitempty"`
 	Targets       []targetOutcome `json:"targets"`
 	Skipped       []string        `json:"skipped,omitempty"`
 	Errors        []string        `json:"errors,omitempty"`
