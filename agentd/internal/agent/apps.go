@@ -192,11 +192,11 @@ func (ag *Agent) DestroyApp(name, confirm string) error {
 	a.mu.Lock()
 	a.gone = true
 	for _, h := range a.held {
-		ag.stopSteering(a, h.Spec.Name)
 		h.Close()
 		if ag.cfg.Unstore != nil {
 			ag.cfg.Unstore(name + "." + h.Spec.Name)
 		}
+		ag.stopSteering(a, h.Spec.Name)
 	}
 	a.held = nil
 	a.mu.Unlock()
