@@ -17,7 +17,7 @@ import (
 // Scenario "stock" (issue 18): stock servers that do not follow
 // docs/app-contract.md's drain recipe, deployed by agentd with and without
 // kernel steering under new-connection POST load. The apps are the e2e
-// test's (internal/e2e/testdata/stock): uvicorn from Debian (`python3 -m
+// test's (internal/e2e/stock/testdata): uvicorn from Debian (`python3 -m
 // uvicorn app:app --fd 3`, uptime readiness) and a Go app whose SIGTERM
 // handler is just http.Server.Shutdown.
 
@@ -48,7 +48,7 @@ type stockRow struct {
 }
 
 // stockBenchApp is one stock server: its Procfile, the file it needs and the
-// rate it is loaded at (as in internal/e2e/stock_test.go).
+// rate it is loaded at (as in internal/e2e/stock/stock_test.go).
 type stockBenchApp struct {
 	name, procfile, file, src string
 	rate                      float64
@@ -63,7 +63,7 @@ func stockScenario(o options, bins binaries, dir string, res *results) (*stockRe
 		return nil, err
 	}
 	goApp := filepath.Join(dir, "goshutdown")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", goApp, "./internal/e2e/testdata/stock/goshutdown")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", goApp, "./internal/e2e/stock/testdata/goshutdown")
 	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go build goshutdown: %v\n%s", err, out)
@@ -74,7 +74,7 @@ func stockScenario(o options, bins binaries, dir string, res *results) (*stockRe
 		say("SKIP stock uvicorn: Debian's python3-uvicorn is not installed")
 	} else {
 		apps = append(apps, stockBenchApp{"uvicorn", "web: python3 -m uvicorn app:app --fd 3\n", "app.py",
-			filepath.Join(root, "internal", "e2e", "testdata", "stock", "uvicorn", "app.py"), 500})
+			filepath.Join(root, "internal", "e2e", "stock", "testdata", "uvicorn", "app.py"), 500})
 	}
 	apps = append(apps, stockBenchApp{"go-shutdown", "web: ./goshutdown\n", "goshutdown", goApp, 1000})
 
@@ -179,7 +179,7 @@ func reportStock(b *strings.Builder, s *stockResults) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## Stock servers with and without kernel steering\n\n")
 	p("Servers that do not follow the drain recipe of [app-contract.md](app-contract.md): uvicorn from Debian (`python3 -m uvicorn app:app --fd 3`, `uptime:2s` readiness) ")
-	p("and a Go app whose SIGTERM handler is just `http.Server.Shutdown` (`internal/e2e/testdata/stock`), each deployed %d times in a row under new-connection POST load, ", s.Deploys)
+	p("and a Go app whose SIGTERM handler is just `http.Server.Shutdown` (`internal/e2e/stock/testdata`), each deployed %d times in a row under new-connection POST load, ", s.Deploys)
 	p("by agentd with `--steering off` (one socket shared by both releases) and `--steering auto` (issue 18: per-release sockets, new connections steered by the kernel). ")
 	p("Failures are counted against the deploy in whose window they happened.\n\n")
 	p("| app | steering | rate asked | sent/s | requests | failed | deploys that lost ≥ 1 | failed per deploy | late |\n|---|---|---|---|---|---|---|---|---|\n")

@@ -8,8 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,13 +133,11 @@ func (e *env) json(v any, args ...string) {
 // (hostile_test.go runs apps as another user).
 func (e *env) createApp(name string, args ...string) string {
 	e.t.Helper()
-	e.mustHctl(append([]string{"apps", "create", name, "--socket", "web=tcp://127.0.0.1:0", "--allow-root"}, args...)...)
-	var info api.AppInfo
-	e.json(&info, "apps", "info", name)
-	if len(info.Sockets) == 0 || info.Sockets[0].Bound == "" {
-		e.t.Fatalf("app %s has no bound socket: %+v", name, info)
+	url, err := e.ag.CreateApp(name, args...)
+	if err != nil {
+		e.t.Fatal(err)
 	}
-	return "http://" + info.Sockets[0].Bound + "/"
+	return url
 }
 
 var releaseN int
@@ -164,10 +160,9 @@ func (e *env) release(mode string, extraProcfile ...string) string {
 
 func (e *env) deploy(app, dir string, args ...string) api.OpResult {
 	e.t.Helper()
-	var res api.OpResult
-	r := e.ag.HctlJSON(&res, append([]string{"deploy", app, dir}, args...)...)
-	if r.Code != 0 {
-		e.t.Fatalf("deploy %s: %s", dir, r)
+	res, err := e.ag.Deploy(app, dir, args...)
+	if err != nil {
+		e.t.Fatal(err)
 	}
 	return res
 }
@@ -189,14 +184,11 @@ func pidsOf(ps []api.Process) map[string]int {
 
 func get(t *testing.T, url string) string {
 	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(url)
+	body, err := harness.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	return body
 }
 
 // loads runs the three client kinds of the acceptance criteria at once.

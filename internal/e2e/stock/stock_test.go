@@ -1,4 +1,4 @@
-package e2e
+package stock
 
 // Issue 18's acceptance: stock servers, deployed as a new user deploys
 // them, under a new-connection POST load. With one shared socket (the
@@ -68,7 +68,7 @@ func stockApps(t *testing.T) []stockApp {
 			rate:      500,
 			release: func(t *testing.T, e *env, n int) string {
 				return stockRelease(t, e, n, "uvicorn", "web: python3 -m uvicorn app:app --fd 3\n",
-					"app.py", filepath.Join("testdata", "stock", "uvicorn", "app.py"))
+					"app.py", filepath.Join("testdata", "uvicorn", "app.py"))
 			},
 		},
 		{
@@ -102,7 +102,7 @@ var goShutdownOnce struct {
 	err  error
 }
 
-// goShutdown builds testdata/stock/goshutdown once for the package's tests.
+// goShutdown builds testdata/goshutdown once for the package's tests.
 func goShutdown(t *testing.T) string {
 	t.Helper()
 	goShutdownOnce.Do(func() {
@@ -112,10 +112,10 @@ func goShutdown(t *testing.T) string {
 			return
 		}
 		goShutdownOnce.path = filepath.Join(filepath.Dir(bins.TestApp), "goshutdown")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", goShutdownOnce.path, "./internal/e2e/testdata/stock/goshutdown")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", goShutdownOnce.path, "./internal/e2e/stock/testdata/goshutdown")
 		cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			goShutdownOnce.err = fmt.Errorf("go build ./internal/e2e/testdata/stock/goshutdown: %v\n%s", err, out)
+			goShutdownOnce.err = fmt.Errorf("go build ./internal/e2e/stock/testdata/goshutdown: %v\n%s", err, out)
 		}
 	})
 	if goShutdownOnce.err != nil {
@@ -183,7 +183,9 @@ func kernelVersion(rel string) (major, minor int, ok bool) {
 // why: agentd's own answer (hctl apps info).
 func steeringOn(e *env, app string) (bool, string) {
 	var info api.AppInfo
-	e.json(&info, "apps", "info", app)
+	if r := e.ag.HctlJSON(&info, "apps", "info", app); r.Code != 0 {
+		return false, fmt.Sprintf("hctl apps info %s: %s", app, r)
+	}
 	for _, s := range info.Sockets {
 		if s.Name == "web" {
 			return s.Steering == api.SteeringKernel, s.Steering + ": " + s.SteeringWhy
@@ -278,7 +280,10 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) stockRun {
 		}
 	}
 	e := startEnv(t, []string{"PATH=" + systemPath}, "--steering", mode)
-	url := e.createApp(app.name, "--readiness", app.readiness, "--boot-timeout", "30s", "--drain-timeout", "10s")
+	url, err := e.ag.CreateApp(app.name, "--readiness", app.readiness, "--boot-timeout", "30s", "--drain-timeout", "10s")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if mode == "auto" {
 		if on, why := steeringOn(e, app.name); !on {
 			// Root on a kernel that can: in CI that is a failure.
@@ -288,7 +293,7 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) stockRun {
 			t.Skipf("agentd does not steer here: %s", why)
 		}
 	}
-	if res := e.deploy(app.name, app.release(t, e, 0)); !res.OK {
+	if res, err := e.ag.Deploy(app.name, app.release(t, e, 0)); err != nil || !res.OK {
 		t.Fatalf("first deploy: %+v", res)
 	}
 	if got := get(t, url); !strings.HasPrefix(got, "ok v1 ") {
@@ -317,7 +322,10 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) stockRun {
 		}
 		began := time.Now()
 		run.Mark(fmt.Sprintf("deploy %d", i))
-		res := e.deploy(app.name, app.release(t, e, i))
+		res, err := e.ag.Deploy(app.name, app.release(t, e, i))
+		if err != nil {
+			t.Fatal(err)
+		}
 		r.seconds = append(r.seconds, time.Since(began).Seconds())
 		if !res.OK || !res.Changed || len(res.Killed) != 0 || res.StillDraining != 0 {
 			t.Fatalf("deploy %d: %+v", i, res)
@@ -348,7 +356,9 @@ func stockDeploysUnderLoad(t *testing.T, app stockApp, mode string) stockRun {
 	if got := get(t, url); !strings.HasPrefix(got, want) {
 		t.Errorf("after %d deploys %s answers %q, want %s", deploys, app.name, got, want+"PID")
 	}
-	if ps := e.ps(app.name); len(ps) != 1 || ps[0].Release != fmt.Sprintf("v%d", deploys+1) || ps[0].State != api.StateReady {
+	var ps []api.Process
+	e.ag.HctlJSON(&ps, "ps", app.name)
+	if len(ps) != 1 || ps[0].Release != fmt.Sprintf("v%d", deploys+1) || ps[0].State != api.StateReady {
 		t.Errorf("ps after the deploys: %+v", ps)
 	}
 	switch mode {
@@ -395,4 +405,62 @@ func TestKernelVersion(t *testing.T) {
 			t.Errorf("kernelVersion(%q) = %d, %d, %v; want %d, %d, %v", c.rel, major, minor, ok, c.major, c.minor, c.ok)
 		}
 	}
+}
+
+var bins harness.Bins
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "agentd-stock-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins, err = harness.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one run's agentd, with its own directory (short: unix socket
+// paths are limited to 107 bytes).
+type env struct {
+	ag  *harness.Agentd
+	dir string
+}
+
+// startEnv starts agentd with environ added to its environment; the
+// test's cleanup stops it and every app process.
+func startEnv(t *testing.T, environ []string, args ...string) *env {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "stock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, err := harness.StartEnv(bins, dir, environ, args...)
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ag.Stop()
+		if t.Failed() {
+			t.Logf("agentd log:\n%s", ag.Log())
+		}
+		os.RemoveAll(dir)
+	})
+	return &env{ag: ag, dir: dir}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	body, err := harness.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }
