@@ -168,7 +168,7 @@ func (ag *Agent) unrouteCanary(a *app, release int) {
 			ag.log.Error("steering the canary's share back failed: its processes get connections until they stop", "app", a.st.Name, "socket", h.Spec.Name, "err", err)
 		}
 		if g := s.gens[release]; g != nil {
-			s.retiring = append(s.retiring, retiredSocket{release: release, h: g})
+			ag.retireSocket(a, s, retiredSocket{release: release, h: g})
 			delete(s.gens, release)
 		}
 		s.canary, s.canaryPercent = 0, 0

@@ -161,7 +161,7 @@ func (ag *Agent) startSteering(a *app, h *sockets.Held, claimed bool) {
 		releases: map[uint64]int{h.Cookie(): a.st.Active}}
 	delete(a.steerWhy, name)
 	if how == "new" || how == "found" {
-		ag.storeSteerFiles(a, name, g)
+		ag.storeSteerFiles(a, name, g, how == "found")
 	}
 	ag.log.Info("connections steered per release in the kernel", "app", a.st.Name, "socket", name, "bound", h.Bound(), "program", how)
 }
@@ -208,7 +208,7 @@ func (ag *Agent) steerGroup(a *app, h *sockets.Held) (SteerGroup, string, error)
 
 // storeSteerFiles parks g's program and maps in systemd's fd store, so
 // that a restarted agentd steers on with them. Callers hold a.mu.
-func (ag *Agent) storeSteerFiles(a *app, name string, g SteerGroup) {
+func (ag *Agent) storeSteerFiles(a *app, name string, g SteerGroup, replace bool) {
 	if ag.cfg.Store == nil {
 		return
 	}
@@ -218,7 +218,9 @@ func (ag *Agent) storeSteerFiles(a *app, name string, g SteerGroup) {
 		return
 	}
 	for f, file := range files {
-		ag.cfg.Unstore(steerStoreName(a.st.Name, name, f))
+		if replace {
+			ag.cfg.Unstore(steerStoreName(a.st.Name, name, f))
+		}
 		ag.cfg.Store(steerStoreName(a.st.Name, name, f), file)
 		file.Close()
 	}
@@ -297,7 +299,7 @@ func (ag *Agent) steerCutover(a *app, prev, r int) {
 			// among the rest of the group.
 			ag.log.Error("steering to the new release failed: its processes share the old release's connections until those stop", "app", a.st.Name, "socket", h.Spec.Name, "err", err)
 		}
-		s.retiring = append(s.retiring, retiredSocket{release: prev, h: h, claimed: s.claimed})
+		ag.retireSocket(a, s, retiredSocket{release: prev, h: h, claimed: s.claimed})
 		s.claimed = false
 		a.held[i] = g
 		ag.setCookie(a, h.Spec.Name, g.Cookie())
@@ -307,6 +309,24 @@ func (ag *Agent) steerCutover(a *app, prev, r int) {
 			ag.cfg.Store(a.st.Name+"."+h.Spec.Name, g.File)
 		}
 	}
+}
+
+// retireSocket takes a socket off the routes for good: it waits for its
+// release's processes to be told to stop (steerAway), or, when none of
+// them runs any more (they crashed), closes at once, so that what queued
+// on it meanwhile moves to the routed socket instead of waiting for
+// nobody. Callers hold a.mu.
+func (ag *Agent) retireSocket(a *app, s *steering, rs retiredSocket) {
+	if ag.liveOf(a, rs.release, rs.h.Spec.Type) {
+		s.retiring = append(s.retiring, rs)
+		return
+	}
+	if rs.claimed {
+		if err := rs.h.Stop(); err != nil {
+			ag.log.Warn("stopping an old socket", "app", a.st.Name, "socket", rs.h.Spec.Name, "err", err)
+		}
+	}
+	rs.h.File.Close()
 }
 
 // setCookie records the SO_COOKIE of the app's socket name, saved with the
