@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/conns"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -374,11 +375,22 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 		return func() {}
 	}
 	start := time.Now()
+	var pgids []int
+	for _, p := range procs {
+		pgids = append(pgids, p.p.PID()) // each process leads its group
+	}
 	for _, rs := range waits {
+		port := rs.h.Port()
 		ag.awaitEmpty(rs.h, start, func() bool {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			return ag.liveOf(a, rs.release, rs.h.Spec.Type)
+		}, func() int {
+			n, err := conns.Unread([]int{port}, pgids)
+			if err != nil {
+				return 0 // no sock_diag: the settle time alone
+			}
+			return n
 		})
 	}
 	var stop []retiredSocket
@@ -400,11 +412,13 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 	}
 }
 
-// awaitEmpty waits until h's accept queue has been empty for steerSettle,
-// or steerAwaitAway has passed since start, or no process that could
-// accept from it runs (served false: they all exited, a crash): what is
-// queued then moves to the routed socket when agentd closes its copy.
-func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time, served func() bool) {
+// awaitEmpty waits until h's accept queue has been empty, and its old
+// processes have read what they accepted (unread: how many of their
+// connections hold bytes not read yet), for steerSettle; or until
+// steerAwaitAway has passed since start, or no process that could accept
+// from it runs (served false: they all exited, a crash): what is queued
+// then moves to the routed socket when agentd closes its copy.
+func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time, served func() bool, unread func() int) {
 	var emptySince time.Time
 	for time.Since(start) < steerAwaitAway {
 		if !served() {
@@ -413,6 +427,11 @@ func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time, served func() bool
 		n, err := h.Queued()
 		if err != nil {
 			return
+		}
+		if n == 0 {
+			// An asyncio server accepts in batches and reads later:
+			// under load it holds accepted connections for a while.
+			n = unread()
 		}
 		now := time.Now()
 		switch {
@@ -423,7 +442,7 @@ func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time, served func() bool
 		case now.Sub(emptySince) >= steerSettle:
 			return
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	ag.log.Warn("an old socket's accept queue did not empty: SIGTERM anyway", "socket", h.Spec.Name, "waited", steerAwaitAway)
 }

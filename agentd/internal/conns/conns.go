@@ -159,7 +159,7 @@ func Accepted(ls []Listener) (map[uint64]bool, error) {
 	out := map[uint64]bool{}
 	if len(ports) > 0 {
 		for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			err := dumpInet(fam, func(port uint16, ino uint32) {
+			err := dumpInet(fam, func(port uint16, ino, _ uint32) {
 				if ports[port] && ino != 0 {
 					out[uint64(ino)] = true
 				}
@@ -196,6 +196,7 @@ const (
 	sizeofInetDiagMsg   = 72 // struct inet_diag_msg
 	inetDiagMsgSport    = 4  // inet_diag_msg.id.idiag_sport, big-endian
 	inetDiagMsgInode    = 68 // inet_diag_msg.idiag_inode
+	inetDiagMsgRqueue   = 56 // inet_diag_msg.idiag_rqueue: bytes received, not read yet
 	sizeofUnixDiagReq   = 24 // struct unix_diag_req
 	sizeofUnixDiagMsg   = 16 // struct unix_diag_msg
 	unixDiagMsgInode    = 4  // unix_diag_msg.udiag_ino
@@ -205,7 +206,7 @@ const (
 
 // dumpInet lists the TCP sockets of family fam that are established or
 // half-closed by the peer, with their local port and inode.
-func dumpInet(fam uint8, fn func(port uint16, ino uint32)) error {
+func dumpInet(fam uint8, fn func(port uint16, ino, rqueue uint32)) error {
 	req := make([]byte, sizeofInetDiagReqV2)
 	req[0] = fam
 	req[1] = unix.IPPROTO_TCP
@@ -215,7 +216,7 @@ func dumpInet(fam uint8, fn func(port uint16, ino uint32)) error {
 			return
 		}
 		port := binary.BigEndian.Uint16(m[inetDiagMsgSport:])
-		fn(port, binary.NativeEndian.Uint32(m[inetDiagMsgInode:]))
+		fn(port, binary.NativeEndian.Uint32(m[inetDiagMsgInode:]), binary.NativeEndian.Uint32(m[inetDiagMsgRqueue:]))
 	})
 }
 
