@@ -16,8 +16,11 @@
 //	rollout.Engine.Run     (rollout/engine.go) plan, release phase, preboot, readiness,
 //	                                           cutover, bake, drain
 //	host.Start, AwaitReady (host.go)           startProc and waitReady (procs.go)
-//	host.Activate          (host.go)           the cutover saved
-//	host.Retire            (host.go)           drain (drain.go): SIGTERM, connections
+//	host.Activate          (host.go)           the cutover saved; with kernel steering
+//	                                           (steer.go) new connections switched to
+//	                                           the new release's socket
+//	host.Retire            (host.go)           the old socket emptied (steer.go), then
+//	                                           drain (drain.go): SIGTERM, connections
 //	                                           counted, SIGKILL at the drain timeout
 //
 // A failed bake comes back from the engine as a rollout.BakeError, and
@@ -32,6 +35,10 @@
 //	ops.go       the operations: deploy, rollback, config, restart, scale
 //	op.go        an operation: its lock, phases, events, cancel, attach
 //	rollout.go   targets, the engine's run, failure and automatic rollback
+//	steer.go     kernel steering: a socket per release in a reuseport group,
+//	             routed by the steering program, emptied before SIGTERM,
+//	             taken back after a restart by cookie
+//	canary.go    canaries: deploy --canary, promote, abort, their recovery
 //	host.go      the engine's host: processes as the engine sees them
 //	bake.go      what a bake window watches; the rest of one after a restart
 //	memest.go    the memory check before a preboot

@@ -44,6 +44,16 @@
 // restores its formation by starting old-release processes again before the
 // new ones stop ([Engine.Run] plans the restore with [MakePlan] too).
 //
+// # Canary
+//
+// A target with Canary set (canary.go) starts its release's processes to
+// its formation beside the active release's, retires nothing, and instead
+// of a cutover calls Host.Canary, which sends the release its share of new
+// connections; a bake from the canary's start returns a BakeError for the
+// caller to abort it. Promote is then an ordinary target of the canary's
+// release (its processes are kept), abort the active release's own target
+// (the canary's processes retire).
+//
 // # Maintenance
 //
 // Maintenance mode is two rollouts of this same sequence (maintenance.go):
