@@ -293,6 +293,40 @@ func TestCanarySurvivesKill(t *testing.T) {
 	ls.stopAndCheck(t)
 }
 
+// TestCanarySurvivesUpgrade: agentd upgraded (tableflip) mid-canary. The
+// new agentd gets the canary's sockets and the steering program's fds
+// handed over, keeps the split, and can promote the canary, with nothing
+// lost throughout.
+func TestCanarySurvivesUpgrade(t *testing.T) {
+	e := start(t)
+	url := e.canaryApp("cu")
+	ls := startLoads(t, url)
+	e.mustHctl("deploy", "cu", e.release(""), "--canary", "10%")
+	before := e.checkCanary("cu", "v2", "v1")
+	pids := pidsOf(e.ps("cu"))
+	old := e.ag.PID()
+	e.mustHctl("agent", "upgrade")
+	if e.ag.PID() == old {
+		t.Fatalf("agentd pid still %d after the upgrade", old)
+	}
+	after := e.checkCanary("cu", "v2", "v1")
+	if !after.StartedAt.Equal(before.StartedAt) || after.Percent != before.Percent {
+		t.Errorf("canary before the upgrade %v %g%%, after %v %g%%", before.StartedAt, before.Percent, after.StartedAt, after.Percent)
+	}
+	if got := pidsOf(e.ps("cu")); fmt.Sprint(got) != fmt.Sprint(pids) {
+		t.Errorf("processes before the upgrade %v, after %v: want the same", pids, got)
+	}
+	if !strings.Contains(e.ag.Log(), `program=opened`) {
+		t.Errorf("the new agentd did not steer on with the handed-over program (no program=opened in its log)")
+	}
+	wantShare(t, countReleases(t, url, 4_000), "v2", 10, 3)
+	e.mustHctl("promote", "cu")
+	if counts := countReleases(t, url, 200); counts["v2"] != 200 {
+		t.Errorf("after the promote: %v, want v2 alone", counts)
+	}
+	ls.stopAndCheck(t)
+}
+
 // TestCanaryNeedsSteering: with --steering off, hctl apps info says why
 // each socket is shared, and deploy --canary is refused, saying what a
 // canary needs, and changes nothing. It needs no root: without root
