@@ -238,24 +238,7 @@ func (h *hctl) appsInfoCommand() *cli.Command {
 		Description: "Examples:\n" +
 			"  hctl apps info myapp\n" +
 			"  hctl --json apps info myapp | jq .active_release",
-		Action: func(ctx context.Context, cmd *cli.Command) error {
-			app, err := appArg(cmd)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := h.withTimeout(ctx, queryTimeout)
-			defer cancel()
-			info, err := h.client().AppInfo(ctx, app)
-			if err != nil {
-				return err
-			}
-			if h.jsonMode() {
-				h.writeJSON(info)
-				return nil
-			}
-			writeAppInfo(h.stdout, info)
-			return nil
-		},
+		Action: showApp(h, (*api.Client).AppInfo, writeAppInfo),
 	}
 }
 

@@ -152,24 +152,7 @@ func (h *hctl) canaryCommand() *cli.Command {
 			"  hctl promote myapp            # or: hctl canary abort myapp\n" +
 			"  hctl --json canary myapp | jq '.split'",
 		Commands: []*cli.Command{h.canaryAbortCommand()},
-		Action: func(ctx context.Context, cmd *cli.Command) error {
-			app, err := appArg(cmd)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := h.withTimeout(ctx, queryTimeout)
-			defer cancel()
-			c, err := h.client().Canary(ctx, app)
-			if err != nil {
-				return err
-			}
-			if h.jsonMode() {
-				h.writeJSON(c)
-				return nil
-			}
-			writeCanary(h.stdout, c)
-			return nil
-		},
+		Action:   showApp(h, (*api.Client).Canary, writeCanary),
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"strconv"
@@ -48,24 +47,7 @@ func (h *hctl) cronCommand() *cli.Command {
 			"Examples:\n" +
 			"  hctl cron myapp\n" +
 			"  hctl --json cron myapp | jq '.jobs[] | select(.last_exit_code != 0)'",
-		Action: func(ctx context.Context, cmd *cli.Command) error {
-			app, err := appArg(cmd)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := h.withTimeout(ctx, queryTimeout)
-			defer cancel()
-			list, err := h.client().Cron(ctx, app)
-			if err != nil {
-				return err
-			}
-			if h.jsonMode() {
-				h.writeJSON(list)
-				return nil
-			}
-			writeCron(h.stdout, list)
-			return nil
-		},
+		Action: showApp(h, (*api.Client).Cron, writeCron),
 	}
 }
 

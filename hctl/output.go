@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
+	"github.com/urfave/cli/v3"
 )
 
 // now is the clock for uptimes; tests replace it.
@@ -490,4 +492,28 @@ func writeLogLine(w io.Writer, l api.LogLine) {
 	b.WriteString(strings.TrimRight(l.Line, "\n"))
 	b.WriteByte('\n')
 	_, _ = io.WriteString(w, b.String())
+}
+
+// showApp is the action of a command that asks agentd one thing about its
+// APP argument and shows it: the JSON with --json, else what write makes
+// of it.
+func showApp[T any](h *hctl, get func(c *api.Client, ctx context.Context, app string) (T, error), write func(io.Writer, T)) cli.ActionFunc {
+	return func(ctx context.Context, cmd *cli.Command) error {
+		app, err := appArg(cmd)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := h.withTimeout(ctx, queryTimeout)
+		defer cancel()
+		v, err := get(h.client(), ctx, app)
+		if err != nil {
+			return err
+		}
+		if h.jsonMode() {
+			h.writeJSON(v)
+			return nil
+		}
+		write(h.stdout, v)
+		return nil
+	}
 }

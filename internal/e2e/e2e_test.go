@@ -22,22 +22,7 @@ import (
 
 var bins harness.Bins
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agentd-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, err = harness.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(harness.TestMain(m, &bins)) }
 
 // env is one test's agentd with helpers.
 type env struct {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/agentd/agentd/agentd/api"
@@ -45,4 +46,21 @@ func Get(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// TestMain builds the binaries into a temporary directory, sets *bins,
+// runs the package's tests (m.Run) and removes the directory: the
+// TestMain of every package of end-to-end tests.
+func TestMain(m interface{ Run() int }, bins *Bins) int {
+	dir, err := os.MkdirTemp("", "agentd-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bins, err = Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
 }

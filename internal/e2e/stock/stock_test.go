@@ -409,22 +409,7 @@ func TestKernelVersion(t *testing.T) {
 
 var bins harness.Bins
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agentd-stock-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, err = harness.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(harness.TestMain(m, &bins)) }
 
 // env is one run's agentd, with its own directory (short: unix socket
 // paths are limited to 107 bytes).
