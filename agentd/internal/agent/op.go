@@ -176,6 +176,17 @@ func (o *op) recordLater(release int) {
 	o.unsaved = true
 }
 
+// announces reports whether the start of the operation goes to the app's
+// webhook (hooks.go).
+func (o *op) announces() bool {
+	if !o.hooked() {
+		return false
+	}
+	o.a.mu.Lock()
+	defer o.a.mu.Unlock()
+	return o.a.st.Webhook != ""
+}
+
 // durable writes what recordLater left in memory, if anything: before
 // something the world sees that must not name a release a crash could
 // forget (a webhook). Callers hold no lock.

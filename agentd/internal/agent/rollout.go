@@ -47,7 +47,7 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	if res, held := o.holdForMaintenance(r, t); held {
 		return res
 	}
-	if o.hooked() && r != nil {
+	if r != nil && o.announces() {
 		// A webhook must never name a release a crash could forget.
 		if err := o.durable(); err != nil {
 			return o.fail(r, fmt.Errorf("recording %s: %w", vname(r.Version), err))
