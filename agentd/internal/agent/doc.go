@@ -9,8 +9,9 @@
 // # One deploy, from the API to the old processes' SIGKILL
 //
 //	server.deploy          (server/server.go)  decodes the request, streams events
-//	Agent.Deploy           (ops.go)            prepare: the artifact stored, a pending
-//	                                           release recorded, the op lock taken
+//	Agent.Deploy           (ops.go)            prepare: the artifact stored, the op lock
+//	                                           taken, a pending release made (written
+//	                                           with its first process: op.recordLater)
 //	op.rollout             (rollout.go)        the target (release, formation,
 //	                                           settings) handed to the engine
 //	rollout.Engine.Run     (rollout/engine.go) plan, release phase, preboot, readiness,

@@ -125,7 +125,9 @@ func (h *host) Enter(ph rollout.Phase) error {
 		o.enter(api.PhaseRelease, "running the release command: %s", h.r.Procfile["release"])
 		a.mu.Lock()
 		h.r.Status = api.StatusReleasing
-		o.record(h.r.Version)
+		// Written with the record of the release command's process
+		// (runScript), before it runs.
+		o.recordLater(h.r.Version)
 		a.mu.Unlock()
 		return nil
 	case rollout.PhasePreboot:
@@ -188,7 +190,14 @@ func (h *host) Enter(ph rollout.Phase) error {
 		o.enter(ph.Name, "%s", ph.Message)
 	}
 	a.mu.Lock()
-	o.record(h.target)
+	if ph.Name == rollout.PhasePreboot {
+		// Written with the record of the first process it starts
+		// (flush), or by the cutover when it starts none: until then
+		// nothing of it runs (recordLater).
+		o.recordLater(h.target)
+	} else {
+		o.record(h.target)
+	}
 	a.mu.Unlock()
 	return nil
 }
@@ -348,7 +357,7 @@ func (h *host) Watch(ctx context.Context, ps []rollout.Proc) <-chan error {
 }
 
 func (h *host) Memory() (rollout.Memory, bool) {
-	return h.ag.memoryFor(h.a)
+	return h.o.memory()
 }
 
 // explain turns a readiness failure into a message that says what went

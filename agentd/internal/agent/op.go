@@ -52,6 +52,13 @@ type op struct {
 	// hookedStart: deploy.started went out (hooks.go).
 	who         string
 	hookedStart bool
+
+	// unsaved: the record of the operation is in the app's state in
+	// memory, not yet on disk (recordLater). Guarded by a.mu.
+	unsaved bool
+	// mem is the memory picture taken while the upload was received
+	// (prefetchMemory).
+	mem *memPrefetch
 }
 
 // defaultWaitDrain is how long an operation waits for its drain.
@@ -148,7 +155,49 @@ func (o *op) phaseTimes() []api.Phase {
 // knows it was interrupted. Callers hold a.mu.
 func (o *op) record(release int) {
 	o.a.st.Op = &opRecord{Kind: o.kind, Release: release, Phase: o.currentPhase(), Started: o.start}
+	o.unsaved = false
 	o.ag.save(o.a)
+}
+
+// recordLater is record without the write: the operation (and a release
+// it just made) reach the disk with the next write of the app's state,
+// which is at the latest the record of the first process the operation
+// starts (host.flush), one durable write where there were three (the
+// release, the preboot phase, the processes). Nothing needs them on disk
+// earlier: until a process of the operation is recorded nothing of it has
+// run (a process forked meanwhile is held in the exec shim and exits
+// unrun should agentd die), so an agentd that dies first leaves the app as
+// it was, and a restarted agentd has nothing to resume or fail; the
+// release's number is used again by the next one. What does run or tell
+// the world first writes it: the release phase (its process is recorded),
+// a webhook (durable), any other write of the state. Callers hold a.mu.
+func (o *op) recordLater(release int) {
+	o.a.st.Op = &opRecord{Kind: o.kind, Release: release, Phase: o.currentPhase(), Started: o.start}
+	o.unsaved = true
+}
+
+// announces reports whether the start of the operation goes to the app's
+// webhook (hooks.go).
+func (o *op) announces() bool {
+	if !o.hooked() {
+		return false
+	}
+	o.a.mu.Lock()
+	defer o.a.mu.Unlock()
+	return o.a.st.Webhook != ""
+}
+
+// durable writes what recordLater left in memory, if anything: before
+// something the world sees that must not name a release a crash could
+// forget (a webhook). Callers hold no lock.
+func (o *op) durable() error {
+	o.a.mu.Lock()
+	defer o.a.mu.Unlock()
+	if !o.unsaved {
+		return nil
+	}
+	o.unsaved = false
+	return o.ag.save(o.a)
 }
 
 // finish completes the result, and emits it as the last event.
@@ -212,6 +261,11 @@ func (o *op) lock() {
 	default:
 		o.info("waiting for the operation in progress on %s to finish", o.a.st.Name)
 		o.a.op <- struct{}{}
+		o.mu.Lock()
+		if o.mem != nil {
+			o.mem.stale = true
+		}
+		o.mu.Unlock()
 	}
 	o.a.mu.Lock()
 	o.a.cur = o

@@ -63,6 +63,7 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 	// slow or stuck client then holds up nobody but itself, and bad input
 	// fails before anything waits on it.
 	o.enter(api.PhasePrepare, "receiving and unpacking the artifact")
+	o.prefetchMemory()
 	prepare := req.Prepare
 	if prepare == nil {
 		prepare = func() (string, error) {
@@ -116,7 +117,7 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 			o.info("app.json scripts.agentd.postdrain is left to hctl postdrain (--skip-postdrain)")
 		}
 	}
-	o.record(r.Version)
+	o.recordLater(r.Version) // written with the first process (recordLater)
 	a.mu.Unlock()
 	o.res.Release = vname(r.Version)
 	if pfErr != nil {
@@ -206,7 +207,7 @@ func (ag *Agent) Rollback(name, version, deployedBy string, emit func(api.Event)
 	r.Procfile, r.Order = maps.Clone(target.Procfile), slices.Clone(target.Order)
 	inheritAppJSON(r, target)
 	r.DeployedBy = deployedBy
-	o.record(r.Version)
+	o.recordLater(r.Version) // written with the first process (recordLater)
 	t := a.target(r)
 	a.mu.Unlock()
 	o.res.Release = vname(r.Version)
@@ -277,7 +278,7 @@ func (ag *Agent) ChangeConfig(name string, req api.ConfigRequest, deployedBy str
 	r.Message = strings.Join(msg, ", ")
 	// The new release is not active yet: the app's config only changes
 	// at cutover, so a failed config deploy leaves it as it was.
-	o.record(r.Version)
+	o.recordLater(r.Version) // written with the first process (recordLater)
 	t := a.target(r)
 	a.mu.Unlock()
 	t.ReleasePhase = true
@@ -315,7 +316,7 @@ func (ag *Agent) Restart(name, typ string, emit func(api.Event)) api.OpResult {
 		}
 		t.Types, t.AllTypes = []string{typ}, false
 	}
-	o.record(r.Version)
+	o.recordLater(r.Version) // written with the first process (recordLater)
 	a.mu.Unlock()
 	o.res.Release = vname(r.Version)
 	return o.rollout(nil, t)

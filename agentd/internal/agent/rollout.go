@@ -47,6 +47,12 @@ func (o *op) rollout(r *releaseState, t rollout.Target) api.OpResult {
 	if res, held := o.holdForMaintenance(r, t); held {
 		return res
 	}
+	if r != nil && o.announces() {
+		// A webhook must never name a release a crash could forget.
+		if err := o.durable(); err != nil {
+			return o.fail(r, fmt.Errorf("recording %s: %w", vname(r.Version), err))
+		}
+	}
 	o.hookStarted(r, t.Previous)
 	a.mu.Lock()
 	first := r != nil && o.kind == "deploy" && !a.everActive()

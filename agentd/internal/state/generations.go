@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 )
 
 // PrevSuffix names a state file's previous generation: a1.json.prev.
@@ -30,14 +32,19 @@ func keepPrevious(path string) error {
 		}
 		return nil
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(prev)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("keep the previous generation: %w", err)
+	// A name of our own for the link, without creating and removing a
+	// file to get one (os.CreateTemp): that cost two more changes of the
+	// directory on the way to every process start. Linking fails on a
+	// name that exists, so a clash is tried again under another.
+	var tmp string
+	var err error
+	for range 10 {
+		tmp = filepath.Join(dir, "."+filepath.Base(prev)+".tmp-"+strconv.FormatUint(rand.Uint64(), 36))
+		if err = os.Link(path, tmp); !errors.Is(err, fs.ErrExist) {
+			break
+		}
 	}
-	tmp := f.Name()
-	f.Close()
-	os.Remove(tmp)
-	if err := os.Link(path, tmp); err != nil {
+	if err != nil {
 		// A file system without hard links: copy it.
 		b, rerr := os.ReadFile(path)
 		if rerr != nil {

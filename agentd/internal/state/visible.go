@@ -43,9 +43,7 @@ func WriteJSONThen(path string, v any, visible func()) (err error) {
 	if _, err = f.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err = f.Chmod(0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
+	// os.CreateTemp made it 0600 already: no chmod.
 	if err = keepPrevious(path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
