@@ -92,6 +92,10 @@ type retiredSocket struct {
 var (
 	steerSettle    = 100 * time.Millisecond
 	steerAwaitAway = 5 * time.Second
+	// steerAwaitRequest is how long a connection an old process accepted
+	// may take to send its request (a client short of CPU, a far one)
+	// before SIGTERM goes anyway: a browser's preconnect never sends.
+	steerAwaitRequest = time.Second
 )
 
 // steerable says whether spec can be steered, and why not.
@@ -386,11 +390,14 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 			defer a.mu.Unlock()
 			return ag.liveOf(a, rs.release, rs.h.Spec.Type)
 		}, func() int {
-			n, err := conns.Unread([]int{port}, pgids)
+			unread, waiting, err := conns.Unstarted([]int{port}, pgids)
 			if err != nil {
 				return 0 // no sock_diag: the settle time alone
 			}
-			return n
+			if time.Since(start) < steerAwaitRequest {
+				return unread + waiting
+			}
+			return unread
 		})
 	}
 	var stop []retiredSocket
@@ -413,8 +420,8 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 }
 
 // awaitEmpty waits until h's accept queue has been empty, and its old
-// processes have read what they accepted (unread: how many of their
-// connections hold bytes not read yet), for steerSettle; or until
+// processes have started on every connection they accepted (unread: how
+// many they never read from), for steerSettle; or until
 // steerAwaitAway has passed since start, or no process that could accept
 // from it runs (served false: they all exited, a crash): what is queued
 // then moves to the routed socket when agentd closes its copy.
@@ -429,8 +436,9 @@ func (ag *Agent) awaitEmpty(h *sockets.Held, start time.Time, served func() bool
 			return
 		}
 		if n == 0 {
-			// An asyncio server accepts in batches and reads later:
-			// under load it holds accepted connections for a while.
+			// An asyncio server accepts in batches and reads later, and
+			// a client short of CPU sends its request late: under load an
+			// old process holds connections it has not started on.
 			n = unread()
 		}
 		now := time.Now()

@@ -9,9 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Unread counts the accepted connections with bytes waiting, and forgets
-// one once it is read.
-func TestUnread(t *testing.T) {
+// Unstarted counts the accepted connections the server never read from:
+// with bytes waiting (unread), or with nothing received yet (waiting);
+// one read from is the server's own, even with more bytes waiting.
+func TestUnstarted(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -25,32 +26,40 @@ func TestUnread(t *testing.T) {
 		}
 	}
 	me := unix.Getpgrp()
-	waitUnread(t, port, me, 2)
+	waitUnstarted(t, port, me, 2, 1)
 	buf := make([]byte, 64)
 	if _, err := io.ReadAtLeast(server[0], buf, 1); err != nil {
 		t.Fatal(err)
 	}
-	waitUnread(t, port, me, 1)
-	if n, err := Unread([]int{port}, []int{me + 1<<20}); err != nil || n != 0 {
-		t.Fatalf("another group: %d unread, %v; want 0", n, err)
+	waitUnstarted(t, port, me, 1, 1)
+	// More bytes on the connection already read from: still the server's.
+	if _, err := client[0].Write([]byte("Host: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client[2].Write([]byte("GET / HTTP/1.1\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitUnstarted(t, port, me, 2, 0)
+	if u, w, err := Unstarted([]int{port}, []int{me + 1<<20}); err != nil || u+w != 0 {
+		t.Fatalf("another group: %d unread, %d waiting, %v; want none", u, w, err)
 	}
 }
 
-// waitUnread polls until Unread says want: the bytes written on loopback
+// waitUnstarted polls until Unstarted says want: bytes written on loopback
 // reach the receiving socket a moment later.
-func waitUnread(t *testing.T, port, pgid, want int) {
+func waitUnstarted(t *testing.T, port, pgid, unread, waiting int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n, err := Unread([]int{port}, []int{pgid})
+		u, w, err := Unstarted([]int{port}, []int{pgid})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n == want {
+		if u == unread && w == waiting {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Unread = %d, want %d", n, want)
+			t.Fatalf("Unstarted = %d unread, %d waiting; want %d, %d", u, w, unread, waiting)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
