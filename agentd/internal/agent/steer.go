@@ -90,7 +90,7 @@ type retiredSocket struct {
 // and for handshakes the kernel placed on the old socket before the switch
 // to finish there. AwaitAway is the most the wait takes.
 var (
-	steerSettle    = 100 * time.Millisecond
+	steerSettle    = 50 * time.Millisecond
 	steerAwaitAway = 5 * time.Second
 	// steerAwaitRequest is how long a connection an old process accepted
 	// may take to send its request (a client short of CPU, a far one)
