@@ -40,6 +40,11 @@ func ListenReuse(spec Spec, first bool) (*Held, error) {
 		address = probe.Addr().String()
 		probe.Close()
 	}
+	return listenReuse(spec, spec.Network, address)
+}
+
+// listenReuse binds address on network with SO_REUSEPORT.
+func listenReuse(spec Spec, network, address string) (*Held, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
@@ -53,7 +58,7 @@ func ListenReuse(spec Spec, first bool) (*Held, error) {
 	// sockarray takes plain TCP sockets only, and the clients of the
 	// group's other sockets see plain TCP anyway.
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), spec.Network, address)
+	ln, err := lc.Listen(context.Background(), network, address)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("socket %s: %s: %w", spec.Name, spec.Addr, ErrInUse)
@@ -98,21 +103,30 @@ func (h *Held) Queued() (int, error) {
 	return int(info.Unacked), nil
 }
 
-// Stop makes h stop listening for every process that holds it (systemd's
-// copy in a socket unit included): shutdown(2) on a listener takes it out
-// of its reuseport group, and the kernel moves what is still queued on it
-// to a sibling (with the steering program attached), instead of resetting
-// it. Used for a socket that agentd cannot close for good itself.
-func (h *Held) Stop() error {
-	if err := unix.Shutdown(Fd(h.File), unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
-		return fmt.Errorf("socket %s: shutdown: %w", h.Spec.Name, err)
-	}
-	return nil
-}
-
 // TakeMatching is TakeFrom for a socket known by its cookie: among the
 // open fds of pid, the listening socket whose SO_COOKIE is cookie.
 func TakeMatching(pid int, spec Spec, cookie uint64) (*Held, error) {
 	return take(pid, spec, func(h *Held) bool { return h.Cookie() == cookie },
 		fmt.Sprintf("socket %s: pid %d holds no socket with cookie %d", spec.Name, pid, cookie))
+}
+
+// Sibling binds a new socket into h's reuseport group: the same address,
+// family and IPV6_V6ONLY as h, with SO_REUSEPORT. The family must match:
+// Go listens on "tcp" 0.0.0.0 with a dual-stack IPv6 socket, so a socket
+// unit's IPv4 socket and a sibling bound from its address string would be
+// in two groups, and the kernel would keep choosing the IPv4 one.
+func (h *Held) Sibling() (*Held, error) {
+	fd := Fd(h.File)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: getsockname: %w", h.Spec.Name, err)
+	}
+	network := "tcp4"
+	if _, ok := sa.(*unix.SockaddrInet6); ok {
+		network = "tcp6"
+		if v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only == 0 {
+			network = "tcp" // dual stack, as Go makes it for "tcp" on [::]
+		}
+	}
+	return listenReuse(h.Spec, network, h.Bound())
 }

@@ -460,6 +460,5 @@ func (ag *Agent) reclaimCanarySocket(a *app, h *sockets.Held, c *canaryRecord) (
 			return g, nil
 		}
 	}
-	spec.Address = h.Bound()
-	return sockets.ListenReuse(spec, false)
+	return h.Sibling()
 }

@@ -139,34 +139,48 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Hel
 	if i < len(a.st.Bound) {
 		bound = a.st.Bound[i]
 	}
+	var fromSystemd *sockets.Held
 	if ag.cfg.Claim != nil {
 		if f := ag.cfg.Claim(a.st.Name + "." + spec.Name); f != nil {
 			h, err := sockets.FromFile(spec, f)
 			switch {
 			case err != nil:
 				f.Close()
-			case cookie != 0 && h.Cookie() != cookie:
-				ag.log.Info("a socket from systemd belongs to an earlier release: stopped", "app", a.st.Name, "socket", spec.Name)
-				h.Stop()
-				h.File.Close()
-			default:
+			case cookie == 0 || h.Cookie() == cookie:
 				return h, true, nil
+			default:
+				// A socket unit's socket that an earlier release used, or
+				// a fresh one after a reboot: it serves unless the active
+				// release's processes hold a socket of their own.
+				fromSystemd = h
 			}
 		}
 	}
-	if bound != "" {
+	if cookie != 0 {
 		for _, p := range a.procs {
-			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() || p.release != a.st.Active && cookie != 0 {
+			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() || p.release != a.st.Active {
 				continue
 			}
-			var h *sockets.Held
-			var err error
-			if cookie != 0 {
-				h, err = sockets.TakeMatching(p.p.PID(), spec, cookie)
-			} else {
-				h, err = sockets.TakeFrom(p.p.PID(), spec, bound)
+			if h, err := sockets.TakeMatching(p.p.PID(), spec, cookie); err == nil {
+				ag.log.Info("socket taken back from a running process", "app", a.st.Name, "socket", spec.Name, "pid", p.p.PID())
+				if fromSystemd != nil {
+					// systemd keeps its copy; the steering program sends
+					// it nothing.
+					fromSystemd.File.Close()
+				}
+				return h, false, nil
 			}
-			if err == nil {
+		}
+	}
+	if fromSystemd != nil {
+		return fromSystemd, true, nil
+	}
+	if bound != "" && cookie == 0 {
+		for _, p := range a.procs {
+			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() {
+				continue
+			}
+			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
 				ag.log.Info("socket taken back from a running process", "app", a.st.Name, "socket", spec.Name, "pid", p.p.PID())
 				return h, false, nil
 			}

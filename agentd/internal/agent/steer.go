@@ -250,11 +250,9 @@ func (ag *Agent) socketFor(a *app, h *sockets.Held, release int) (*sockets.Held,
 	if g := s.gens[release]; g != nil {
 		return g, nil
 	}
-	spec := h.Spec
-	spec.Address = h.Bound()
-	g, err := sockets.ListenReuse(spec, false)
+	g, err := h.Sibling()
 	if err != nil {
-		return nil, fmt.Errorf("socket %s of %s: %w", spec.Name, vname(release), err)
+		return nil, fmt.Errorf("socket %s of %s: %w", h.Spec.Name, vname(release), err)
 	}
 	s.gens[release] = g
 	return g, nil
@@ -326,11 +324,6 @@ func (ag *Agent) retireSocket(a *app, s *steering, rs retiredSocket) {
 		s.retiring = append(s.retiring, rs)
 		return
 	}
-	if rs.claimed {
-		if err := rs.h.Stop(); err != nil {
-			ag.log.Warn("stopping an old socket", "app", a.st.Name, "socket", rs.h.Spec.Name, "err", err)
-		}
-	}
 	rs.h.File.Close()
 }
 
@@ -400,23 +393,15 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 			return unread
 		})
 	}
-	var stop []retiredSocket
 	for _, rs := range waits {
-		if rs.claimed {
-			stop = append(stop, rs)
-			continue
-		}
+		// A socket unit's socket stays open in systemd (listening, in
+		// the group, sent nothing by the program): shutting it down
+		// would fail the unit. The others close for good with their
+		// processes, and what arrives on them late moves.
 		rs.h.File.Close()
 	}
 	ag.log.Debug("old sockets emptied before SIGTERM", "app", a.st.Name, "sockets", len(waits), "took", time.Since(start))
-	return func() {
-		for _, rs := range stop {
-			if err := rs.h.Stop(); err != nil {
-				ag.log.Warn("stopping an old socket", "app", a.st.Name, "socket", rs.h.Spec.Name, "err", err)
-			}
-			rs.h.File.Close()
-		}
-	}
+	return func() {}
 }
 
 // awaitEmpty waits until h's accept queue has been empty, and its old
