@@ -121,7 +121,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 	}
 	a := &app{op: make(chan struct{}, 1), st: st, backoff: map[string]*time.Timer{}}
 	for _, spec := range st.Sockets {
-		h, claimed, err := ag.claimOrListen(req.Name, spec)
+		h, err := ag.claimOrListen(req.Name, spec)
 		if err != nil {
 			for _, h := range a.held {
 				h.Close()
@@ -134,7 +134,7 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 		}
 		a.held = append(a.held, h)
 		a.st.Bound = append(a.st.Bound, h.Bound())
-		ag.startSteering(a, h, claimed)
+		ag.startSteering(a, h)
 	}
 	if err := ag.save(a); err != nil {
 		for _, h := range a.held {

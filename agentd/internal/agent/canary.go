@@ -195,19 +195,32 @@ func (a *app) endCanaryBake(pass bool) bool {
 	return false
 }
 
+// canaryOp starts operation kind (promote or abort) on app name's canary:
+// the canary's own operation, if it is in its bake, is told to end it
+// (pass, or not: ended says it was), then the app's operation lock is
+// taken; the caller unlocks o. o is nil when there is no such app, and
+// failed says so.
+func (ag *Agent) canaryOp(name, kind string, pass bool, waitDrain time.Duration, emit func(api.Event)) (a *app, o *op, ended bool, failed api.OpResult) {
+	a, err := ag.get(name)
+	if err != nil {
+		return nil, nil, false, failNoApp(name, err, emit)
+	}
+	ended = a.endCanaryBake(pass)
+	o = ag.newOp(a, kind, emit)
+	o.waitDrain = waitDrain
+	o.lock()
+	return a, o, ended, api.OpResult{}
+}
+
 // Promote finishes an app's canary: its release becomes the active one in
 // the whole formation, by a rollout like a deploy's (the canary's
 // processes are kept, the rest start), and the old release's processes
 // retire. deployedBy names who asked.
 func (ag *Agent) Promote(name, deployedBy string, waitDrain time.Duration, emit func(api.Event)) api.OpResult {
-	a, err := ag.get(name)
-	if err != nil {
-		return failNoApp(name, err, emit)
+	a, o, _, failed := ag.canaryOp(name, "promote", true, waitDrain, emit)
+	if o == nil {
+		return failed
 	}
-	a.endCanaryBake(true)
-	o := ag.newOp(a, "promote", emit)
-	o.waitDrain = waitDrain
-	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
 	c := a.st.Canary
@@ -235,14 +248,10 @@ func (ag *Agent) Promote(name, deployedBy string, waitDrain time.Duration, emit 
 // queues empty into its processes, which then drain. The canary's release
 // is marked failed.
 func (ag *Agent) AbortCanary(name string, waitDrain time.Duration, emit func(api.Event)) api.OpResult {
-	a, err := ag.get(name)
-	if err != nil {
-		return failNoApp(name, err, emit)
+	a, o, ended, failed := ag.canaryOp(name, "abort", false, waitDrain, emit)
+	if o == nil {
+		return failed
 	}
-	ended := a.endCanaryBake(false)
-	o := ag.newOp(a, "abort", emit)
-	o.waitDrain = waitDrain
-	o.lock()
 	defer o.unlock()
 	a.mu.Lock()
 	c := a.st.Canary

@@ -289,9 +289,8 @@ func (h *host) Retire(ps []rollout.Proc) <-chan rollout.Drain {
 	go func() {
 		// Steered sockets: the old processes get no new connection any
 		// more; what they have queued empties first (steer.go).
-		after := h.ag.steerAway(h.a, procs)
+		h.ag.steerAway(h.a, procs)
 		d, killed, cut := h.ag.drain(h.a, procs, h.o)
-		after()
 		ch <- rollout.Drain{Took: d, Killed: killed, Cut: cut, Timeout: timeout}
 	}()
 	return ch

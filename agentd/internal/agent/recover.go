@@ -44,7 +44,7 @@ func (ag *Agent) recover(a *app) {
 	}
 	ag.adoptRuns(a)
 	for i, spec := range a.st.Sockets {
-		h, claimed, err := ag.reclaimSocket(a, i, spec)
+		h, err := ag.reclaimSocket(a, i, spec)
 		if err != nil {
 			ag.log.Error("socket not available", "app", a.st.Name, "socket", spec.Name, "err", err)
 			continue
@@ -53,7 +53,7 @@ func (ag *Agent) recover(a *app) {
 		if c := h.Cookie(); c != 0 && a.st.Cookies[spec.Name] != c {
 			ag.setCookie(a, spec.Name, c)
 		}
-		ag.startSteering(a, h, claimed)
+		ag.startSteering(a, h)
 	}
 	ag.recoverCanary(a)
 	var bake *opRecord
@@ -115,7 +115,7 @@ func (ag *Agent) recover(a *app) {
 }
 
 // reclaimSocket gets socket i of a back: from the previous agentd (an
-// upgrade), else from systemd (a socket unit or the fd store; claimed),
+// upgrade), else from systemd (a socket unit or the fd store),
 // else from a running process that holds it (a restart or crash: the apps
 // kept it open and kept serving), else by binding it again at the address
 // it had.
@@ -125,12 +125,12 @@ func (ag *Agent) recover(a *app) {
 // state. A socket systemd passes that is not it is an earlier release's
 // (a socket unit's own socket outlives the release that used it): it is
 // stopped, which moves anything queued on it to the routed socket.
-func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Held, claimed bool, err error) {
+func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held, error) {
 	cookie := a.st.Cookies[spec.Name]
 	if ag.cfg.Inherit != nil {
 		if f := ag.cfg.Inherit(socketKey(a.st.Name, spec.Name)); f != nil {
 			if h, err := sockets.FromFile(spec, f); err == nil {
-				return h, false, nil
+				return h, nil
 			}
 			f.Close()
 		}
@@ -147,7 +147,7 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Hel
 			case err != nil:
 				f.Close()
 			case cookie == 0 || h.Cookie() == cookie:
-				return h, true, nil
+				return h, nil
 			default:
 				// A socket unit's socket that an earlier release used, or
 				// a fresh one after a reboot: it serves unless the active
@@ -168,12 +168,12 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Hel
 					// it nothing.
 					fromSystemd.File.Close()
 				}
-				return h, false, nil
+				return h, nil
 			}
 		}
 	}
 	if fromSystemd != nil {
-		return fromSystemd, true, nil
+		return fromSystemd, nil
 	}
 	if bound != "" && cookie == 0 {
 		for _, p := range a.procs {
@@ -182,7 +182,7 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Hel
 			}
 			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
 				ag.log.Info("socket taken back from a running process", "app", a.st.Name, "socket", spec.Name, "pid", p.p.PID())
-				return h, false, nil
+				return h, nil
 			}
 		}
 	}
@@ -198,10 +198,9 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (h *sockets.Hel
 		if err == nil && ag.cfg.Store != nil {
 			ag.cfg.Store(a.st.Name+"."+spec.Name, h.File)
 		}
-		return h, false, err
+		return h, err
 	}
-	h, err = ag.bindApp(a.st.Name, again)
-	return h, false, err
+	return ag.bindApp(a.st.Name, again)
 }
 
 // listen binds a socket agentd owns itself and, under systemd, parks a
@@ -215,22 +214,21 @@ func (ag *Agent) listen(app string, spec sockets.Spec) (*sockets.Held, error) {
 	return h, err
 }
 
-// claimOrListen gives a new app the socket systemd passed for it by name
-// (claimed), or binds it.
-func (ag *Agent) claimOrListen(app string, spec sockets.Spec) (h *sockets.Held, claimed bool, err error) {
+// claimOrListen gives a new app the socket systemd passed for it by name,
+// or binds it.
+func (ag *Agent) claimOrListen(app string, spec sockets.Spec) (*sockets.Held, error) {
 	if ag.cfg.Claim != nil {
 		if f := ag.cfg.Claim(app + "." + spec.Name); f != nil {
 			h, err := sockets.FromFile(spec, f)
 			if err != nil {
 				f.Close()
-				return nil, false, err
+				return nil, err
 			}
 			ag.log.Info("socket from systemd", "app", app, "socket", spec.Name, "bound", h.Bound())
-			return h, true, nil
+			return h, nil
 		}
 	}
-	h, err = ag.bindApp(app, spec)
-	return h, false, err
+	return ag.bindApp(app, spec)
 }
 
 func socketKey(app, name string) string { return "app/" + app + "/" + name }

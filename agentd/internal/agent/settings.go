@@ -286,9 +286,8 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 	}
 	// All valid: bind what is added, close what is removed, save.
 	var held []*sockets.Held
-	var claims []bool
 	for _, spec := range added {
-		h, claimed, err := ag.claimOrListen(name, spec)
+		h, err := ag.claimOrListen(name, spec)
 		if err != nil {
 			for _, h := range held {
 				h.Close()
@@ -300,7 +299,6 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 			return api.AppSetResult{}, &Error{Code: code, Msg: err.Error(), Err: err}
 		}
 		held = append(held, h)
-		claims = append(claims, claimed)
 		st.Sockets = append(st.Sockets, spec)
 		st.Bound = append(st.Bound, h.Bound())
 		note("socket "+spec.Name, true)
@@ -322,8 +320,8 @@ func (ag *Agent) SetApp(name string, req api.AppSet) (api.AppSetResult, error) {
 	}
 	a.held = append(keep, held...)
 	a.st = st
-	for i, h := range held {
-		ag.startSteering(a, h, claims[i])
+	for _, h := range held {
+		ag.startSteering(a, h)
 	}
 	if len(changed) > 0 {
 		if err := ag.save(a); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/conns"
+	"github.com/agentd/agentd/agentd/internal/rollout"
 	"github.com/agentd/agentd/sockets"
 )
 
@@ -70,9 +71,6 @@ type steering struct {
 	// (0: none).
 	canary        int
 	canaryPercent float64
-	// claimed: the app's socket came from systemd (a socket unit holds a
-	// copy of it that agentd cannot close).
-	claimed bool
 	// releases names the release of each socket ever routed, by cookie,
 	// for the steered counts (SteeredCounts).
 	releases map[uint64]int
@@ -81,7 +79,6 @@ type steering struct {
 type retiredSocket struct {
 	release int
 	h       *sockets.Held
-	claimed bool
 }
 
 // Settle is how long an old socket's accept queue must stay empty before
@@ -131,7 +128,7 @@ func (ag *Agent) bindApp(app string, spec sockets.Spec) (*sockets.Held, error) {
 // program a previous agentd attached is replaced, with routes rebuilt from
 // the state). It logs which way connections reach the app. Callers hold
 // a.mu.
-func (ag *Agent) startSteering(a *app, h *sockets.Held, claimed bool) {
+func (ag *Agent) startSteering(a *app, h *sockets.Held) {
 	name := h.Spec.Name
 	ok, why := ag.steerable(h.Spec)
 	if ok && !h.ReusePort() {
@@ -162,7 +159,7 @@ func (ag *Agent) startSteering(a *app, h *sockets.Held, claimed bool) {
 	if a.steer == nil {
 		a.steer = map[string]*steering{}
 	}
-	a.steer[name] = &steering{group: g, gens: map[int]*sockets.Held{}, claimed: claimed,
+	a.steer[name] = &steering{group: g, gens: map[int]*sockets.Held{},
 		releases: map[uint64]int{h.Cookie(): a.st.Active}}
 	delete(a.steerWhy, name)
 	if how == "new" || how == "found" {
@@ -302,8 +299,7 @@ func (ag *Agent) steerCutover(a *app, prev, r int) {
 			// among the rest of the group.
 			ag.log.Error("steering to the new release failed: its processes share the old release's connections until those stop", "app", a.st.Name, "socket", h.Spec.Name, "err", err)
 		}
-		ag.retireSocket(a, s, retiredSocket{release: prev, h: h, claimed: s.claimed})
-		s.claimed = false
+		ag.retireSocket(a, s, retiredSocket{release: prev, h: h})
 		a.held[i] = g
 		ag.setCookie(a, h.Spec.Name, g.Cookie())
 		s.releases[g.Cookie()] = r
@@ -339,20 +335,20 @@ func (ag *Agent) setCookie(a *app, name string, c uint64) {
 }
 
 // steerAway runs before procs get SIGTERM: for each socket taken off the
-// routes for their release, it waits until the socket's accept queue has
-// stayed empty for steerSettle (at most steerAwaitAway), then closes
-// agentd's copy, so that the socket's last close (the processes') moves
-// whatever still arrives on it to the group's routed socket instead of
-// resetting it. A socket a socket unit also holds is stopped once the
-// processes have exited (the returned func).
-func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
+// routes for their release, it waits until the socket's accept queue is
+// empty and the processes have started on what they accepted (awaitEmpty),
+// then closes agentd's copy, so that the socket's last close (the
+// processes') moves whatever still arrives on it to the group's routed
+// socket instead of resetting it. A socket unit's socket stays open in
+// systemd, unrouted.
+func (ag *Agent) steerAway(a *app, procs []*proc) {
 	a.mu.Lock()
 	var waits []retiredSocket
-	for name, s := range a.steer {
+	for _, s := range a.steer {
 		keep := s.retiring[:0]
 		for _, rs := range s.retiring {
 			if slices.ContainsFunc(procs, func(p *proc) bool {
-				return p.release == rs.release && (p.typ == rs.h.Spec.Type || p.typ == "responder")
+				return p.release == rs.release && (p.typ == rs.h.Spec.Type || p.typ == rollout.Responder)
 			}) {
 				waits = append(waits, rs)
 				continue
@@ -365,11 +361,10 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 			keep = append(keep, rs)
 		}
 		s.retiring = keep
-		_ = name
 	}
 	a.mu.Unlock()
 	if len(waits) == 0 {
-		return func() {}
+		return
 	}
 	start := time.Now()
 	var pgids []int
@@ -401,7 +396,6 @@ func (ag *Agent) steerAway(a *app, procs []*proc) (after func()) {
 		rs.h.File.Close()
 	}
 	ag.log.Debug("old sockets emptied before SIGTERM", "app", a.st.Name, "sockets", len(waits), "took", time.Since(start))
-	return func() {}
 }
 
 // awaitEmpty waits until h's accept queue has been empty, and its old

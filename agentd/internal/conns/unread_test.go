@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +25,7 @@ func TestUnstarted(t *testing.T) {
 		}
 	}
 	me := unix.Getpgrp()
-	waitUnstarted(t, port, me, 2, 1)
+	waitUnstarted(t, port, me, 2, 1, server[0], server[1])
 	buf := make([]byte, 64)
 	if _, err := io.ReadAtLeast(server[0], buf, 1); err != nil {
 		t.Fatal(err)
@@ -39,28 +38,35 @@ func TestUnstarted(t *testing.T) {
 	if _, err := client[2].Write([]byte("GET / HTTP/1.1\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	waitUnstarted(t, port, me, 2, 0)
+	waitUnstarted(t, port, me, 2, 0, server[0], server[2])
 	if u, w, err := Unstarted([]int{port}, []int{me + 1<<20}); err != nil || u+w != 0 {
 		t.Fatalf("another group: %d unread, %d waiting, %v; want none", u, w, err)
 	}
 }
 
-// waitUnstarted polls until Unstarted says want: bytes written on loopback
-// reach the receiving socket a moment later.
-func waitUnstarted(t *testing.T, port, pgid, unread, waiting int) {
+// waitUnstarted waits until the bytes written on loopback have reached
+// the server side of every conn in arrived (poll(2) says they are
+// readable: the event), then asserts what Unstarted counts.
+func waitUnstarted(t *testing.T, port, pgid, unread, waiting int, arrived ...net.Conn) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		u, w, err := Unstarted([]int{port}, []int{pgid})
-		if err != nil {
-			t.Fatal(err)
+	for _, c := range arrived {
+		fd := fdOf(t, c)
+		for {
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 5000)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n != 1 {
+				t.Fatalf("no bytes arrived in 5 s: %v", err)
+			}
+			break
 		}
-		if u == unread && w == waiting {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Unstarted = %d unread, %d waiting; want %d, %d", u, w, unread, waiting)
-		}
-		time.Sleep(5 * time.Millisecond)
+	}
+	u, w, err := Unstarted([]int{port}, []int{pgid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u != unread || w != waiting {
+		t.Fatalf("Unstarted = %d unread, %d waiting; want %d, %d", u, w, unread, waiting)
 	}
 }
