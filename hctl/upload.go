@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/agentd/agentd/agentd/api"
 )
@@ -19,14 +20,19 @@ type dirUpload struct {
 	cache     *hashCache
 	manifest  *api.UploadManifest
 	blobs     map[string]api.BlobRef
+	// scanned is how long the scan took (hashing included): shown, so a
+	// user sees where a slow deploy spent its time.
+	scanned time.Duration
 }
 
 // scanDirUpload reads dir for an upload; its errors are the user's (a
 // special file, a symlink out of the tree).
 func scanDirUpload(dir string) (*dirUpload, error) {
+	t0 := time.Now()
 	d := &dirUpload{dir: dir, cache: loadHashCache()}
 	var err error
 	d.manifest, d.blobs, d.root, err = scanManifest(dir, d.cache)
+	d.scanned = time.Since(t0)
 	return d, err
 }
 
@@ -37,6 +43,7 @@ func scanDirUpload(dir string) (*dirUpload, error) {
 func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, error) {
 	dir, m, blobs, root, cache := d.dir, d.manifest, d.blobs, d.root, d.cache
 	c := h.client()
+	t0 := time.Now()
 	res, err := c.CreateUpload(ctx, m)
 	if errors.Is(err, api.ErrUploadUnsupported) {
 		// An older agentd: the .tar.gz works as it always did, so say
@@ -77,8 +84,8 @@ func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, er
 			bytes += e.Size
 		}
 	}
-	fmt.Fprintf(h.stderr, "-----> upload: sent %d of %d files (%s of %s; hashed %d files, %s)\n",
-		len(send), files, sizeStr(sent), sizeStr(bytes), cache.hashed, sizeStr(cache.read))
+	fmt.Fprintf(h.stderr, "-----> upload: sent %d of %d files (%s of %s) in %s; hashed %d files (%s) in %s\n",
+		len(send), files, sizeStr(sent), sizeStr(bytes), durStr(time.Since(t0)), cache.hashed, sizeStr(cache.read), durStr(d.scanned))
 	return res.ID, nil
 }
 
@@ -94,6 +101,17 @@ func sizeStr(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+// durStr is a short duration for people: "850µs", "12ms", "1.25s".
+func durStr(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(10 * time.Millisecond).String()
 }
 
 // refused makes agentd's refusal of the content (too large, a path out of

@@ -4,12 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"strconv"
-	"syscall"
 )
 
 // ErrUploadUnsupported is returned by [Client.CreateUpload] when the agentd
@@ -38,49 +34,6 @@ func (c *Client) CreateUpload(ctx context.Context, m *UploadManifest) (*UploadCr
 		return nil, err
 	}
 	return &out, nil
-}
-
-// SendBlobs sends the contents an upload lacks, uncompressed, in one
-// request: for each, a line "SHA256 SIZE\n" and then SIZE bytes. It
-// returns how many content bytes it sent. A file whose size changed since
-// it was hashed fails the send; one whose bytes changed is refused by
-// agentd (they no longer match the hash).
-func (c *Client) SendBlobs(ctx context.Context, id string, blobs []BlobRef) (int64, error) {
-	pr, pw := io.Pipe()
-	var sent int64
-	go func() {
-		var err error
-		for _, b := range blobs {
-			if err = writeBlob(pw, b, &sent); err != nil {
-				break
-			}
-		}
-		pw.CloseWithError(err)
-	}()
-	resp, err := c.do(ctx, http.MethodPost, "/v1/uploads/"+url.PathEscape(id)+"/blobs", nil, pr, "application/octet-stream")
-	pr.Close()
-	if err != nil {
-		return sent, err
-	}
-	drainClose(resp.Body)
-	return sent, nil
-}
-
-func writeBlob(w io.Writer, b BlobRef, sent *int64) error {
-	f, err := openNoFollow(b.Path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := io.WriteString(w, b.SHA256+" "+strconv.FormatInt(b.Size, 10)+"\n"); err != nil {
-		return err
-	}
-	n, err := io.CopyN(w, f, b.Size)
-	*sent += n
-	if err == io.EOF {
-		return fmt.Errorf("%s: file shrank while being sent", b.Path)
-	}
-	return err
 }
 
 // DeployUpload deploys the release an upload describes, as [Client.Deploy]
@@ -115,6 +68,3 @@ func (c *Client) AbortUpload(ctx context.Context, id string) error {
 
 // openNoFollow opens a file to send, never through a symlink swapped in
 // since the scan.
-func openNoFollow(p string) (*os.File, error) {
-	return os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-}

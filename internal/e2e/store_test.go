@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -137,6 +139,40 @@ func TestLyingUploadRefused(t *testing.T) {
 	}
 	if _, err := c.DeployUpload(ctx, "web", up.ID, api.DeployOptions{}, nil); err == nil {
 		t.Error("a deploy of the lying upload succeeded")
+	}
+	// A lie found while more is still being sent: agentd answers before
+	// it has read the rest, and the client still reports its answer.
+	big := make([]byte, 8<<20)
+	bigSum := sha256.Sum256(big)
+	up, err = c.CreateUpload(ctx, &api.UploadManifest{Entries: []api.ManifestEntry{
+		{Path: "Procfile", Type: api.EntryFile, Mode: 0o644, Size: int64(len(body)), SHA256: strings.Repeat("cd", 32)},
+		{Path: "big", Type: api.EntryFile, Mode: 0o644, Size: int64(len(big)), SHA256: hex.EncodeToString(bigSum[:])},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bp := filepath.Join(e.dir, "big")
+	os.WriteFile(bp, big, 0o644)
+	_, err = c.SendBlobs(ctx, up.ID, []api.BlobRef{
+		{SHA256: strings.Repeat("cd", 32), Size: int64(len(body)), Path: p},
+		{SHA256: hex.EncodeToString(bigSum[:]), Size: int64(len(big)), Path: bp},
+	})
+	if !errors.As(err, &ae) || ae.Code != api.CodeBadRequest || !strings.Contains(ae.Message, "hash to") {
+		t.Errorf("lying content followed by 8 MiB: %v, want agentd's refusal", err)
+	}
+	// A file that shrank after it was hashed fails on this side, at once
+	// (not after agentd's idle timeout), and the upload still lacks it.
+	up, err = c.CreateUpload(ctx, &api.UploadManifest{Entries: []api.ManifestEntry{
+		{Path: "Procfile", Type: api.EntryFile, Mode: 0o644, Size: 100, SHA256: strings.Repeat("ef", 32)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = c.SendBlobs(ctx, up.ID, []api.BlobRef{{SHA256: strings.Repeat("ef", 32), Size: 100, Path: p}}); err == nil || !strings.Contains(err.Error(), "shrank") {
+		t.Errorf("a file shorter than its manifest entry: %v, want it reported as shrunk", err)
+	}
+	if _, err := c.DeployUpload(ctx, "web", up.ID, api.DeployOptions{}, nil); err == nil {
+		t.Error("a deploy of the upload that lacks a file succeeded")
 	}
 	if got := get(t, url); !strings.Contains(got, "release=v1") {
 		t.Errorf("after the refused upload the app answers %q", got)
