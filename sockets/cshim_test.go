@@ -1,7 +1,16 @@
 package sockets
 
 import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/agentd/agentd/internal/shimbuild"
 )
@@ -19,4 +28,180 @@ func testShims(t *testing.T) []shimbuild.Shim {
 		t.Fatal(err)
 	}
 	return shims
+}
+
+// envChildEnv makes the test binary, exec'd by the shim, print what it
+// was given (see init below).
+const envChildEnv = "SOCKETS_TEST_ENV_CHILD"
+
+// envReport is what such a child prints: its PID, its arguments, and its
+// environment exactly as the kernel handed it over (/proc/self/environ:
+// order and duplicates kept, which os.Environ would not show).
+type envReport struct {
+	PID  int
+	Args []string
+	Env  []string
+}
+
+func init() {
+	if os.Getenv(envChildEnv) != "1" || IsShim(os.Args) {
+		return
+	}
+	raw, err := os.ReadFile("/proc/self/environ")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	env := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+	if err := json.NewEncoder(os.Stdout).Encode(envReport{os.Getpid(), os.Args[1:], env}); err != nil {
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// TestShimEnvironment runs a real child through the shim with the
+// environments it edits, and checks that the child got every variable, in
+// order, with LISTEN_PID = its own PID when LISTEN_FDS is set (replaced in
+// place, or added last) and without any LISTEN_PID otherwise, and its
+// arguments intact. One environment is huge (about a quarter of what the
+// kernel takes): the C shim edits the kernel's arrays in place and must
+// neither lose a variable nor overflow anything.
+func TestShimEnvironment(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var base []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LISTEN_") {
+			base = append(base, kv)
+		}
+	}
+	base = append(base, envChildEnv+"=1", "LISTEN_PIDX=not-LISTEN_PID", "XLISTEN_PID=neither")
+	// The kernel takes argv and envp up to a quarter of the stack limit
+	// (at most 6 MiB), pointers included.
+	var stack unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_STACK, &stack); err != nil {
+		t.Fatal(err)
+	}
+	budget := min(stack.Cur/4, 6<<20) / 4
+	var huge []string
+	for i := 0; uint64(len(huge)*(len("SHIM_HUGE_000000=v")+1+8)) < budget; i++ {
+		huge = append(huge, fmt.Sprintf("SHIM_HUGE_%06d=v", i))
+	}
+	if len(huge) < 10000 {
+		t.Fatalf("stack limit %d leaves room for only %d variables", stack.Cur, len(huge))
+	}
+	cat := func(parts ...[]string) []string { return slices.Concat(parts...) }
+	const pidVar = "LISTEN_PID=<pid>"
+	args := []string{"-test.run=^$", "one", "two words", ""}
+	for _, c := range []struct {
+		name      string
+		env, want []string
+		noDashes  bool // argv as an agentd from before options passed it
+		cOnly     bool // repeats variables, which Go's os.Environ drops
+	}{
+		{"LISTEN_FDS set: LISTEN_PID added last",
+			cat(base, []string{"LISTEN_FDS=1"}), cat(base, []string{"LISTEN_FDS=1", pidVar}), false, false},
+		{"LISTEN_FDS set, argv without --: LISTEN_PID added last",
+			cat(base, []string{"LISTEN_FDS=1"}), cat(base, []string{"LISTEN_FDS=1", pidVar}), true, false},
+		{"LISTEN_FDS set: LISTEN_PID replaced in place",
+			cat(base[:1], []string{"LISTEN_PID=1"}, base[1:], []string{"LISTEN_FDS=2"}),
+			cat(base[:1], []string{pidVar}, base[1:], []string{"LISTEN_FDS=2"}), false, false},
+		{"LISTEN_FDS unset: every LISTEN_PID removed",
+			cat([]string{"LISTEN_PID=1"}, base, []string{"LISTEN_PID=2"}), base, false, false},
+		{"LISTEN_FDS empty: LISTEN_PID removed",
+			cat(base, []string{"LISTEN_PID=1", "LISTEN_FDS="}), cat(base, []string{"LISTEN_FDS="}), true, false},
+		{"huge, LISTEN_FDS set: LISTEN_PID added last",
+			cat(base, huge, []string{"LISTEN_FDS=1"}), cat(base, huge, []string{"LISTEN_FDS=1", pidVar}), false, false},
+		{"huge, LISTEN_FDS set: LISTEN_PID replaced in place",
+			cat(base, huge, []string{"LISTEN_PID=1", "LISTEN_FDS=1"}, huge[:1000]),
+			cat(base, huge, []string{pidVar, "LISTEN_FDS=1"}, huge[:1000]), false, true},
+		{"huge, LISTEN_FDS unset: LISTEN_PID removed",
+			cat([]string{"LISTEN_PID=1"}, base, huge), cat(base, huge), true, false},
+	} {
+		for _, sh := range testShims(t) {
+			if c.cOnly && sh.Name != "c" {
+				continue
+			}
+			t.Run(c.name+"/"+sh.Name, func(t *testing.T) {
+				argv := ShimArgv(sh.Path, append([]string{exe}, args...))
+				if c.noDashes {
+					argv = slices.Delete(argv, 2, 3)
+				}
+				// os.StartProcess, not exec.Cmd, which would drop repeated
+				// variables before the shim sees them.
+				out, pid, err := runWithEnv(t, argv, c.env)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got envReport
+				if err := json.Unmarshal(out, &got); err != nil {
+					t.Fatalf("child said %.200q: %v", out, err)
+				}
+				if got.PID != pid {
+					t.Errorf("child PID %d, started %d", got.PID, pid)
+				}
+				if !slices.Equal(got.Args, args) {
+					t.Errorf("child args %q, want %q", got.Args, args)
+				}
+				want := slices.Clone(c.want)
+				if i := slices.Index(want, pidVar); i >= 0 {
+					want[i] = "LISTEN_PID=" + strconv.Itoa(pid)
+				}
+				if !slices.Equal(got.Env, want) {
+					t.Errorf("child's environment differs (%d variables, want %d):\n%s",
+						len(got.Env), len(want), envDiff(got.Env, want))
+				}
+			})
+		}
+	}
+}
+
+// envDiff shows where two environments first part, and their ends.
+func envDiff(got, want []string) string {
+	i := 0
+	for i < len(got) && i < len(want) && got[i] == want[i] {
+		i++
+	}
+	tail := func(s []string) []string { return s[max(0, len(s)-3):] }
+	return fmt.Sprintf("first difference at %d: got %q, want %q\nlast got %q\nlast want %q",
+		i, slices.Clone(got[i:min(i+3, len(got))]), slices.Clone(want[i:min(i+3, len(want))]), tail(got), tail(want))
+}
+
+// runWithEnv runs argv with exactly env (repeats kept) and returns its
+// standard output and PID; an exit status other than 0 is an error with
+// its standard error.
+func runWithEnv(t *testing.T, argv, env []string) ([]byte, int, error) {
+	t.Helper()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outR.Close(); outW.Close(); errR.Close(); errW.Close() })
+	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Env: env, Files: []*os.File{os.Stdin, outW, errW}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Kill(); p.Wait() })
+	outW.Close()
+	errW.Close()
+	stderr := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(errR); stderr <- b }()
+	out, err := io.ReadAll(outR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Success() {
+		return out, p.Pid, fmt.Errorf("%v: %s", st, <-stderr)
+	}
+	return out, p.Pid, nil
 }
