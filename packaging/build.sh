@@ -57,7 +57,7 @@ for arch in $hostarch $ARCHES; do
 	echo "== build $arch"
 	CGO_ENABLED=0 GOOS=linux GOARCH=$arch $GO build -trimpath -buildmode=pie -ldflags "$ldflags" \
 		-o "$stage/$arch/" ./agentd ./hctl
-	# agentd-shim (C, static): the host's gcc, or Debian's cross compiler
+	# agentd-shim (C, static, freestanding: no libc): the host's gcc, or Debian's cross compiler
 	# (gcc-aarch64-linux-gnu, gcc-x86-64-linux-gnu) for the other
 	# architecture. Same flags as `make build`.
 	case $arch in

@@ -2,9 +2,12 @@ package sockets
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -204,4 +207,114 @@ func runWithEnv(t *testing.T, argv, env []string) ([]byte, int, error) {
 		return out, p.Pid, fmt.Errorf("%v: %s", st, <-stderr)
 	}
 	return out, p.Pid, nil
+}
+
+// TestShimLookPath: the shim finds the command as Go's exec.LookPath does
+// (directories, files it may not execute and missing or over-long PATH
+// entries skipped; a match relative to the working directory refused), and
+// a command it cannot run exits 127 without running anything.
+func TestShimLookPath(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(path, body string, mode os.FileMode) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "bin")
+	mk(filepath.Join(bin, "prog"), "#!/bin/sh\necho \"ran $0 $*\"\n", 0o755)
+	mk(filepath.Join(dir, "noexec", "prog"), "#!/bin/sh\necho noexec\n", 0o644)
+	if err := os.MkdirAll(filepath.Join(dir, "isdir", "prog"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A script without "#!", found in $PATH: a shell runs it.
+	mk(filepath.Join(bin, "noshebang"), "echo \"sh ran $0 $* listen=$LISTEN_PID\"\n", 0o755)
+	long := "/" + strings.Repeat("x", 5000)
+	for _, c := range []struct {
+		name, path, cwd, cmd string
+		env                  []string
+		want                 string // the output, or with exit 127 a part of stderr
+		fails                bool
+	}{
+		{"skips what it cannot run", strings.Join([]string{dir + "/noexec", dir + "/isdir", "/nonexistent", long, bin}, ":"), "/", "prog", nil,
+			"ran " + bin + "/prog a b\n", false},
+		{"script without #! in $PATH, LISTEN_PID replaced", bin, "/", "noshebang", []string{"LISTEN_FDS=1", "LISTEN_PID=1"},
+			"sh ran " + bin + "/noshebang a b listen=<pid>\n", false},
+		{"script without #! in $PATH, LISTEN_PID added", bin, "/", "noshebang", []string{"LISTEN_FDS=1"},
+			"sh ran " + bin + "/noshebang a b listen=<pid>\n", false},
+		{"empty PATH", "", "/", "prog", nil, "executable file not found in $PATH", true},
+		{"no PATH", "-", "/", "prog", nil, "executable file not found in $PATH", true},
+		{"empty entry is the working directory: refused", ":/nonexistent", bin, "prog", nil,
+			"cannot run executable found relative to current directory", true},
+		{"relative entry: refused", "bin", dir, "prog", nil,
+			"cannot run executable found relative to current directory", true},
+		{"a path: a directory", bin, "/", dir + "/isdir/prog", nil, "is a directory", true},
+		{"a path: missing", bin, "/", dir + "/missing", nil, "no such file or directory", true},
+		{"a path: not executable", bin, "/", dir + "/noexec/prog", nil, "permission denied", true},
+	} {
+		for _, sh := range testShims(t) {
+			t.Run(c.name+"/"+sh.Name, func(t *testing.T) {
+				argv := ShimArgv(sh.Path, []string{c.cmd, "a", "b"})
+				cmd := exec.Command(argv[0], argv[1:]...)
+				cmd.Dir = c.cwd
+				cmd.Env = c.env
+				if c.path != "-" {
+					cmd.Env = append(cmd.Env, "PATH="+c.path)
+				}
+				var stdout, stderr strings.Builder
+				cmd.Stdout, cmd.Stderr = &stdout, &stderr
+				err := cmd.Run()
+				if !c.fails {
+					want := strings.ReplaceAll(c.want, "<pid>", strconv.Itoa(cmd.Process.Pid))
+					if err != nil || stdout.String() != want {
+						t.Fatalf("%v, said %q (stderr %q); want %q", err, stdout.String(), stderr.String(), want)
+					}
+					return
+				}
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 127 || stdout.Len() != 0 ||
+					!strings.Contains(strings.ToLower(stderr.String()), strings.ToLower(c.want)) {
+					t.Fatalf("%v, stdout %q, stderr %q; want exit status 127 and %q", err, stdout.String(), stderr.String(), c.want)
+				}
+			})
+		}
+	}
+}
+
+// TestShimFailsBeforeExec: a limit the kernel refuses, or no command,
+// exits 127 with a message, and the command never runs (it would have
+// created a file).
+func TestShimFailsBeforeExec(t *testing.T) {
+	for _, sh := range testShims(t) {
+		t.Run(sh.Name, func(t *testing.T) {
+			for _, c := range []struct {
+				opts []string
+				cmd  bool
+				want string
+			}{
+				// Above fs.nr_open: EPERM, even for root.
+				{[]string{"--rlimit=nofile=2000000000:2000000000"}, true, "setrlimit nofile=2000000000:2000000000: operation not permitted"},
+				{[]string{"--rlimit=nofile=1:1", "--rlimit=nofile=2000000000:2000000000"}, true, "setrlimit nofile=2000000000:2000000000"},
+				{nil, false, "no command"},
+				{[]string{"--no-new-privs"}, false, "no command"},
+			} {
+				marker := filepath.Join(t.TempDir(), "ran")
+				argv := append(append([]string{sh.Path, ShimArg}, c.opts...), "--")
+				if c.cmd {
+					argv = append(argv, "/bin/sh", "-c", `: >"$0"`, marker)
+				}
+				out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 127 || !strings.Contains(strings.ToLower(string(out)), c.want) {
+					t.Errorf("%q: %v, %q; want exit status 127 and %q", argv[1:], err, out, c.want)
+				}
+				if _, err := os.Stat(marker); err == nil {
+					t.Errorf("%q: the command ran", argv[1:])
+				}
+			}
+		})
+	}
 }

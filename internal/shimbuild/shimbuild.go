@@ -55,7 +55,7 @@ func Build(dir string) (string, error) {
 	args := append(append([]string(nil), CFlags...), "-o", out, filepath.Join(r, Source))
 	cmd := exec.Command(cc, args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building %s with %s (a C compiler and static libc, Debian's gcc, are needed): %v\n%s", Name, cc, err, b)
+		return "", fmt.Errorf("building %s with %s (a C compiler and the kernel headers, Debian's gcc and linux-libc-dev, are needed): %v\n%s", Name, cc, err, b)
 	}
 	return out, nil
 }
