@@ -68,7 +68,7 @@ for arch in $hostarch $ARCHES; do
 	cc=$triplet-gcc
 	if [ "$arch" = "$hostarch" ] && ! command -v "$cc" >/dev/null; then cc=${CC:-gcc}; fi
 	command -v "$cc" >/dev/null || { echo "build.sh: $cc not found (apt-get install gcc-$triplet)" >&2; exit 1; }
-	"$cc" -O2 -static -nostdlib -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -no-pie -Wl,-z,noseparate-code -s -fno-ident -Wall -Wextra -Werror -o "$stage/$arch/agentd-shim" sockets/cmd/agentd-shim/agentd-shim.c
+	"$cc" -O2 -static -nostdlib -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -Wl,-z,noseparate-code -s -fno-ident -Wall -Wextra -Werror -o "$stage/$arch/agentd-shim" sockets/cmd/agentd-shim/agentd-shim.c
 done
 
 # Man pages and completions, from the code (the host's build runs here).

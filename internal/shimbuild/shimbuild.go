@@ -24,11 +24,11 @@ const Name = "agentd-shim"
 // CFlags are the compiler flags: freestanding and static (no libc, no
 // dynamic loader, no shared library to map at every process start: see the
 // source's header comment for why), no stack protector (its canary lives in
-// TLS, which nothing sets up), no unwind tables, a plain (non-PIE)
-// executable with one loadable segment (fewer pages to fault in),
-// optimised, stripped.
+// TLS, which nothing sets up), no unwind tables, an executable with one
+// loadable segment (fewer pages to fault in), optimised, stripped. The
+// same for gcc and clang.
 var CFlags = []string{"-O2", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector",
-	"-fno-asynchronous-unwind-tables", "-no-pie", "-Wl,-z,noseparate-code", "-s", "-fno-ident",
+	"-fno-asynchronous-unwind-tables", "-Wl,-z,noseparate-code", "-s", "-fno-ident",
 	"-Wall", "-Wextra", "-Werror"}
 
 // root is the repository root (the directory with go.mod).

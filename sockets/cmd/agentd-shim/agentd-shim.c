@@ -35,9 +35,14 @@
  * that the shim cost 1.2-1.7 ms over a direct fork+exec of /bin/true; a
  * -nostdlib program that only execs cost 0.4 ms (posix_spawn, 300 runs
  * each, interleaved). So this program touches as little as it can: no
- * writable data at all (nothing in .data or .bss), the environment edited
- * in place in the argv/envp arrays the kernel built (see edit_env), and a
- * PATH_MAX buffer on the stack only touched when $PATH is searched.
+ * writable data at all (nothing in .data or .bss, one loadable segment),
+ * the environment edited in place in the argv/envp arrays the kernel built
+ * (see edit_env), and a PATH_MAX buffer on the stack only touched when
+ * $PATH is searched. Measured so (400 posix_spawn each, interleaved, load
+ * 1.9): direct /bin/true 1.90 ms, 50 minor faults; the glibc shim -> /bin/true
+ * 3.18 ms (+1.29), 76 faults; this shim 2.34 ms (+0.45), 54 faults; the
+ * bare -nostdlib exec'er 2.29 ms (+0.40), 53 faults. What is left is the
+ * cost of a second exec itself.
  *
  * Architectures: x86_64 and aarch64 (the system-call stubs and _start
  * below); both are little-endian, which the seccomp filter relies on.
@@ -130,7 +135,13 @@ __attribute__((noreturn)) static void exit_now(int code) {
 
 /* ---- What the compiler may call even in a freestanding program. ---- */
 
+/* GCC and clang may emit calls to memcpy, memmove, memset and memcmp for
+ * copies and initialisers; their own loops must not become such calls. */
+#if defined(__clang__)
+#define NO_LOOP_TO_CALL __attribute__((no_builtin))
+#else
 #define NO_LOOP_TO_CALL __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 
 NO_LOOP_TO_CALL void *memcpy(void *d, const void *s, size_t n) {
 	unsigned char *dp = d;
