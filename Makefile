@@ -16,7 +16,7 @@ all: build
 # runtime to start (static, stripped): agentd uses the one beside it. The
 # same flags as internal/shimbuild (tests) and packaging/build.sh.
 SHIM_SRC    := sockets/cmd/agentd-shim/agentd-shim.c
-SHIM_CFLAGS := -O2 -static -s -fno-ident -Wall -Wextra -Werror
+SHIM_CFLAGS := -O2 -static -nostdlib -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -Wl,-z,noseparate-code -s -fno-ident -Wall -Wextra -Werror
 
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./agentd ./hctl

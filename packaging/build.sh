@@ -57,7 +57,7 @@ for arch in $hostarch $ARCHES; do
 	echo "== build $arch"
 	CGO_ENABLED=0 GOOS=linux GOARCH=$arch $GO build -trimpath -buildmode=pie -ldflags "$ldflags" \
 		-o "$stage/$arch/" ./agentd ./hctl
-	# agentd-shim (C, static): the host's gcc, or Debian's cross compiler
+	# agentd-shim (C, static, freestanding: no libc): the host's gcc, or Debian's cross compiler
 	# (gcc-aarch64-linux-gnu, gcc-x86-64-linux-gnu) for the other
 	# architecture. Same flags as `make build`.
 	case $arch in
@@ -68,7 +68,7 @@ for arch in $hostarch $ARCHES; do
 	cc=$triplet-gcc
 	if [ "$arch" = "$hostarch" ] && ! command -v "$cc" >/dev/null; then cc=${CC:-gcc}; fi
 	command -v "$cc" >/dev/null || { echo "build.sh: $cc not found (apt-get install gcc-$triplet)" >&2; exit 1; }
-	"$cc" -O2 -static -s -fno-ident -Wall -Wextra -Werror -o "$stage/$arch/agentd-shim" sockets/cmd/agentd-shim/agentd-shim.c
+	"$cc" -O2 -static -nostdlib -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -Wl,-z,noseparate-code -s -fno-ident -Wall -Wextra -Werror -o "$stage/$arch/agentd-shim" sockets/cmd/agentd-shim/agentd-shim.c
 done
 
 # Man pages and completions, from the code (the host's build runs here).

@@ -199,13 +199,20 @@ func TestShimBadOption(t *testing.T) {
 	for _, sh := range testShims(t) {
 		t.Run(sh.Name, func(t *testing.T) {
 			for opt, want := range map[string]string{
-				"--rlimit=bogus=1":     "unknown resource",
-				"--rlimit=nofile=2:1":  "soft limit is above",
-				"--rlimit=nofile=x":    "number",
-				"--hold-fd=1":          "bad --hold-fd",
-				"--guard-fds=-1":       "bad --guard-fds",
-				"--no-such-option":     "unknown option",
-				"--rlimit=nofile=1:2:": "number",
+				"--rlimit=bogus=1":                     "unknown resource",
+				"--rlimit=nofile=2:1":                  "soft limit is above",
+				"--rlimit=nofile=x":                    "number",
+				"--hold-fd=1":                          "bad --hold-fd",
+				"--guard-fds=-1":                       "bad --guard-fds",
+				"--no-such-option":                     "unknown option",
+				"--rlimit=nofile=1:2:":                 "number",
+				"--rlimit=nofile":                      "want NAME=SOFT",
+				"--rlimit=nofile=":                     "number",
+				"--rlimit=nofile=1:":                   "number",
+				"--rlimit=nofile=99999999999999999999": "number",
+				"--rlimit=nofile=infinity:1":           "soft limit is above",
+				"--guard-fds=65537":                    "bad --guard-fds",
+				"--hold-fd=x":                          "bad --hold-fd",
 			} {
 				argv := []string{sh.Path, ShimArg, opt, "--", "/bin/true"}
 				out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
