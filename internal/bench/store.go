@@ -54,6 +54,8 @@ type storeCase struct {
 	Manifest Stat `json:"manifest_seconds"`
 	Prepare  Stat `json:"manifest_prepare_seconds"`
 	SentMiB  Stat `json:"manifest_sent_mib"`
+	// Steps is where the manifest deploys' time went.
+	Steps *storeSteps `json:"manifest_steps,omitempty"`
 }
 
 // storeBench is one agentd with one app, deployed from trees.
@@ -104,7 +106,10 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 	sb.boot = out.AppBoot.Median
 	say("store: app boot (direct) %s", fmtDur(sb.boot))
 
-	type acc struct{ cpa, tgz, man, prep, sent []float64 }
+	type acc struct {
+		cpa, tgz, man, prep, sent []float64
+		steps                     []storeStep
+	}
 	sizes := []int{8, 64, 256}
 	accs := make([]acc, len(sizes)+1)
 	for run := range o.runs {
@@ -128,10 +133,11 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 			if err != nil {
 				return nil, err
 			}
-			man, prep, sent, err := sb.deployDir(b)
+			man, prep, sent, steps, err := sb.deployDir(b)
 			if err != nil {
 				return nil, err
 			}
+			accs[i].steps = append(accs[i].steps, steps)
 			say("store: run %d, %d MiB new: cp -a+sync %s, .tar.gz %s, manifest %s (prepare %s, sent %.1f MiB)", run+1, mib, fmtDur(cpa), fmtDur(tgz), fmtDur(man), fmtDur(prep), sent)
 			accs[i].cpa = append(accs[i].cpa, cpa)
 			accs[i].tgz = append(accs[i].tgz, tgz)
@@ -150,10 +156,11 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 		if err := changeOne(last, run); err != nil {
 			return nil, err
 		}
-		man, prep, sent, err := sb.deployDir(last)
+		man, prep, sent, steps, err := sb.deployDir(last)
 		if err != nil {
 			return nil, err
 		}
+		accs[len(sizes)].steps = append(accs[len(sizes)].steps, steps)
 		if err := changeOne(last, run+1000); err != nil {
 			return nil, err
 		}
@@ -172,11 +179,11 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 	for i, mib := range sizes {
 		a := accs[i]
 		out.Cases = append(out.Cases, storeCase{Name: fmt.Sprintf("%d MiB of new files", mib), MiB: mib,
-			CpA: stat(a.cpa), TarGz: stat(a.tgz), Manifest: stat(a.man), Prepare: stat(a.prep), SentMiB: stat(a.sent)})
+			CpA: stat(a.cpa), TarGz: stat(a.tgz), Manifest: stat(a.man), Prepare: stat(a.prep), SentMiB: stat(a.sent), Steps: stepStats(a.steps)})
 	}
 	a := accs[len(sizes)]
 	out.Cases = append(out.Cases, storeCase{Name: "256 MiB, one 1 MiB file changed", MiB: 256,
-		TarGz: stat(a.tgz), Manifest: stat(a.man), Prepare: stat(a.prep), SentMiB: stat(a.sent)})
+		TarGz: stat(a.tgz), Manifest: stat(a.man), Prepare: stat(a.prep), SentMiB: stat(a.sent), Steps: stepStats(a.steps)})
 	v := strings.Fields(firstField(fmt.Sprintf("/proc/%d/status", ag.PID()), "VmHWM"))
 	if len(v) > 0 {
 		kb, _ := strconv.ParseFloat(v[0], 64)
@@ -270,19 +277,23 @@ func (sb *storeBench) deployTarGz(dir string) (float64, error) {
 	if err := f.Close(); err != nil {
 		return 0, err
 	}
-	live, _, _, err := sb.deploy(tgz, t0)
+	live, _, _, _, err := sb.deploy(tgz, t0)
 	return live, err
 }
 
-func (sb *storeBench) deployDir(dir string) (live, prepare, sentMiB float64, err error) {
-	return sb.deploy(dir, time.Now())
+func (sb *storeBench) deployDir(dir string) (live, prepare, sentMiB float64, steps storeStep, err error) {
+	live, prepare, sentMiB, steps, err = sb.deploy(dir, time.Now())
+	if err == nil && steps.Total == 0 {
+		err = fmt.Errorf("deploy %s: no upload line in hctl's output", dir)
+	}
+	return live, prepare, sentMiB, steps, err
 }
 
 var sentRE = regexp.MustCompile(`upload: sent \d+ of \d+ files \(([\d.]+) ([kMG]?B) of`)
 
 // deploy runs `hctl deploy APP PATH` and returns the time from t0 to the
 // first answer from the new release, minus the app's boot.
-func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB float64, err error) {
+func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB float64, steps storeStep, err error) {
 	sb.version++
 	want := fmt.Sprintf("hello from v%d ", sb.version)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -294,11 +305,16 @@ func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB 
 	if r.Code != 0 || !res.OK || !res.Changed {
 		cancel()
 		<-first
-		return 0, 0, 0, fmt.Errorf("deploy %s: %s", path, r)
+		return 0, 0, 0, steps, fmt.Errorf("deploy %s: %s", path, r)
 	}
 	t1 := <-first
 	if t1.IsZero() {
-		return 0, 0, 0, fmt.Errorf("deploy %s: no answer with %q", path, want)
+		return 0, 0, 0, steps, fmt.Errorf("deploy %s: no answer with %q", path, want)
+	}
+	if uploadLineRE.MatchString(r.Stderr) {
+		if steps, err = parseSteps(r.Stderr, &res, t1.Sub(t0).Seconds()); err != nil {
+			return 0, 0, 0, steps, err
+		}
 	}
 	for _, p := range res.Phases {
 		if p.Name == api.PhasePrepare {
@@ -310,7 +326,7 @@ func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB 
 		mult := map[string]float64{"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[m[2]]
 		sentMiB = v * mult / (1 << 20)
 	}
-	return t1.Sub(t0).Seconds() - sb.boot, prepare, sentMiB, nil
+	return t1.Sub(t0).Seconds() - sb.boot, prepare, sentMiB, steps, nil
 }
 
 // pollFor asks url every millisecond, each time on a new connection,

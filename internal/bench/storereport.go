@@ -63,6 +63,7 @@ func reportStore(b *strings.Builder, s *storeResults) {
 		p("| %s | %s | %s | %s | %s | %s |\n", c.Name, c.CpA.format(fmtDur), c.TarGz.format(fmtDur), bold(c.Manifest.format(fmtDur)), c.Prepare.format(fmtDur), c.SentMiB.format(fmtMiB))
 	}
 	p("\nagentd's peak RSS (VmHWM) over these deploys: %s.\n\n", fmtMiB(s.PeakRSSMiB))
+	reportSteps(b, s)
 	if len(s.StartChain) > 0 {
 		p("The process start chain, fork to exit of `/bin/true` (%d each, interleaved):\n\n| chain | time | over fork+exec |\n|---|---|---|\n", s.StartChain[0].Seconds.N)
 		for _, c := range s.StartChain {

@@ -75,12 +75,15 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	for _, h := range slices.Sorted(maps.Keys(sizes)) {
 		// The blob of the very same file, as in the last release, is the
 		// common case: one stat, not a directory listing.
+		// (A blob is a regular file: its lstat is its stat.)
 		b, same := exact[h], true
-		if _, err := os.Lstat(b); err != nil {
-			b, same = s.anyBlob(h), false
+		fi, err := os.Lstat(b)
+		if err != nil {
+			if b, same = s.anyBlob(h), false; b != "" {
+				fi, err = os.Lstat(b)
+			}
 		}
 		if b != "" {
-			fi, err := os.Stat(b)
 			if err != nil {
 				removeAll(u.dir)
 				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/agentd/agentd/agentd/api"
+)
+
+func TestStoreStepsFromHctlAndPhases(t *testing.T) {
+	stderr := "-----> upload: sent 1 of 258 files (1.0 MB of 277.5 MB) in 21ms; hashed 1 files (1.0 MB) in 850µs\n-----> prepare: ...\n"
+	res := &api.OpResult{Phases: []api.Phase{{Name: api.PhasePrepare, Seconds: 0.013}, {Name: api.PhasePreboot, Seconds: 0.002},
+		{Name: api.PhaseReadiness, Seconds: 0.020}, {Name: api.PhaseCutover, Seconds: 0.001}, {Name: api.PhaseDrain, Seconds: 0.5}}}
+	st, err := parseSteps(stderr, res, 0.1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := storeStep{Scan: 0.00085, Upload: 0.021, Prepare: 0.013, Preboot: 0.002, Readiness: 0.020, Cutover: 0.001, Total: 0.1}
+	if st != want {
+		t.Errorf("steps %+v, want %+v", st, want)
+	}
+	ss := stepStats([]storeStep{st})
+	if rest := ss.Rest.Median; math.Abs(rest-0.04215) > 1e-9 {
+		t.Errorf("rest %v, want the whole less the steps (42.15 ms)", rest)
+	}
+	if _, err := parseSteps("-----> prepare: no upload line\n", res, 0.1); err == nil {
+		t.Error("output without hctl's upload line: no error")
+	}
+	var b strings.Builder
+	reportSteps(&b, &storeResults{Cases: []storeCase{{Name: "8 MiB of new files", Steps: ss}}})
+	if !strings.Contains(b.String(), "| 8 MiB of new files | 850 µs | 21.0 ms | 13.0 ms |") {
+		t.Errorf("steps table:\n%s", b.String())
+	}
+}
