@@ -23,8 +23,9 @@ var link = os.Link
 // that content), and returns its digest. Staged files are adopted as blobs
 // (chmod, mtime, link), so a file uploaded once is written once. The blobs
 // of the contents in replace are damaged: their staged files take their
-// names.
-func (s *Store) build(t *tree, staged map[string]string, replace map[string]bool) (string, error) {
+// names. The staged files in sealed are sealed already as the first
+// file of their content in t needs (Upload.Put does it as each arrives).
+func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[string]bool) (string, error) {
 	digest := t.digest()
 	tmp, err := os.MkdirTemp(s.tmp, "tree-")
 	if err != nil {
@@ -68,6 +69,7 @@ func (s *Store) build(t *tree, staged map[string]string, replace map[string]bool
 			continue
 		}
 		src, ok := staged[n.hash]
+		presealed := ok && !used[n.hash] && sealed[n.hash]
 		if !ok || used[n.hash] {
 			// Same content under another mode or mtime: a new inode.
 			if src = s.anyBlob(n.hash); src == "" || replace[n.hash] {
@@ -79,17 +81,23 @@ func (s *Store) build(t *tree, staged map[string]string, replace map[string]bool
 			if err := copyFile(src, cp); err != nil {
 				return "", fmt.Errorf("building release: %w", err)
 			}
-			src = cp
+			src, presealed = cp, false
 		}
 		used[n.hash] = true
-		if err := seal(src, n.exec, n.mtimeNs); err != nil {
-			return "", fmt.Errorf("building release: %w", err)
+		if !presealed {
+			if err := seal(src, n.exec, n.mtimeNs); err != nil {
+				return "", fmt.Errorf("building release: %w", err)
+			}
 		}
 		adopted[bp] = src
 	}
 	for bp, src := range adopted {
-		if err := os.MkdirAll(filepath.Dir(bp), 0o755); err != nil {
-			return "", fmt.Errorf("building release: %w", err)
+		// Most contents are new: their directory is made with one mkdir
+		// (MkdirAll would stat first), its parent only when missing.
+		if err := os.Mkdir(filepath.Dir(bp), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			if err := os.MkdirAll(filepath.Dir(bp), 0o755); err != nil {
+				return "", fmt.Errorf("building release: %w", err)
+			}
 		}
 		if err := link(src, bp); errors.Is(err, fs.ErrExist) && replacing(replace, bp) {
 			// Take the damaged blob's name (trees built on it keep it).

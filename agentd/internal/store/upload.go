@@ -37,9 +37,14 @@ type Upload struct {
 	// replace: contents whose blob did not match (see NewUpload), to be
 	// stored afresh from what this upload received.
 	replace map[string]bool
-	pins    []string
-	used    time.Time
-	done    bool
+	// first is the first file of each missing content in the manifest:
+	// the one whose mode and mtime its received file takes (see build);
+	// sealed, the received files that took them already.
+	first  map[string]*node
+	sealed map[string]bool
+	pins   []string
+	used   time.Time
+	done   bool
 	// copies are the contents the store holds under another mode or
 	// mtime only, copied into dir while the rest arrives (prepareCopies).
 	copies copyJob
@@ -53,16 +58,19 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	if err != nil {
 		return nil, api.UploadCreated{}, err
 	}
-	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, replace: map[string]bool{}, used: time.Now()}
+	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, replace: map[string]bool{},
+		first: map[string]*node{}, sealed: map[string]bool{}, used: time.Now()}
 	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
 	sizes := map[string]int64{}
 	exact := map[string]string{} // hash -> the blob path of its first entry
+	firsts := map[string]*node{} // hash -> its first entry
 	for _, n := range t.files {
 		if sz, ok := sizes[n.hash]; ok && sz != n.size {
 			return nil, api.UploadCreated{}, invalidf(n.path, "size %d, but another entry with sha256 %s has size %d", n.size, n.hash, sz)
 		}
 		if _, ok := sizes[n.hash]; !ok {
 			exact[n.hash] = s.blobPath(n.hash, n.exec, n.mtimeNs)
+			firsts[n.hash] = n
 		}
 		sizes[n.hash] = n.size
 	}
@@ -106,6 +114,7 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 			u.replace[h] = true
 		}
 		u.want[h] = sizes[h]
+		u.first[h] = firsts[h]
 		res.Missing = append(res.Missing, h)
 		res.MissingBytes += sizes[h]
 	}
@@ -180,9 +189,16 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	if err := os.Rename(f.Name(), dst); err != nil {
 		return fmt.Errorf("upload: %w", err)
 	}
+	// Its mode and mtime now, while the rest arrives, not at Commit (a
+	// failure leaves it to build).
+	sealed := false
+	if n := u.first[hash]; n != nil {
+		sealed = seal(dst, n.exec, n.mtimeNs) == nil
+	}
 	u.mu.Lock()
 	delete(u.want, hash)
 	u.got[hash] = dst
+	u.sealed[hash] = sealed
 	u.mu.Unlock()
 	return nil
 }
@@ -229,12 +245,12 @@ func (u *Upload) Commit() (string, error) {
 	// Every received file durable before any name refers to it (the
 	// copies are already).
 	u.mu.Lock()
-	got := maps.Clone(u.got)
+	got, sealed := maps.Clone(u.got), maps.Clone(u.sealed)
 	u.mu.Unlock()
 	if err := syncFiles(slices.Collect(maps.Values(got))); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
-	return u.s.build(u.t, got, u.replace)
+	return u.s.build(u.t, got, u.replace, sealed)
 }
 
 // syncFiles fsyncs files, several at once: the filesystem's journal then
