@@ -11,14 +11,14 @@ import (
 
 // Where a manifest deploy's time goes, step by step: hctl's own figures
 // (its scan of the tree, hashing included; the manifest and the sending)
-// from its upload line, and agentd's phases from the result, each timed
-// where it happens. What is left of the whole (hctl's own start, the
-// requests' round trips, the cutover's answer reaching the poller) is
-// "the rest".
+// from its upload line, and agentd's phases up to the switch from the
+// result, each timed where it happens. What is left of the whole (hctl's
+// own start, the requests' round trips, the switch at the start of the
+// cutover, the first answer reaching the poller) is "the rest".
 
 // storeStep is one deploy's steps, in seconds.
 type storeStep struct {
-	Scan, Upload, Prepare, Preboot, Readiness, Cutover, Total float64
+	Scan, Upload, Prepare, Preboot, Readiness, Total float64
 }
 
 // storeSteps are the medians over a case's deploys.
@@ -28,7 +28,6 @@ type storeSteps struct {
 	Prepare   Stat `json:"prepare_seconds"`
 	Preboot   Stat `json:"preboot_seconds"`
 	Readiness Stat `json:"readiness_seconds"`
-	Cutover   Stat `json:"cutover_seconds"`
 	// Rest is the whole (hctl deploy to the first new answer, the app's
 	// boot not subtracted) less every step above.
 	Rest  Stat `json:"rest_seconds"`
@@ -62,8 +61,6 @@ func parseSteps(stderr string, res *api.OpResult, total float64) (storeStep, err
 			st.Preboot = ph.Seconds
 		case api.PhaseReadiness:
 			st.Readiness = ph.Seconds
-		case api.PhaseCutover:
-			st.Cutover = ph.Seconds
 		}
 	}
 	return st, nil
@@ -86,9 +83,8 @@ func stepStats(xs []storeStep) *storeSteps {
 		Prepare:   col(func(x storeStep) float64 { return x.Prepare }),
 		Preboot:   col(func(x storeStep) float64 { return x.Preboot }),
 		Readiness: col(func(x storeStep) float64 { return x.Readiness }),
-		Cutover:   col(func(x storeStep) float64 { return x.Cutover }),
 		Rest: col(func(x storeStep) float64 {
-			return x.Total - x.Scan - x.Upload - x.Prepare - x.Preboot - x.Readiness - x.Cutover
+			return x.Total - x.Scan - x.Upload - x.Prepare - x.Preboot - x.Readiness
 		}),
 		Total: col(func(x storeStep) float64 { return x.Total }),
 	}
@@ -99,12 +95,12 @@ func reportSteps(b *strings.Builder, s *storeResults) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("Where a manifest deploy's time went (medians; the app's boot not subtracted: it is most of readiness). ")
 	p("**scan**: hctl's listing of the tree, hashing what its cache cannot vouch for; **upload**: the manifest, agentd's answer and the sending of what it lacks (both from hctl's upload line); ")
-	p("**prepare** to **cutover**: agentd's phases, timed by agentd; **rest**: the whole less the steps (hctl's own start, the requests' round trips, the first answer reaching the poller).\n\n")
-	p("| release | scan | upload | prepare | preboot | readiness | cutover | rest | whole |\n|---|---|---|---|---|---|---|---|---|\n")
+	p("**prepare** to **readiness**: agentd's phases up to the switch, timed by agentd; **rest**: the whole less the steps (hctl's own start, the requests' round trips, the switch, the first answer reaching the poller).\n\n")
+	p("| release | scan | upload | prepare | preboot | readiness | rest | whole |\n|---|---|---|---|---|---|---|---|\n")
 	for _, c := range s.Cases {
 		if st := c.Steps; st != nil {
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, fmtDur(st.Scan.Median), fmtDur(st.Upload.Median), fmtDur(st.Prepare.Median),
-				fmtDur(st.Preboot.Median), fmtDur(st.Readiness.Median), fmtDur(st.Cutover.Median), fmtDur(st.Rest.Median), fmtDur(st.Total.Median))
+			p("| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, fmtDur(st.Scan.Median), fmtDur(st.Upload.Median), fmtDur(st.Prepare.Median),
+				fmtDur(st.Preboot.Median), fmtDur(st.Readiness.Median), fmtDur(st.Rest.Median), fmtDur(st.Total.Median))
 		}
 	}
 	p("\n")
