@@ -25,26 +25,18 @@ var link = os.Link
 // of the contents in replace are damaged: their staged files take their
 // names. The staged files in sealed are sealed already as the first
 // file of their content in t needs (Upload.Put does it as each arrives).
-func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[string]bool) (string, error) {
+// pre, if not nil, is the tree begun while the upload arrived.
+func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[string]bool, pre *prelink) (string, error) {
 	digest := t.digest()
-	tmp, err := os.MkdirTemp(s.tmp, "tree-")
-	if err != nil {
-		return "", fmt.Errorf("building release: %w", err)
-	}
-	defer removeAll(tmp)
 	dirs := t.dirs()
-	for _, d := range dirs[1:] {
-		if err := os.Mkdir(filepath.Join(tmp, d), 0o755); err != nil {
+	tmp, linked := pre.take()
+	if tmp == "" {
+		var err error
+		if tmp, err = s.emptyTree(t, dirs); err != nil {
 			return "", fmt.Errorf("building release: %w", err)
 		}
 	}
-	for _, n := range t.nodes {
-		if n.typ == api.EntrySymlink {
-			if err := os.Symlink(n.target, filepath.Join(tmp, n.path)); err != nil {
-				return "", fmt.Errorf("building release: %w", err)
-			}
-		}
-	}
+	defer removeAll(tmp)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -114,6 +106,9 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 		}
 	}
 	for _, n := range t.files {
+		if linked[n.path] && !replace[n.hash] {
+			continue
+		}
 		bp, dst := s.blobPath(n.hash, n.exec, n.mtimeNs), filepath.Join(tmp, n.path)
 		err := link(bp, dst)
 		if errors.Is(err, unix.EMLINK) {
@@ -164,6 +159,29 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 	}
 	s.pinTree(digest)
 	return digest, nil
+}
+
+// emptyTree makes t's directories and symlinks in a new scratch directory.
+func (s *Store) emptyTree(t *tree, dirs []string) (string, error) {
+	tmp, err := os.MkdirTemp(s.tmp, "tree-")
+	if err != nil {
+		return "", err
+	}
+	for _, d := range dirs[1:] {
+		if err := os.Mkdir(filepath.Join(tmp, d), 0o755); err != nil {
+			removeAll(tmp)
+			return "", err
+		}
+	}
+	for _, n := range t.nodes {
+		if n.typ == api.EntrySymlink {
+			if err := os.Symlink(n.target, filepath.Join(tmp, n.path)); err != nil {
+				removeAll(tmp)
+				return "", err
+			}
+		}
+	}
+	return tmp, nil
 }
 
 // dirs lists the tree's directories, "." first, then parents before

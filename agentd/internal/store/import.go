@@ -40,7 +40,7 @@ func (s *Store) ImportTarGz(r io.Reader) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("importing artifact: %w", err)
 	}
-	return s.build(t, staged, nil, nil)
+	return s.build(t, staged, nil, nil, nil)
 }
 
 // scanTree lists an unpacked tree as a manifest, hashing every file, and

@@ -48,6 +48,8 @@ type Upload struct {
 	// copies are the contents the store holds under another mode or
 	// mtime only, copied into dir while the rest arrives (prepareCopies).
 	copies copyJob
+	// pre is the tree begun while the rest arrives (prelink.go).
+	pre *prelink
 }
 
 // NewUpload checks a manifest (the artifact rules, see checkManifest) and
@@ -125,6 +127,11 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	if !s.Has(t.digest()) {
 		// (A tree of this digest is reused as it is: no copy needed.)
 		u.startCopies(toCopy)
+		held := map[string]bool{}
+		for _, h := range u.pins {
+			held[h] = true
+		}
+		u.pre = s.startPrelink(t, held)
 	}
 	return u, res, nil
 }
@@ -250,7 +257,7 @@ func (u *Upload) Commit() (string, error) {
 	if err := syncFiles(slices.Collect(maps.Values(got))); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
-	return u.s.build(u.t, got, u.replace, sealed)
+	return u.s.build(u.t, got, u.replace, sealed, u.pre)
 }
 
 // syncFiles fsyncs files, several at once: the filesystem's journal then
@@ -302,9 +309,10 @@ func (u *Upload) Abort() {
 }
 
 func (u *Upload) end() {
-	// The copies read pinned blobs and write into dir: both must outlive
-	// them.
+	// The copies and the prelink read pinned blobs and write into dir
+	// and the scratch directory: both must outlive them.
 	u.copies.stop()
+	u.pre.stop()
 	s := u.s
 	s.mu.Lock()
 	for _, h := range u.pins {
