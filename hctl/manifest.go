@@ -15,10 +15,11 @@ import (
 )
 
 // scanManifest lists dir as an upload manifest, hashing its files through
-// the cache, and returns where each content can be read from. It refuses
+// the cache (cache is called once the tree is listed: it may still be
+// loading meanwhile), and returns where each content can be read from. It refuses
 // what agentd refuses (special files, symlinks out of the tree) with a
 // message before anything is sent. dir itself may be a symlink.
-func scanManifest(dir string, cache *hashCache) (*api.UploadManifest, map[string]api.BlobRef, string, error) {
+func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, map[string]api.BlobRef, string, error) {
 	root, err := filepath.EvalSymlinks(dir)
 	if err == nil {
 		root, err = filepath.Abs(root)
@@ -74,6 +75,7 @@ func scanManifest(dir string, cache *hashCache) (*api.UploadManifest, map[string
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("reading %s: %w", dir, err)
 	}
+	cache := cacheOf()
 	sums := make([]string, len(files))
 	errs := make([]error, len(files))
 	next := make(chan int)

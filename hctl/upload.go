@@ -29,9 +29,19 @@ type dirUpload struct {
 // special file, a symlink out of the tree).
 func scanDirUpload(dir string) (*dirUpload, error) {
 	t0 := time.Now()
-	d := &dirUpload{dir: dir, cache: loadHashCache()}
+	// The cache is read while the tree is listed: two jobs for two cores.
+	loaded := make(chan *hashCache, 1)
+	go func() { loaded <- loadHashCache() }()
+	d := &dirUpload{dir: dir}
+	cacheOf := func() *hashCache {
+		if d.cache == nil {
+			d.cache = <-loaded
+		}
+		return d.cache
+	}
 	var err error
-	d.manifest, d.blobs, d.root, err = scanManifest(dir, d.cache)
+	d.manifest, d.blobs, d.root, err = scanManifest(dir, cacheOf)
+	cacheOf() // also when the listing failed: nothing left running
 	d.scanned = time.Since(t0)
 	return d, err
 }
