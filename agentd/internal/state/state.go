@@ -41,12 +41,15 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err = keepPrevious(path); err != nil {
+	stale, err := keepPrevious(path)
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = os.Rename(tmp, path); err != nil {
+		removeStale(stale)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	removeStale(stale)
 	// One fsync makes both renames durable. Should only the second reach
 	// the disk, PREV is an older generation: still a good one.
 	return SyncDir(dir)

@@ -44,14 +44,19 @@ func WriteJSONThen(path string, v any, visible func()) (err error) {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	// os.CreateTemp made it 0600 already: no chmod.
-	if err = keepPrevious(path); err != nil {
+	stale, err := keepPrevious(path)
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = os.Rename(f.Name(), path); err != nil {
+		removeStale(stale)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	renamed = true
 	visible()
+	// The generation PREV held goes once the go-ahead is given, not
+	// before (keepPrevious), and before the directory's fsync.
+	removeStale(stale)
 	// Now durable, as WriteFile leaves it: the content, then both renames.
 	if err = f.Sync(); err != nil {
 		return fmt.Errorf("write %s: fsync: %w", path, err)
