@@ -81,7 +81,7 @@ func credential(userName string) (*syscall.Credential, error) {
 	if userName == "" {
 		return nil, nil
 	}
-	u, err := lookupUser(userName)
+	u, groups, err := lookupUserGroups(userName)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func credential(userName string) (*syscall.Credential, error) {
 	}
 	// The supplementary groups are the user's own (as initgroups(3) gives
 	// them), never inherited from agentd (root's groups).
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: userGroups(u)}, nil
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, nil
 }
 
 func randomID() string {
