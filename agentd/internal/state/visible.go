@@ -1,7 +1,6 @@
 package state
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,10 +23,6 @@ import (
 // next write's PATH.prev must be a durable generation, which it is once
 // this returns.
 func WriteJSONThen(path string, v any, visible func()) (err error) {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -40,7 +35,7 @@ func WriteJSONThen(path string, v any, visible func()) (err error) {
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err = f.Write(append(b, '\n')); err != nil {
+	if err = encodeJSON(v, func(b []byte) error { _, err := f.Write(b); return err }); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	// os.CreateTemp made it 0600 already: no chmod.
