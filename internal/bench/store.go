@@ -39,6 +39,9 @@ type storeResults struct {
 	// PeakRSSMiB is agentd's peak resident memory (VmHWM) over the
 	// scenario: no file is held in memory whole.
 	PeakRSSMiB float64 `json:"agentd_peak_rss_mib"`
+	// WholeStart is the whole process start, as agentd times it
+	// (wholestart.go).
+	WholeStart *wholeStart `json:"whole_process_start,omitempty"`
 }
 
 // storeCase is one release shape.
@@ -189,6 +192,17 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 		kb, _ := strconv.ParseFloat(v[0], 64)
 		out.PeakRSSMiB = kb / 1024
 	}
+	starts := 200
+	if o.quick {
+		starts = 50
+	}
+	if out.WholeStart, err = sb.wholeStarts(starts); err != nil {
+		return nil, err
+	}
+	ws := out.WholeStart
+	say("store: whole process start (%d): median %s, p99 %s (setup %s, fork+exec %s, place %s, wait %s, record %s)",
+		ws.Total.N, fmtDur(ws.Total.Median), fmtDur(ws.Total.P99), fmtDur(ws.Setup.Median), fmtDur(ws.Fork.Median),
+		fmtDur(ws.Place.Median), fmtDur(ws.Wait.Median), fmtDur(ws.Record.Median))
 	n := 300
 	if o.quick {
 		n = 100

@@ -201,6 +201,12 @@ func TestMetrics(t *testing.T) {
 	if v := m1.val("agentd_process_ready_duration_seconds_count", app, `type="web"`); v != 1 {
 		t.Errorf("time to readiness observed %v times, want 1", v)
 	}
+	if v := m1.val("agentd_process_start_seconds_count", app, `type="web"`); v != 1 {
+		t.Errorf("the whole process start observed %v times, want 1", v)
+	}
+	if v := m1.val("agentd_process_start_seconds_sum", app, `type="web"`); v <= 0 {
+		t.Errorf("the whole process start took %vs", v)
+	}
 	if v := m1.val("agentd_app_active_release_info", app, `release="v1"`); v != 1 {
 		t.Errorf("active release info for v1: %v", v)
 	}

@@ -151,14 +151,20 @@ func (ag *Agent) CreateApp(req api.AppCreate) (api.App, error) {
 }
 
 func lookupUser(name string) (*user.User, error) {
-	u, err := user.Lookup(name)
+	u, _, err := lookupUserGroups(name)
+	return u, err
+}
+
+// lookupUserGroups is lookupUser with the user's groups (cachedLookup).
+func lookupUserGroups(name string) (*user.User, []uint32, error) {
+	u, groups, err := cachedLookup(name)
 	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", name, err)
+		return nil, nil, fmt.Errorf("user %q: %w", name, err)
 	}
 	if os.Geteuid() != 0 && u.Uid != strconv.Itoa(os.Geteuid()) {
-		return nil, fmt.Errorf("user %q: agentd runs as uid %d and can only run apps as another user when it runs as root", name, os.Geteuid())
+		return nil, nil, fmt.Errorf("user %q: agentd runs as uid %d and can only run apps as another user when it runs as root", name, os.Geteuid())
 	}
-	return u, nil
+	return u, groups, nil
 }
 
 // DestroyApp stops every process of the app (draining them), closes its

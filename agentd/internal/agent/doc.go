@@ -43,7 +43,9 @@
 //	host.go      the engine's host: processes as the engine sees them
 //	bake.go      what a bake window watches; the rest of one after a restart
 //	memest.go    the memory check before a preboot
-//	procs.go     starting a process, readiness, exits and crash restarts
+//	procs.go     starting a process, readiness, exits and crash restarts;
+//	             starttime.go: the whole start timed, step by step;
+//	             usercache.go: app users looked up once per /etc/passwd
 //	drain.go     stopping processes; observe.go: connections, socket use
 //	recover.go   adoption and reconcile after agentd (re)started
 //	maintenance.go  maintenance mode: the responder, on/off, pending releases

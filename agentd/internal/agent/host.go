@@ -59,6 +59,10 @@ func (h *host) flush() error {
 	if h.ag.frozen.Load() {
 		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): nothing starts meanwhile")
 	} else {
+		recordAt := time.Now()
+		for _, p := range ps {
+			p.startT.recordAt = recordAt
+		}
 		err = h.ag.saveThen(h.a, func() { released = true; h.ag.releaseRecorded(h.a, ps) })
 	}
 	h.a.mu.Unlock()
@@ -66,6 +70,9 @@ func (h *host) flush() error {
 		if !released {
 			p.p.Cancel()
 		}
+	}
+	if released {
+		h.ag.reportStarts(h.a, ps)
 	}
 	if err != nil {
 		return fmt.Errorf("recording the new processes: %w", err)

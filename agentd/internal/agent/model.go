@@ -327,6 +327,8 @@ type proc struct {
 
 	// run is set for a one-off process (run.go): never part of a rollout.
 	run *runInfo
+	// startT times its start (starttime.go).
+	startT startTimes
 }
 
 func (p *proc) name() string {

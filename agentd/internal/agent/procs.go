@@ -81,7 +81,7 @@ func credential(userName string) (*syscall.Credential, error) {
 	if userName == "" {
 		return nil, nil
 	}
-	u, err := lookupUser(userName)
+	u, groups, err := lookupUserGroups(userName)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func credential(userName string) (*syscall.Credential, error) {
 	}
 	// The supplementary groups are the user's own (as initgroups(3) gives
 	// them), never inherited from agentd (root's groups).
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: userGroups(u)}, nil
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, nil
 }
 
 func randomID() string {
@@ -118,6 +118,7 @@ func (ag *Agent) startProc(a *app, r *releaseState, typ string, index int) (*pro
 // (rollout.Responder) gets every socket of the app, other types their own.
 func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, extraEnv []string) (*proc, error) {
 	pr := &proc{typ: typ, index: index, release: r.Version, state: api.StateStarting, extend: make(chan time.Duration, 1)}
+	pr.startT.began = time.Now()
 	name := pr.name()
 	dir, err := ag.codeDir(a, r)
 	if err != nil {
@@ -192,12 +193,18 @@ func (ag *Agent) spawn(a *app, r *releaseState, typ string, index int, argv, ext
 		// Placed while the shim holds it, before it runs any app code.
 		// A failure leaves it in agentd's own cgroup, still supervised.
 		spec.Place = func(pid int) {
+			t := time.Now()
+			defer func() { pr.startT.place = time.Since(t) }()
 			if err := sc.Place(a.st.Name, r.Version, pid, drainTimeout); err != nil {
 				ag.log.Warn("release cgroup", "app", a.st.Name, "process", name, "err", err)
 			}
 		}
 	}
+	forkAt := time.Now()
+	pr.startT.setup = forkAt.Sub(pr.startT.began)
 	pr.p, err = supervisor.Start(spec)
+	pr.startT.started = time.Now()
+	pr.startT.fork = pr.startT.started.Sub(forkAt) - pr.startT.place
 	if err != nil {
 		pr.closeFiles()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -218,7 +225,9 @@ func (ag *Agent) releaseRecorded(a *app, ps []*proc) {
 	for _, p := range ps {
 		if err := p.p.Release(); err != nil {
 			ag.log.Warn("releasing a held process", "app", a.st.Name, "process", p.name(), "err", err)
+			continue
 		}
+		p.startT.released = time.Now()
 	}
 }
 

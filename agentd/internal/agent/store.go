@@ -10,10 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/artifact"
@@ -151,27 +151,44 @@ func (ag *Agent) DataEnv(app, userName string) ([]string, error) {
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory of %s: %w", app, err)
 	}
+	uid, gid := -1, -1
 	if userName != "" && os.Geteuid() == 0 {
-		u, err := user.Lookup(userName)
+		u, err := lookupUser(userName)
 		if err != nil {
 			return nil, fmt.Errorf("data directory of %s: %w", app, err)
 		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		for _, d := range []string{dir, tmp} {
-			if err := os.Lchown(d, uid, gid); err != nil {
-				return nil, fmt.Errorf("data directory of %s: %w", app, err)
-			}
-		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
 	}
 	for _, d := range []string{dir, tmp} {
 		// MkdirAll leaves an existing directory's mode; the app's data is
 		// its own, never readable by other apps' users.
-		if err := os.Chmod(d, 0o700); err != nil {
+		if err := ensureDir(d, uid, gid, 0o700); err != nil {
 			return nil, fmt.Errorf("data directory of %s: %w", app, err)
 		}
 	}
 	return []string{"HOME=" + dir, "TMPDIR=" + tmp}, nil
+}
+
+// ensureDir makes the directory d owned by uid:gid (-1: left as it is)
+// with mode perm, changing only what differs: every process start passes
+// here, and a change of an inode costs a journal write where a stat does
+// not.
+func ensureDir(d string, uid, gid int, perm os.FileMode) error {
+	fi, err := os.Lstat(d)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if uid >= 0 && (!ok || int(st.Uid) != uid || int(st.Gid) != gid) {
+		if err := os.Lchown(d, uid, gid); err != nil {
+			return err
+		}
+	}
+	if fi.Mode().Perm() != perm || fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky) != 0 {
+		return os.Chmod(d, perm)
+	}
+	return nil
 }
 
 // codeDir is the directory release r's processes run in: its tree in the

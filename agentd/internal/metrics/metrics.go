@@ -47,6 +47,8 @@ type Metrics struct {
 	// postdrain: scripts.go, registered on first use.
 	postdrain scriptRuns
 	liveness  scriptRuns
+	// starts: procstart.go, registered on first use.
+	starts procStarts
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
@@ -195,6 +197,7 @@ func (m *Metrics) AppDestroyed(app string) {
 	m.restarts.DeletePartialMatch(l)
 	m.postdrain.forget(l)
 	m.liveness.forget(l)
+	m.starts.forget(l)
 	m.active.DeletePartialMatch(l)
 	m.rollback.DeletePartialMatch(l)
 	m.shed.DeletePartialMatch(l)

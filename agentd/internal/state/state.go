@@ -41,12 +41,15 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err = keepPrevious(path); err != nil {
+	stale, err := keepPrevious(path)
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = os.Rename(tmp, path); err != nil {
+		removeStale(stale)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	removeStale(stale)
 	// One fsync makes both renames durable. Should only the second reach
 	// the disk, PREV is an older generation: still a good one.
 	return SyncDir(dir)
@@ -67,11 +70,11 @@ func SyncDir(dir string) error {
 
 // WriteJSON atomically replaces path with v as indented JSON.
 func WriteJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
+	var werr error
+	if err := encodeJSON(v, func(b []byte) error { werr = WriteFile(path, b, 0o600); return nil }); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return WriteFile(path, append(b, '\n'), 0o600)
+	return werr
 }
 
 // ReadJSON reads path into v. A missing file returns an error satisfying

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,10 +23,6 @@ import (
 // next write's PATH.prev must be a durable generation, which it is once
 // this returns.
 func WriteJSONThen(path string, v any, visible func()) (err error) {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -40,18 +35,23 @@ func WriteJSONThen(path string, v any, visible func()) (err error) {
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err = f.Write(append(b, '\n')); err != nil {
+	if err = encodeJSON(v, func(b []byte) error { _, err := f.Write(b); return err }); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	// os.CreateTemp made it 0600 already: no chmod.
-	if err = keepPrevious(path); err != nil {
+	stale, err := keepPrevious(path)
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = os.Rename(f.Name(), path); err != nil {
+		removeStale(stale)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	renamed = true
 	visible()
+	// The generation PREV held goes once the go-ahead is given, not
+	// before (keepPrevious), and before the directory's fsync.
+	removeStale(stale)
 	// Now durable, as WriteFile leaves it: the content, then both renames.
 	if err = f.Sync(); err != nil {
 		return fmt.Errorf("write %s: fsync: %w", path, err)

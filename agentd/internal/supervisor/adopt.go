@@ -115,7 +115,8 @@ const clockTick = 100
 // StartTime reads when pid started, from /proc/PID/stat (clock ticks since
 // boot, so precise to 10 ms).
 func StartTime(pid int) (time.Time, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	var buf [1024]byte
+	b, err := readProc("/proc/"+strconv.Itoa(pid)+"/stat", buf[:])
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -143,6 +144,32 @@ func StartTime(pid int) (time.Time, error) {
 		return time.Time{}, err
 	}
 	return bt.Add(time.Duration(ticks) * time.Second / clockTick), nil
+}
+
+// readProc reads a small file of /proc into buf with plain system calls:
+// StartTime is on the way to every process start, and os.ReadFile's
+// stat and poller registration cost as much as the read here.
+func readProc(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m == 0 {
+			return buf[:n], nil
+		}
+		n += m
+	}
+	return nil, fmt.Errorf("%s: longer than %d bytes", path, len(buf))
 }
 
 // sameStart compares a /proc start time with a recorded one. btime has

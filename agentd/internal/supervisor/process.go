@@ -134,11 +134,10 @@ func Start(s Spec) (*Process, error) {
 	if len(s.Argv) == 0 {
 		return nil, errors.New("start: no command")
 	}
-	devnull, err := os.Open(os.DevNull)
+	devnull, err := devNull()
 	if err != nil {
 		return nil, fmt.Errorf("start %q: %w", s.Argv, err)
 	}
-	defer devnull.Close()
 	out := devnull
 	if s.Output != nil {
 		out = s.Output
@@ -201,6 +200,26 @@ func Start(s Spec) (*Process, error) {
 	}
 	go p.wait()
 	return p, nil
+}
+
+// devnull is /dev/null, opened once for every process's stdin rather than
+// once per start: the fork dups it, and agentd never closes it.
+var devnull struct {
+	sync.Mutex
+	f *os.File
+}
+
+func devNull() (*os.File, error) {
+	devnull.Lock()
+	defer devnull.Unlock()
+	if devnull.f == nil {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, err
+		}
+		devnull.f = f
+	}
+	return devnull.f, nil
 }
 
 // Release lets a held process (Spec.Held) exec its command: it writes the
