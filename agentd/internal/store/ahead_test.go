@@ -1,8 +1,11 @@
 package store
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -84,5 +87,57 @@ func TestPrelinkedTree(t *testing.T) {
 	u.Abort()
 	if left, _ := readNames(s.tmp); len(left) != 0 {
 		t.Errorf("the aborted upload left %v in the scratch directory", left)
+	}
+}
+
+// TestEarlySyncFailureFailsCommit: a received file whose fsync failed
+// while the upload arrived fails the Commit, even though a second fsync
+// would succeed (the kernel may have dropped the pages), and no tree is
+// made of it.
+func TestEarlySyncFailureFailsCommit(t *testing.T) {
+	s := openStore(t)
+	dir := writeTree(t, file("Procfile", "web: ./x\n"), exe("x", "#!/bin/sh\n"))
+	entries, staged, err := scanTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed atomic.Bool
+	var calls atomic.Int32
+	orig := syncFile
+	t.Cleanup(func() { syncFile = orig })
+	syncFile = func(p string) error {
+		calls.Add(1)
+		if failed.CompareAndSwap(false, true) {
+			return syscall.EIO
+		}
+		return orig(p)
+	}
+	u, res, err := s.NewUpload(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range res.Missing {
+		f, err := os.Open(staged[h])
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = u.Put(h, f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	u.syncs.wg.Wait()
+	if n := calls.Load(); n != int32(len(res.Missing)) {
+		t.Errorf("%d fsyncs while the upload arrived, want one per received file (%d)", n, len(res.Missing))
+	}
+	if _, err := u.Commit(); !errors.Is(err, syscall.EIO) {
+		t.Errorf("commit after a failed fsync: %v, want EIO", err)
+	}
+	if !failed.Load() {
+		t.Fatal("no fsync ran before Commit returned")
+	}
+	if trees, _ := contents(t, s); len(trees) != 0 {
+		t.Errorf("a tree was made of an upload whose fsync failed: %v", trees)
 	}
 }

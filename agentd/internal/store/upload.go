@@ -50,6 +50,9 @@ type Upload struct {
 	copies copyJob
 	// pre is the tree begun while the rest arrives (prelink.go).
 	pre *prelink
+	// syncs are the received files' fsyncs, begun as each is whole
+	// (earlysync.go).
+	syncs syncJob
 }
 
 // NewUpload checks a manifest (the artifact rules, see checkManifest) and
@@ -202,6 +205,9 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	if n := u.first[hash]; n != nil {
 		sealed = seal(dst, n.exec, n.mtimeNs) == nil
 	}
+	// Begun before the content counts as received: Commit, which waits
+	// for the fsyncs, can only run once nothing is missing.
+	u.syncs.start(dst)
 	u.mu.Lock()
 	delete(u.want, hash)
 	u.got[hash] = dst
@@ -250,11 +256,21 @@ func (u *Upload) Commit() (string, error) {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
 	// Every received file durable before any name refers to it (the
-	// copies are already).
+	// copies are already): most were synced while the rest arrived.
+	synced, err := u.syncs.wait()
+	if err != nil {
+		return "", fmt.Errorf("upload %s: %w", u.ID, err)
+	}
 	u.mu.Lock()
 	got, sealed := maps.Clone(u.got), maps.Clone(u.sealed)
 	u.mu.Unlock()
-	if err := syncFiles(slices.Collect(maps.Values(got))); err != nil {
+	var rest []string
+	for _, p := range got {
+		if !synced[p] {
+			rest = append(rest, p)
+		}
+	}
+	if err := syncFiles(rest); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
 	return u.s.build(u.t, got, u.replace, sealed, u.pre)
@@ -288,7 +304,8 @@ func syncFiles(paths []string) error {
 	return nil
 }
 
-func syncFile(p string) error {
+// syncFile fsyncs one file; a variable so a test can make it fail.
+var syncFile = func(p string) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
@@ -313,6 +330,7 @@ func (u *Upload) end() {
 	// and the scratch directory: both must outlive them.
 	u.copies.stop()
 	u.pre.stop()
+	u.syncs.wait()
 	s := u.s
 	s.mu.Lock()
 	for _, h := range u.pins {
