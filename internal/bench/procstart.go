@@ -23,7 +23,7 @@ func processStartCosts(bins binaries, n int) []startCost {
 		{"bash -c /bin/true (how agentd ran a Procfile line before it exec'd plain ones directly)", []string{"/bin/bash", "-c", "/bin/true"}},
 		{"agentd's exec shim → /bin/true", sockets.ShimArgv(bins.Agentd, []string{"/bin/true"})},
 		{"agentd's exec shim → bash -c /bin/true (agentd's whole chain before)", sockets.ShimArgv(bins.Agentd, []string{"/bin/bash", "-c", "/bin/true"})},
-		{"agentd-shim (C, static) → /bin/true (agentd's whole chain now)", sockets.ShimArgv(bins.Shim, sockets.ShellArgv("/bin/true"))},
+		{"agentd-shim (freestanding C) → /bin/true (agentd's whole chain now)", sockets.ShimArgv(bins.Shim, sockets.ShellArgv("/bin/true"))},
 	})
 }
 
@@ -35,7 +35,7 @@ func startChainCosts(bins binaries, n int) []startCost {
 		{"fork+exec /bin/true (direct)", []string{"/bin/true"}},
 		{"before: agentd re-executed as the shim → bash -c → /bin/true", sockets.ShimArgv(bins.Agentd, []string{"/bin/bash", "-c", "/bin/true"})},
 		{"agentd re-executed as the shim → /bin/true (direct argv)", sockets.ShimArgv(bins.Agentd, sockets.ShellArgv("/bin/true"))},
-		{"after: agentd-shim (C, static) → /bin/true (direct argv)", sockets.ShimArgv(bins.Shim, sockets.ShellArgv("/bin/true"))},
+		{"after: agentd-shim (freestanding C, no libc) → /bin/true (direct argv)", sockets.ShimArgv(bins.Shim, sockets.ShellArgv("/bin/true"))},
 	})
 }
 
