@@ -2,8 +2,10 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -139,5 +141,43 @@ func TestEarlySyncFailureFailsCommit(t *testing.T) {
 	}
 	if trees, _ := contents(t, s); len(trees) != 0 {
 		t.Errorf("a tree was made of an upload whose fsync failed: %v", trees)
+	}
+}
+
+// TestEarlySyncsBounded: files arriving faster than they are synced wait
+// in a queue, at most syncWorkers fsyncs at once, and every one is synced
+// before Commit's wait returns.
+func TestEarlySyncsBounded(t *testing.T) {
+	var inFlight, most atomic.Int32
+	release := make(chan struct{})
+	orig := syncFile
+	t.Cleanup(func() { syncFile = orig })
+	syncFile = func(p string) error {
+		n := inFlight.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		inFlight.Add(-1)
+		return nil
+	}
+	var j syncJob
+	const files = 1000
+	for i := range files {
+		j.start(fmt.Sprintf("f%d", i))
+	}
+	if g := runtime.NumGoroutine(); g > 100 {
+		t.Errorf("%d goroutines for %d queued fsyncs", g, files)
+	}
+	close(release)
+	done, err := j.wait()
+	if err != nil || len(done) != files {
+		t.Errorf("synced %d of %d, %v", len(done), files, err)
+	}
+	if m := most.Load(); m > syncWorkers {
+		t.Errorf("%d fsyncs at once, want at most %d", m, syncWorkers)
+	}
+	j.start("late")
+	if _, ok := done["late"]; ok || len(j.queue) != 0 {
+		t.Error("a file queued after the wait was taken")
 	}
 }

@@ -15,45 +15,60 @@ import (
 // the path.
 
 // syncWorkers bounds the fsyncs in flight for one upload: enough for the
-// journal to commit several files at once.
+// journal to commit several files at once. The files wait in a queue, not
+// in a goroutine each: a tree of 100,000 small files arrives faster than
+// it can be synced.
 const syncWorkers = 4
 
 // syncJob is an upload's early fsyncs.
 type syncJob struct {
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	sem    chan struct{}
-	closed bool
-	done   map[string]bool
-	err    error
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	queue   []string
+	workers int
+	closed  bool
+	done    map[string]bool
+	err     error
 }
 
-// start fsyncs the file at p in the background, unless the job is closed
-// (the upload ended).
+// start queues the file at p for an fsync in the background, unless the
+// job is closed (the upload ended).
 func (j *syncJob) start(p string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
 		return
 	}
-	if j.sem == nil {
-		j.sem, j.done = make(chan struct{}, syncWorkers), map[string]bool{}
+	if j.done == nil {
+		j.done = map[string]bool{}
 	}
-	j.wg.Go(func() {
-		j.sem <- struct{}{}
+	j.queue = append(j.queue, p)
+	if j.workers < syncWorkers {
+		j.workers++
+		j.wg.Go(j.work)
+	}
+}
+
+// work fsyncs queued files until the queue is empty.
+func (j *syncJob) work() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for len(j.queue) > 0 {
+		p := j.queue[0]
+		j.queue = j.queue[1:]
+		j.mu.Unlock()
 		err := syncFile(p)
-		<-j.sem
 		j.mu.Lock()
-		defer j.mu.Unlock()
 		if err != nil {
 			// Never retried: after a failed fsync the kernel may have
 			// dropped the pages, and a second fsync can succeed on lost
 			// data.
 			j.err = errors.Join(j.err, fmt.Errorf("syncing %s: %w", p, err))
-			return
+			continue
 		}
 		j.done[p] = true
-	})
+	}
+	j.workers--
 }
 
 // wait closes the job, waits for its fsyncs and returns the files synced;
@@ -66,4 +81,13 @@ func (j *syncJob) wait() (map[string]bool, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.done, j.err
+}
+
+// drop closes the job, forgets what is still queued and waits for the
+// fsyncs under way: for an upload given up, whose files go.
+func (j *syncJob) drop() {
+	j.mu.Lock()
+	j.closed, j.queue = true, nil
+	j.mu.Unlock()
+	j.wg.Wait()
 }

@@ -330,7 +330,7 @@ func (u *Upload) end() {
 	// and the scratch directory: both must outlive them.
 	u.copies.stop()
 	u.pre.stop()
-	u.syncs.wait()
+	u.syncs.drop()
 	s := u.s
 	s.mu.Lock()
 	for _, h := range u.pins {
