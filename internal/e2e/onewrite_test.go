@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/agentd/agentd/agentd/api"
-	"github.com/agentd/agentd/internal/harness"
 )
 
 // TestKillBeforeTheFirstRecordLeavesNoRelease: a deploy writes its new
@@ -20,22 +19,8 @@ import (
 // release serving, no trace of the new one and nothing of it running, and
 // the next deploy takes the number the lost one had.
 func TestKillBeforeTheFirstRecordLeavesNoRelease(t *testing.T) {
-	dir, err := os.MkdirTemp("", "e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ag, err := harness.StartEnv(bins, dir, []string{"AGENTD_TEST_PAUSE=record"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, ag: ag, dir: dir}
-	t.Cleanup(func() {
-		ag.Stop()
-		if t.Failed() {
-			t.Logf("agentd log:\n%s", ag.Log())
-		}
-		os.RemoveAll(dir)
-	})
+	e := startEnv(t, []string{"AGENTD_TEST_PAUSE=record"})
+	ag := e.ag
 	url := e.createApp("ow", "--readiness", "web=notify")
 	e.deploy("ow", e.release(""))
 	ls := startLoads(t, url)

@@ -45,10 +45,10 @@ type Metrics struct {
 	maint    *prometheus.GaugeVec
 	cron     cronMetrics
 	// postdrain: scripts.go, registered on first use.
-	postdrain scriptRuns
-	liveness  scriptRuns
+	postdrain lazyVec[*prometheus.CounterVec]
+	liveness  lazyVec[*prometheus.CounterVec]
 	// starts: procstart.go, registered on first use.
-	starts procStarts
+	starts lazyVec[*prometheus.HistogramVec]
 
 	mu      sync.Mutex
 	current map[string]string // active release by app, for active
