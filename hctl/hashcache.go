@@ -103,7 +103,11 @@ func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	// Read in 256 KiB pieces, not io.Copy's 32 KiB: a 256 MB tree is then
+	// 1,000 reads, not 8,000 (system calls cost here what hashing does).
+	buf := hashBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, *buf)
+	hashBufs.Put(buf)
 	if err != nil {
 		return "", err
 	}
@@ -118,6 +122,9 @@ func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
 	c.mu.Unlock()
 	return key.SHA256, nil
 }
+
+// hashBufs are sum's read buffers, one per hashing goroutine in use.
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // save writes the cache back, dropping entries under root that this scan
 // did not see (deleted files). Failing to save only costs the next deploy

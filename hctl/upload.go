@@ -82,7 +82,7 @@ func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, er
 		send = append(send, b)
 	}
 	slices.SortFunc(send, func(a, b api.BlobRef) int { return strings.Compare(a.Path, b.Path) })
-	sent, err := sendParallel(ctx, c, res.ID, send)
+	sent, err := handOver(ctx, c, res.ID, send)
 	if err != nil {
 		c.AbortUpload(context.WithoutCancel(ctx), res.ID)
 		return "", refused(app, fmt.Errorf("sending %s: %w", dir, err))
@@ -133,6 +133,20 @@ func refused(app string, err error) error {
 		return &opError{msg: fmt.Sprintf("deploy of %s failed: %s; nothing running was touched", app, ae.Message), code: ae.Code}
 	}
 	return err
+}
+
+// handOver gives agentd the contents as open files, which it reads
+// itself; where that cannot be done (an agentd without the route, a socket
+// forwarded over ssh), it sends their bytes.
+func handOver(ctx context.Context, c *api.Client, id string, blobs []api.BlobRef) (int64, error) {
+	if len(blobs) == 0 {
+		return 0, nil
+	}
+	sent, err := c.HandOverBlobs(ctx, id, blobs)
+	if errors.Is(err, api.ErrFDsUnsupported) {
+		return sendParallel(ctx, c, id, blobs)
+	}
+	return sent, err
 }
 
 // sendParallel sends the contents over one connection per core: agentd

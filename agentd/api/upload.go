@@ -3,13 +3,15 @@ package api
 // Manifest-first upload of a directory (the fast path of `hctl deploy DIR`):
 //
 //	POST   /v1/uploads                          UploadManifest -> UploadCreated
-//	PUT    /v1/uploads/{id}/blobs/{sha256}      body: the file's bytes, uncompressed -> 204
+//	POST   /v1/uploads/{id}/fds                 Upgrade: agentd-fds, then open files (blobfds.go)
+//	POST   /v1/uploads/{id}/blobs               body: "SHA256 SIZE\n" + bytes, per file -> 204 (blobstream.go)
 //	DELETE /v1/uploads/{id}                     -> 204 (forget it; nothing else changes)
 //	POST   /v1/apps/{app}/uploads/{id}/deploy?message=&skip_release_phase=1&release_id=
 //	                                            -> event stream, as POST /v1/apps/{app}/deploys
 //
 // The client sends the tree's manifest; agentd answers with the content
-// hashes it has no copy of; the client sends those files alone; the deploy
+// hashes it has no copy of; the client hands over those files alone (as
+// open files, or as their bytes where the socket cannot carry them); the deploy
 // then builds the release from agentd's store. An agentd without the
 // routes answers 404 to the first request, and the client falls back to
 // the .tar.gz upload.

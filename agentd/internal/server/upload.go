@@ -25,15 +25,21 @@ import (
 const maxManifest = 64 << 20
 
 func uploadErr(w http.ResponseWriter, err error) {
+	status, e := uploadError(err)
+	writeErr(w, status, e)
+}
+
+// uploadError is the status and the error that say err to the client.
+func uploadError(err error) (int, *api.Error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		writeErr(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: err.Error()})
+		return http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: err.Error()}
 	case errors.Is(err, artifact.ErrTooLarge):
-		writeErr(w, http.StatusRequestEntityTooLarge, &api.Error{Code: api.CodeBadRequest, Message: err.Error()})
+		return http.StatusRequestEntityTooLarge, &api.Error{Code: api.CodeBadRequest, Message: err.Error()}
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, artifact.ErrInvalid), errors.Is(err, errUploadStalled):
-		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: err.Error()})
+		return http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: err.Error()}
 	default:
-		writeErr(w, http.StatusInternalServerError, &api.Error{Code: api.CodeInternal, Message: err.Error()})
+		return http.StatusInternalServerError, &api.Error{Code: api.CodeInternal, Message: err.Error()}
 	}
 }
 

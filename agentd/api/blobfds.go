@@ -1,0 +1,146 @@
+package api
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Handing over open files instead of their bytes (POST
+// /v1/uploads/{id}/fds): on a unix socket a client can pass agentd the
+// file descriptor of each file it lacks (SCM_RIGHTS), and agentd reads
+// the files itself, several at once. Nothing goes through the socket but
+// one line per file, so neither side copies the content through it: on a
+// 256 MB release that is most of the upload's time (docs/benchmarks.md
+// §5). agentd hashes exactly the bytes it writes into its store, so a
+// file changed after it was handed over is refused as a lie would be.
+//
+// The exchange, after agentd has answered the request with 101 Switching
+// Protocols (the client sends nothing before: bytes read by agentd's HTTP
+// server would lose the descriptors that came with them):
+//
+//	client: "SHA256 SIZE\n" with the file's descriptor, once per file
+//	client: "\n" (done)
+//	agentd: one line of JSON, FDResult, then closes
+//
+// agentd answers at once, without waiting for the rest, when a file is
+// refused, or when a line arrives without a descriptor (a socket that
+// does not carry them, such as one forwarded by ssh): then with
+// CodeFDsNotCarried, and the client sends the bytes instead.
+
+// FDUpgrade is the protocol name in the request's Upgrade header.
+const FDUpgrade = "agentd-fds"
+
+// CodeFDsNotCarried is FDResult's error code when a file's line arrived
+// without its descriptor.
+const CodeFDsNotCarried = "fds_not_carried"
+
+// FDResult is agentd's one-line answer to handed-over files.
+type FDResult struct {
+	Files int64  `json:"files"` // files received whole and matching their hash
+	Bytes int64  `json:"bytes"`
+	Error *Error `json:"error,omitempty"`
+}
+
+// ErrFDsUnsupported is returned by [Client.HandOverBlobs] when the files
+// could not be handed over and nothing was received: an agentd without
+// the route, or a socket that does not carry descriptors. The caller
+// sends the bytes instead ([Client.SendBlobs]).
+var ErrFDsUnsupported = errors.New("agentd cannot take open files on this socket")
+
+// HandOverBlobs hands agentd an open descriptor of each content an upload
+// lacks and waits until agentd has read and checked them all. It returns
+// how many content bytes agentd received.
+func (c *Client) HandOverBlobs(ctx context.Context, id string, blobs []BlobRef) (int64, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "unix", c.SocketPath)
+	if err != nil {
+		return 0, c.mapError(err)
+	}
+	defer conn.Close()
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })()
+	head := "POST /v1/uploads/" + url.PathEscape(id) + "/fds HTTP/1.1\r\nHost: agentd\r\n" +
+		"Connection: Upgrade\r\nUpgrade: " + FDUpgrade + "\r\nContent-Length: 0\r\n"
+	if c.UserAgent != "" {
+		head += "User-Agent: " + c.UserAgent + "\r\n"
+	}
+	if _, err := io.WriteString(conn, head+"\r\n"); err != nil {
+		return 0, c.mapError(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return 0, c.orCancelled(ctx, fmt.Errorf("reading agentd's answer to the upload: %w", err))
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		defer resp.Body.Close()
+		// agentd's own "no such upload" is JSON; an agentd without the
+		// route answers 404 in plain text.
+		routeless := resp.StatusCode == http.StatusNotFound && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
+		e := decodeError(resp)
+		if routeless {
+			return 0, fmt.Errorf("%w: %w", ErrFDsUnsupported, e)
+		}
+		return 0, e
+	}
+	uc := conn.(*net.UnixConn)
+	werr := handOver(uc, blobs)
+	// agentd refuses a file as soon as it finds it wrong, and then reads
+	// no more: its answer says why, so read it after a failed write too.
+	var res FDResult
+	line, rerr := br.ReadString('\n')
+	if rerr == nil {
+		rerr = json.Unmarshal([]byte(line), &res)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return res.Bytes, c.mapError(ctx.Err())
+	case rerr != nil && werr != nil:
+		return res.Bytes, werr
+	case rerr != nil:
+		return res.Bytes, fmt.Errorf("reading agentd's answer to the upload: %w", rerr)
+	case res.Error != nil && res.Error.Code == CodeFDsNotCarried && res.Files == 0:
+		return 0, fmt.Errorf("%w: %s", ErrFDsUnsupported, res.Error.Message)
+	case res.Error != nil:
+		return res.Bytes, res.Error
+	}
+	return res.Bytes, werr
+}
+
+func (c *Client) orCancelled(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return c.mapError(ctx.Err())
+	}
+	return err
+}
+
+// handOver sends each file's line with its descriptor, then the last,
+// empty line. Each descriptor is closed once sent: a tree of 100,000
+// files never holds more than one open here.
+func handOver(uc *net.UnixConn, blobs []BlobRef) error {
+	for _, b := range blobs {
+		f, err := openNoFollow(b.Path)
+		if err != nil {
+			return err
+		}
+		_, _, err = uc.WriteMsgUnix([]byte(blobHeader(b)), unix.UnixRights(int(f.Fd())), nil)
+		f.Close()
+		if err != nil {
+			return &connError{err}
+		}
+	}
+	if _, err := uc.Write([]byte("\n")); err != nil {
+		return &connError{err}
+	}
+	return nil
+}

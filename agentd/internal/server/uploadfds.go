@@ -1,0 +1,245 @@
+package server
+
+// The contents an upload lacks, handed over as open files (api/blobfds.go
+// has the exchange): agentd reads each file itself, on as many goroutines
+// as it has cores, and the store hashes exactly what it writes, so the
+// checks are the byte stream's.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/store"
+)
+
+func (s *Server) putBlobFDs(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.upload(w, r)
+	if !ok {
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), api.FDUpgrade) {
+		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest,
+			Message: "handing over files needs the connection upgraded: send Connection: Upgrade and Upgrade: " + api.FDUpgrade})
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.Log.Error("upload: hijacking the connection", "err", err)
+		return
+	}
+	defer conn.Close()
+	uc, isUnix := conn.(*net.UnixConn)
+	if !isUnix || brw.Reader.Buffered() > 0 {
+		// Bytes read ahead by the HTTP server lost the descriptors sent
+		// with them; a TCP connection carries none.
+		msg := "files can be handed over only on agentd's unix socket, after its 101 answer"
+		b, _ := json.Marshal(&api.Error{Code: api.CodeBadRequest, Message: msg})
+		fmt.Fprintf(brw, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+		brw.Flush()
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", api.FDUpgrade)
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	t0 := time.Now()
+	res := s.receiveFDs(u, uc)
+	s.Log.Debug("upload: handed-over files read", "upload", u.ID, "files", res.Files, "bytes", res.Bytes, "took", time.Since(t0), "err", res.Error)
+	b, _ := json.Marshal(res)
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	conn.Write(append(b, '\n'))
+}
+
+// receiveFDs reads the handed-over files into the upload until the last
+// line or the first failure, which ends it at once.
+func (s *Server) receiveFDs(u *store.Upload, uc *net.UnixConn) api.FDResult {
+	idle := s.UploadIdle
+	if idle <= 0 {
+		idle = DefaultUploadIdle
+	}
+	rd := newFDReader(uc)
+	defer rd.close()
+
+	var (
+		mu    sync.Mutex
+		res   api.FDResult
+		first error
+	)
+	failed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return first != nil
+	}
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil {
+			first = err
+		}
+	}
+	frames := make(chan fdFrame)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for f := range frames {
+				if failed() {
+					f.file.Close()
+					continue
+				}
+				err := putFD(u, f)
+				f.file.Close()
+				if err != nil {
+					fail(err)
+					continue
+				}
+				mu.Lock()
+				res.Files++
+				res.Bytes += f.size
+				mu.Unlock()
+			}
+		})
+	}
+	for !failed() {
+		uc.SetReadDeadline(time.Now().Add(idle))
+		f, err := rd.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			switch {
+			case errors.Is(err, errNoFD):
+				err = &fdsNotCarried{err}
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				err = fmt.Errorf("%w: nothing received for %s", errUploadStalled, idle)
+			case !errors.Is(err, store.ErrInvalid):
+				err = fmt.Errorf("upload: reading handed-over files: %w", err)
+			}
+			fail(err)
+			break
+		}
+		frames <- f
+	}
+	close(frames)
+	wg.Wait()
+	if first != nil {
+		var nc *fdsNotCarried
+		if errors.As(first, &nc) {
+			res.Error = &api.Error{Code: api.CodeFDsNotCarried, Message: first.Error()}
+		} else {
+			_, res.Error = uploadError(first)
+		}
+	}
+	return res
+}
+
+// putFD stores one handed-over file; only a regular file is read (a pipe
+// or a device could block or never end).
+func putFD(u *store.Upload, f fdFrame) error {
+	fi, err := f.file.Stat()
+	if err != nil {
+		return fmt.Errorf("upload: sha256 %s: %w", f.hash, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: sha256 %s was handed over as a %s, not a regular file", store.ErrInvalid, f.hash, fi.Mode().Type())
+	}
+	return u.Put(f.hash, f.file)
+}
+
+type fdsNotCarried struct{ err error }
+
+func (e *fdsNotCarried) Error() string { return e.err.Error() }
+func (e *fdsNotCarried) Unwrap() error { return e.err }
+
+// fdFrame is one handed-over file.
+type fdFrame struct {
+	hash string
+	size int64
+	file *os.File
+}
+
+// fdReader reads the lines "SHA256 SIZE\n" of handed-over files and the
+// descriptor that came with each.
+type fdReader struct {
+	uc   *net.UnixConn
+	buf  []byte // received, not yet a whole line
+	fds  []int  // received, not yet matched with a line
+	oob  []byte
+	read []byte
+}
+
+func newFDReader(uc *net.UnixConn) *fdReader {
+	// The kernel delivers one message's descriptors per read, and the
+	// client sends one per message: room for a few is plenty.
+	return &fdReader{uc: uc, oob: make([]byte, unix.CmsgSpace(16*4)), read: make([]byte, 4096)}
+}
+
+var errNoFD = errors.New("a file's line came without its descriptor: this socket does not carry them (forwarded?)")
+
+// next returns the next file, or io.EOF after the empty last line.
+func (r *fdReader) next() (fdFrame, error) {
+	for {
+		if i := strings.IndexByte(string(r.buf), '\n'); i >= 0 {
+			line := string(r.buf[:i])
+			r.buf = r.buf[i+1:]
+			if line == "" {
+				return fdFrame{}, io.EOF
+			}
+			hash, sz, _ := strings.Cut(line, " ")
+			size, err := strconv.ParseInt(sz, 10, 64)
+			if err != nil || size < 0 {
+				return fdFrame{}, fmt.Errorf("%w: content header %q: want \"SHA256 SIZE\"", store.ErrInvalid, line)
+			}
+			if len(r.fds) == 0 {
+				return fdFrame{}, errNoFD
+			}
+			fd := r.fds[0]
+			r.fds = r.fds[1:]
+			return fdFrame{hash: hash, size: size, file: os.NewFile(uintptr(fd), hash)}, nil
+		}
+		if len(r.buf) > 256 {
+			return fdFrame{}, fmt.Errorf("%w: a content header longer than any \"SHA256 SIZE\"", store.ErrInvalid)
+		}
+		n, oobn, flags, _, err := r.uc.ReadMsgUnix(r.read, r.oob)
+		if oobn > 0 {
+			if cms, perr := unix.ParseSocketControlMessage(r.oob[:oobn]); perr == nil {
+				for _, cm := range cms {
+					if fds, err := unix.ParseUnixRights(&cm); err == nil {
+						r.fds = append(r.fds, fds...)
+					}
+				}
+			}
+		}
+		if flags&unix.MSG_CTRUNC != 0 {
+			return fdFrame{}, fmt.Errorf("%w: more descriptors in one message than one per line", store.ErrInvalid)
+		}
+		r.buf = append(r.buf, r.read[:n]...)
+		switch {
+		case err == io.EOF || err == nil && n == 0:
+			return fdFrame{}, fmt.Errorf("%w: the connection ended before the last, empty line", store.ErrInvalid)
+		case err != nil:
+			return fdFrame{}, err
+		}
+	}
+}
+
+// close closes the descriptors received and never returned.
+func (r *fdReader) close() {
+	for _, fd := range r.fds {
+		unix.Close(fd)
+	}
+	r.fds = nil
+}

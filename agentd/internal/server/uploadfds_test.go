@@ -1,0 +1,247 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/agentd/api"
+	"github.com/agentd/agentd/agentd/internal/store"
+)
+
+// serveUnix serves h on a unix socket of its own, as agentd does (peer
+// credentials from the socket), and returns its path.
+func serveUnix(t *testing.T, h http.Handler) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agentd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h, ConnContext: ConnContext}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return sock
+}
+
+// fdUpload is an upload of two contents, written to files to hand over.
+type fdUpload struct {
+	u     *store.Upload
+	refs  []api.BlobRef
+	sock  string
+	total int64
+}
+
+func newFDUpload(t *testing.T) *fdUpload {
+	t.Helper()
+	ag := newAgent(t)
+	st, err := ag.Store()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fdUpload{sock: serveUnix(t, newServer(ag).Handler())}
+	var entries []api.ManifestEntry
+	dir := t.TempDir()
+	for name, body := range map[string]string{"Procfile": "web: ./x\n", "big": strings.Repeat("0123456789abcdef", 1<<16)} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, api.ManifestEntry{Path: name, Type: api.EntryFile, Mode: 0o644, Size: int64(len(body)), SHA256: sum(body)})
+		f.refs = append(f.refs, api.BlobRef{SHA256: sum(body), Size: int64(len(body)), Path: p})
+		f.total += int64(len(body))
+	}
+	u, res, err := st.NewUpload(entries)
+	if err != nil || len(res.Missing) != 2 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	f.u = u
+	return f
+}
+
+// Handed-over files are read by agentd, which counts what it received.
+func TestHandOverBlobs(t *testing.T) {
+	f := newFDUpload(t)
+	c := api.NewClient(f.sock)
+	n, err := c.HandOverBlobs(t.Context(), f.u.ID, f.refs)
+	if err != nil || n != f.total {
+		t.Fatalf("handed over: %d bytes, %v; want %d", n, err, f.total)
+	}
+	if f.u.Missing() != 0 {
+		t.Errorf("%d contents still missing", f.u.Missing())
+	}
+	// Every file received is closed once stored: 40 more hand-overs of
+	// the same two (each stored already) leave no descriptor behind.
+	before := openFDs(t)
+	for range 40 {
+		if _, err := c.HandOverBlobs(t.Context(), f.u.ID, f.refs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := openFDs(t); after-before >= 20 {
+		t.Errorf("%d descriptors open after 80 files were handed over, %d before", after, before)
+	}
+	if _, err := c.HandOverBlobs(t.Context(), "nope", f.refs); !isCode(err, api.CodeNotFound) {
+		t.Errorf("an unknown upload: %v, want not found", err)
+	}
+}
+
+// A file whose bytes do not match the hash it was handed over as is
+// refused, with agentd's reason, and the upload still lacks it.
+func TestHandOverLyingFile(t *testing.T) {
+	f := newFDUpload(t)
+	lie := f.refs[0]
+	if err := os.WriteFile(lie.Path, []byte("web: ./y\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := api.NewClient(f.sock).HandOverBlobs(t.Context(), f.u.ID, []api.BlobRef{lie})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeBadRequest || !strings.Contains(ae.Message, "hash to") {
+		t.Fatalf("lying file: %v, want agentd's refusal", err)
+	}
+	if f.u.Missing() != 2 {
+		t.Errorf("the refused file changed the upload: %d missing, want 2", f.u.Missing())
+	}
+	// A file shorter than its manifest entry says is refused too.
+	short := f.refs[1]
+	if err := os.Truncate(short.Path, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.NewClient(f.sock).HandOverBlobs(t.Context(), f.u.ID, []api.BlobRef{short}); !isCode(err, api.CodeBadRequest) {
+		t.Errorf("short file: %v, want a bad request", err)
+	}
+}
+
+// Only a regular file is read: a pipe could hold agentd for ever.
+func TestHandOverRefusesAPipe(t *testing.T) {
+	f := newFDUpload(t)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	res := rawHandOver(t, f.sock, f.u.ID, func(uc *net.UnixConn) {
+		uc.WriteMsgUnix([]byte(f.refs[0].SHA256+" 9\n"), unix.UnixRights(int(pr.Fd())), nil)
+		uc.Write([]byte("\n"))
+	})
+	if res.Error == nil || res.Error.Code != api.CodeBadRequest || !strings.Contains(res.Error.Message, "not a regular file") {
+		t.Errorf("a pipe: %+v, want it refused", res)
+	}
+	if f.u.Missing() != 2 {
+		t.Errorf("%d missing, want 2", f.u.Missing())
+	}
+}
+
+// A line without its descriptor (a socket forwarded byte by byte, as
+// ssh does) gets CodeFDsNotCarried, which the client turns into
+// ErrFDsUnsupported so that it sends the bytes instead; so does an agentd
+// without the route.
+func TestHandOverWithoutDescriptors(t *testing.T) {
+	f := newFDUpload(t)
+	res := rawHandOver(t, f.sock, f.u.ID, func(uc *net.UnixConn) {
+		uc.Write([]byte(f.refs[0].SHA256 + " 9\n\n"))
+	})
+	if res.Error == nil || res.Error.Code != api.CodeFDsNotCarried || res.Files != 0 {
+		t.Errorf("a line without a descriptor: %+v", res)
+	}
+	relay := relaySocket(t, f.sock)
+	if _, err := api.NewClient(relay).HandOverBlobs(t.Context(), f.u.ID, f.refs); !errors.Is(err, api.ErrFDsUnsupported) {
+		t.Errorf("through a relay: %v, want ErrFDsUnsupported", err)
+	}
+	if n, err := api.NewClient(relay).SendBlobs(t.Context(), f.u.ID, f.refs); err != nil || n != f.total {
+		t.Errorf("the bytes through the relay: %d, %v", n, err)
+	}
+	if f.u.Missing() != 0 {
+		t.Errorf("%d missing after the bytes were sent", f.u.Missing())
+	}
+	older := serveUnix(t, http.NewServeMux())
+	if _, err := api.NewClient(older).HandOverBlobs(t.Context(), f.u.ID, f.refs); !errors.Is(err, api.ErrFDsUnsupported) {
+		t.Errorf("an agentd without the route: %v, want ErrFDsUnsupported", err)
+	}
+}
+
+// rawHandOver upgrades a connection for handing over files, lets send
+// write what it wants, and returns agentd's answer.
+func rawHandOver(t *testing.T, sock, id string, send func(*net.UnixConn)) api.FDResult {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /v1/uploads/"+id+"/fds HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+api.FDUpgrade+"\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	send(conn.(*net.UnixConn))
+	line, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("agentd's answer: %v", err)
+	}
+	var res api.FDResult
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		t.Fatalf("agentd's answer %q: %v", line, err)
+	}
+	return res
+}
+
+// relaySocket copies bytes between its clients and sock, as ssh's
+// forwarding of a unix socket does: descriptors do not pass.
+func relaySocket(t *testing.T, sock string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "relay.sock")
+	ln, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var d net.Dialer
+				up, err := d.DialContext(ctx, "unix", sock)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				context.AfterFunc(ctx, func() { c.Close(); up.Close() })
+				go func() { io.Copy(up, c); up.(*net.UnixConn).CloseWrite() }()
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return p
+}
+
+func isCode(err error, code string) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Code == code
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
