@@ -42,6 +42,8 @@ type storeResults struct {
 	// WholeStart is the whole process start, as agentd times it
 	// (wholestart.go).
 	WholeStart *wholeStart `json:"whole_process_start,omitempty"`
+	// Floor is what no deploy here goes below (storefloor.go).
+	Floor *storeFloor `json:"machine_floor,omitempty"`
 }
 
 // storeCase is one release shape.
@@ -187,6 +189,10 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 	a := accs[len(sizes)]
 	out.Cases = append(out.Cases, storeCase{Name: "256 MiB, one 1 MiB file changed", MiB: 256,
 		TarGz: stat(a.tgz), Manifest: stat(a.man), Prepare: stat(a.prep), SentMiB: stat(a.sent), Steps: stepStats(a.steps)})
+	if out.Floor, err = measureFloor(bins.Hctl, dir, 20); err != nil {
+		return nil, err
+	}
+	say("store: this machine's floor: hctl --version %s, write+fsync of a new 1 MiB file %s", fmtDur(out.Floor.HctlStart.Median), fmtDur(out.Floor.Fsync1MiB.Median))
 	v := strings.Fields(firstField(fmt.Sprintf("/proc/%d/status", ag.PID()), "VmHWM"))
 	if len(v) > 0 {
 		kb, _ := strconv.ParseFloat(v[0], 64)
