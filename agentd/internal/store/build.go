@@ -57,6 +57,11 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 		if _, ok := adopted[bp]; ok {
 			continue
 		}
+		if linked[n.path] && !replace[n.hash] {
+			// Linked to its blob while the upload arrived (the blob is
+			// pinned, so still there): no stat needed.
+			continue
+		}
 		if _, err := os.Lstat(bp); err == nil && !replace[n.hash] {
 			continue
 		}
