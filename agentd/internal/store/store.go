@@ -63,6 +63,8 @@ type Store struct {
 	dir string
 	lim artifact.Limits
 	tmp string // this process's own scratch directory under tmp/
+	// blobs is blobs/, open: blobs are looked up relative to it (blobdir.go).
+	blobs int
 
 	// mu orders the linking of blobs into trees against Collect, so a blob
 	// is never removed between "it exists" and the link that keeps it.
@@ -92,6 +94,9 @@ func Open(dir string, lim artifact.Limits) (*Store, error) {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
 	s.tmp = tmp
+	if s.blobs, err = openBlobs(dir); err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
 	return s, nil
 }
 
@@ -148,21 +153,15 @@ func validHash(h string) bool {
 
 // blobPath is where the blob of (hash, exec, mtime) lives.
 func (s *Store) blobPath(hash string, exec bool, mtimeNs int64) string {
-	k := "f."
-	if exec {
-		k = "x."
-	}
-	return filepath.Join(s.dir, "blobs", hash[:2], hash, k+strconv.FormatInt(mtimeNs, 10))
+	return filepath.Join(s.dir, "blobs", blobRel(hash, exec, mtimeNs))
 }
 
 // anyBlob returns the path of some blob with this content, or "".
 func (s *Store) anyBlob(hash string) string {
-	d := filepath.Join(s.dir, "blobs", hash[:2], hash)
-	names, err := readNames(d)
-	if err != nil || len(names) == 0 {
-		return ""
+	if rel := s.anyBlobRel(hash); rel != "" {
+		return filepath.Join(s.dir, "blobs", rel)
 	}
-	return filepath.Join(d, names[0])
+	return ""
 }
 
 func readNames(dir string) ([]string, error) {

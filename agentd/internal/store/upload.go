@@ -67,14 +67,14 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 		first: map[string]*node{}, sealed: map[string]bool{}, used: time.Now()}
 	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
 	sizes := map[string]int64{}
-	exact := map[string]string{} // hash -> the blob path of its first entry
+	exact := map[string]string{} // hash -> the blob of its first entry, relative to blobs/
 	firsts := map[string]*node{} // hash -> its first entry
 	for _, n := range t.files {
 		if sz, ok := sizes[n.hash]; ok && sz != n.size {
 			return nil, api.UploadCreated{}, invalidf(n.path, "size %d, but another entry with sha256 %s has size %d", n.size, n.hash, sz)
 		}
 		if _, ok := sizes[n.hash]; !ok {
-			exact[n.hash] = s.blobPath(n.hash, n.exec, n.mtimeNs)
+			exact[n.hash] = blobRel(n.hash, n.exec, n.mtimeNs)
 			firsts[n.hash] = n
 		}
 		sizes[n.hash] = n.size
@@ -87,27 +87,28 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	var toCopy map[string]string // hash -> a blob of it under another mode or mtime
 	for _, h := range slices.Sorted(maps.Keys(sizes)) {
 		// The blob of the very same file, as in the last release, is the
-		// common case: one stat, not a directory listing.
-		// (A blob is a regular file: its lstat is its stat.)
+		// common case: one stat, not a directory listing. Under s.mu, so
+		// that what it finds is pinned before a Collect could remove it.
 		b, same := exact[h], true
-		fi, err := os.Lstat(b)
+		var st unix.Stat_t
+		err := s.statBlob(b, &st)
 		if err != nil {
-			if b, same = s.anyBlob(h), false; b != "" {
-				fi, err = os.Lstat(b)
+			if b, same = s.anyBlobRel(h), false; b != "" {
+				err = s.statBlob(b, &st)
 			}
 		}
 		if b != "" {
 			if err != nil {
 				removeAll(u.dir)
-				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
+				return nil, api.UploadCreated{}, fmt.Errorf("upload: blobs/%s: %w", b, err)
 			}
-			if fi.Size() == sizes[h] {
+			if st.Size == sizes[h] {
 				u.pins = append(u.pins, h)
 				if !same {
 					if toCopy == nil {
 						toCopy = map[string]string{}
 					}
-					toCopy[h] = b
+					toCopy[h] = filepath.Join(s.dir, "blobs", b)
 				}
 				continue
 			}
