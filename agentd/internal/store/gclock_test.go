@@ -121,6 +121,12 @@ func TestCollectRacesUploads(t *testing.T) {
 	var tickMu sync.Mutex
 	tick := make(chan struct{})
 	stop, stopped := make(chan struct{}), make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() {
+		stopOnce.Do(func() { close(stop) })
+		<-stopped
+	}
+	t.Cleanup(halt) // before the store is removed, also after a t.Fatal
 	go func() {
 		defer close(stopped)
 		for {
@@ -220,8 +226,7 @@ func TestCollectRacesUploads(t *testing.T) {
 		checkTree(t, s, got, ents)
 		prev = want
 	}
-	close(stop)
-	<-stopped
+	halt()
 	if t.Failed() {
 		return
 	}
