@@ -61,6 +61,9 @@ func (s *Store) Collect(refs Refs) (Collected, error) {
 	}
 	for _, name := range trees {
 		removed, err := s.collectTree(name, refs, now)
+		if removed || err != nil {
+			s.maybeGarbage() // (a failed removal may have removed some)
+		}
 		if err != nil {
 			return c, fmt.Errorf("collecting the store: %w", err)
 		}
@@ -81,15 +84,24 @@ func (s *Store) Collect(refs Refs) (Collected, error) {
 		}
 		p := filepath.Join(s.dir, "private", name)
 		c.Bytes += duBytes(p)
-		if err := removeAll(p); err != nil {
+		err := removeAll(p)
+		// (A private copy links no blob: this is only prudence.)
+		s.maybeGarbage()
+		if err != nil {
 			return c, fmt.Errorf("collecting the store: %w", err)
 		}
 		c.Private++
 	}
 	// Only now, with the trees gone, does a blob's link count say whether
-	// anything still refers to it.
+	// anything still refers to it. Nothing can have become garbage if no
+	// link went since the last complete pass (gcflag.go); the flag is
+	// cleared before the pass, so a link that goes during it sets it again.
+	if !s.garbage.Swap(false) {
+		return c, nil
+	}
 	err = s.walkBlobs(func(d *blobDir) error { return s.collectBlobs(d, &c) })
 	if err != nil {
+		s.maybeGarbage()
 		return c, fmt.Errorf("collecting the store: %w", err)
 	}
 	return c, nil
@@ -168,6 +180,8 @@ func (s *Store) collectBlobs(d *blobDir, c *Collected) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pinned[d.hash] > 0 {
+		// Garbage once the upload ends, unless it links it: look again.
+		s.maybeGarbage()
 		return nil
 	}
 	removed := false

@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,6 +66,9 @@ type Store struct {
 	tmp string // this process's own scratch directory under tmp/
 	// blobs is blobs/, open: blobs are looked up relative to it (blobdir.go).
 	blobs int
+	// garbage: a link to a blob may have gone since the last complete
+	// blob pass of a Collect (gcflag.go).
+	garbage atomic.Bool
 
 	// mu orders the linking of blobs into trees against Collect, so a blob
 	// is never removed between "it exists" and the link that keeps it.
@@ -97,6 +101,7 @@ func Open(dir string, lim artifact.Limits) (*Store, error) {
 	if s.blobs, err = openBlobs(dir); err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
+	s.maybeGarbage() // the first Collect walks every blob
 	return s, nil
 }
 

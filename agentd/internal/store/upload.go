@@ -53,6 +53,9 @@ type Upload struct {
 	// syncs are the received files' fsyncs, begun as each is whole
 	// (earlysync.go).
 	syncs syncJob
+	// kept: Commit's build linked into its tree every file of dir it
+	// adopted as a blob, so removing dir leaves no garbage (gcflag.go).
+	kept bool
 }
 
 // NewUpload checks a manifest (the artifact rules, see checkManifest) and
@@ -274,7 +277,9 @@ func (u *Upload) Commit() (string, error) {
 	if err := syncFiles(rest); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
-	return u.s.build(u.t, got, u.replace, sealed, u.pre)
+	d, kept, err := u.s.build(u.t, got, u.replace, sealed, u.pre)
+	u.kept = kept // (read by end, deferred above, in this goroutine)
+	return d, err
 }
 
 // syncFiles fsyncs files, several at once: the filesystem's journal then
@@ -343,6 +348,11 @@ func (u *Upload) end() {
 	delete(s.uploads, u.ID)
 	s.mu.Unlock()
 	removeAll(u.dir)
+	if !u.kept {
+		// Aborted, expired or failed: what it adopted or pinned may be
+		// linked by nothing now. (Marked after the removal: see gcflag.go.)
+		s.maybeGarbage()
+	}
 }
 
 // expired reports whether the upload has been idle past UploadTTL.
