@@ -44,12 +44,16 @@ func TestNewUploadDuringCollect(t *testing.T) {
 		c   Collected
 		err error
 	}
-	collected := make(chan result, 1)
+	collected, ended := make(chan result, 1), make(chan struct{})
 	go func() {
+		defer close(ended)
 		c, err := s.Collect(Refs{Digests: map[string]bool{d: true}})
 		collected <- result{c, err}
 	}()
-	defer close(release) // (also if the test fails below)
+	defer func() { // (also if the test fails below)
+		close(release)
+		<-ended
+	}()
 	select {
 	case <-entered:
 	case r := <-collected:
