@@ -90,3 +90,38 @@ func BenchmarkNewUpload(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkNewUploadWhileCollecting is the manifest of the next deploy
+// while the prune of the last one walks every blob, over and over.
+func BenchmarkNewUploadWhileCollecting(b *testing.B) {
+	s, refs, entries := benchStore(b)
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s.maybeGarbage()
+			if _, err := s.Collect(refs); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-stopped
+	}()
+	for b.Loop() {
+		u, res, err := s.NewUpload(entries)
+		if err != nil || len(res.Missing) != 0 {
+			b.Fatalf("%+v, %v", res, err)
+		}
+		b.StopTimer()
+		u.Abort()
+		b.StartTimer()
+	}
+}
