@@ -72,6 +72,7 @@ type Store struct {
 
 	// mu orders the linking of blobs into trees against Collect, so a blob
 	// is never removed between "it exists" and the link that keeps it.
+	// Collect takes it for each decision, never across a walk (collect.go).
 	mu      sync.Mutex
 	pinned  map[string]int       // content hash -> uploads in progress that rely on it
 	trees   map[string]time.Time // digest -> when built, until a Collect sees it referenced
