@@ -26,17 +26,27 @@ var link = os.Link
 // names. The staged files in sealed are sealed already as the first
 // file of their content in t needs (Upload.Put does it as each arrives).
 // pre, if not nil, is the tree begun while the upload arrived.
-func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[string]bool, pre *prelink) (string, error) {
-	digest := t.digest()
+//
+// kept reports whether every staged file build adopted as a blob is linked
+// by the tree in trees/ (none adopted counts): if not, the caller's removal
+// of the staged files may leave garbage (gcflag.go).
+func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[string]bool, pre *prelink) (digest string, kept bool, err error) {
+	digest = t.digest()
 	dirs := t.dirs()
 	tmp, linked := pre.take()
 	if tmp == "" {
-		var err error
 		if tmp, err = s.emptyTree(t, dirs); err != nil {
-			return "", fmt.Errorf("building release: %w", err)
+			return "", false, fmt.Errorf("building release: %w", err)
 		}
 	}
-	defer removeAll(tmp)
+	placed := false
+	defer func() {
+		if !placed {
+			// (Links to blobs, prelinked or made here, go with it.)
+			removeAll(tmp)
+			s.maybeGarbage()
+		}
+	}()
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -44,7 +54,7 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 		// The same content is here already (a redeploy, a rollback's
 		// content uploaded again): nothing to build.
 		s.pinTree(digest)
-		return digest, nil
+		return digest, true, nil
 	}
 	// New blobs first, then their names: a name in blobs/ must never point
 	// at data a crash could lose, so every staged file is synced already
@@ -71,19 +81,19 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 			// Same content under another mode or mtime: a new inode.
 			if src = s.anyBlob(n.hash); src == "" || replace[n.hash] {
 				if src, ok = staged[n.hash]; !ok {
-					return "", fmt.Errorf("building release: %w: the content of %q (sha256 %s) was never sent", ErrInvalid, n.path, n.hash)
+					return "", false, fmt.Errorf("building release: %w: the content of %q (sha256 %s) was never sent", ErrInvalid, n.path, n.hash)
 				}
 			}
 			cp := filepath.Join(tmp, ".blob-"+randomID())
 			if err := copyFile(src, cp); err != nil {
-				return "", fmt.Errorf("building release: %w", err)
+				return "", false, fmt.Errorf("building release: %w", err)
 			}
 			src, presealed = cp, false
 		}
 		used[n.hash] = true
 		if !presealed {
 			if err := seal(src, n.exec, n.mtimeNs); err != nil {
-				return "", fmt.Errorf("building release: %w", err)
+				return "", false, fmt.Errorf("building release: %w", err)
 			}
 		}
 		adopted[bp] = src
@@ -93,21 +103,21 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 		// (MkdirAll would stat first), its parent only when missing.
 		if err := os.Mkdir(filepath.Dir(bp), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			if err := os.MkdirAll(filepath.Dir(bp), 0o755); err != nil {
-				return "", fmt.Errorf("building release: %w", err)
+				return "", false, fmt.Errorf("building release: %w", err)
 			}
 		}
 		if err := link(src, bp); errors.Is(err, fs.ErrExist) && replacing(replace, bp) {
 			// Take the damaged blob's name (trees built on it keep it).
 			tmpName := bp + ".new-" + randomID()
 			if err := link(src, tmpName); err != nil {
-				return "", fmt.Errorf("building release: replacing blob: %w", err)
+				return "", false, fmt.Errorf("building release: replacing blob: %w", err)
 			}
 			if err := os.Rename(tmpName, bp); err != nil {
 				os.Remove(tmpName)
-				return "", fmt.Errorf("building release: replacing blob: %w", err)
+				return "", false, fmt.Errorf("building release: replacing blob: %w", err)
 			}
 		} else if err != nil && !errors.Is(err, fs.ErrExist) {
-			return "", fmt.Errorf("building release: storing blob: %w", err)
+			return "", false, fmt.Errorf("building release: storing blob: %w", err)
 		}
 	}
 	for _, n := range t.files {
@@ -124,14 +134,14 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 			}
 		}
 		if err != nil {
-			return "", fmt.Errorf("building release: %s: %w", n.path, err)
+			return "", false, fmt.Errorf("building release: %s: %w", n.path, err)
 		}
 	}
 	// Directories read-only, deepest first (a parent's mode never blocks
 	// the chmod of a child it lets us reach).
 	for _, d := range slices.Backward(dirs) {
 		if err := os.Chmod(filepath.Join(tmp, d), 0o555); err != nil {
-			return "", fmt.Errorf("building release: %w", err)
+			return "", false, fmt.Errorf("building release: %w", err)
 		}
 	}
 	// No sync of the whole filesystem (syncfs waits for every other
@@ -140,9 +150,11 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 	// XFS) commits in order, so the fsync of trees/ after the rename makes
 	// the rename and everything before it durable.
 	trees := filepath.Join(s.dir, "trees")
-	if err := renameNoReplace(tmp, s.Dir(digest)); err != nil {
+	if err := renameNoReplace(tmp, s.Dir(digest)); err == nil {
+		placed = true
+	} else {
 		if !s.Has(digest) {
-			return "", fmt.Errorf("building release: %w", err)
+			return "", false, fmt.Errorf("building release: %w", err)
 		}
 		if len(replace) > 0 {
 			// The tree there links a damaged blob: this one takes its
@@ -150,20 +162,21 @@ func (s *Store) build(t *tree, staged map[string]string, replace, sealed map[str
 			// processes may still run in it; it goes with this process's
 			// scratch directory at the next start.
 			if err := os.Rename(s.Dir(digest), filepath.Join(s.tmp, "damaged-"+randomID())); err != nil {
-				return "", fmt.Errorf("building release: %w", err)
+				return "", false, fmt.Errorf("building release: %w", err)
 			}
 			if err := renameNoReplace(tmp, s.Dir(digest)); err != nil {
-				return "", fmt.Errorf("building release: %w", err)
+				return "", false, fmt.Errorf("building release: %w", err)
 			}
+			placed = true
 		}
 		// Else another process of this agentd built it meanwhile: keep
 		// theirs.
 	}
 	if err := syncDir(trees); err != nil {
-		return "", fmt.Errorf("building release: %w", err)
+		return "", false, fmt.Errorf("building release: %w", err)
 	}
 	s.pinTree(digest)
-	return digest, nil
+	return digest, placed, nil
 }
 
 // emptyTree makes t's directories and symlinks in a new scratch directory.

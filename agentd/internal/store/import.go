@@ -27,7 +27,13 @@ func (s *Store) ImportTarGz(r io.Reader) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("importing artifact: %w", err)
 	}
-	defer removeAll(work)
+	kept := true // nothing adopted from work/ until build
+	defer func() {
+		removeAll(work)
+		if !kept {
+			s.maybeGarbage()
+		}
+	}()
 	dir := filepath.Join(work, "t")
 	if err := artifact.Unpack(r, dir, s.lim); err != nil {
 		return "", err
@@ -40,7 +46,8 @@ func (s *Store) ImportTarGz(r io.Reader) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("importing artifact: %w", err)
 	}
-	return s.build(t, staged, nil, nil, nil)
+	d, kept, err := s.build(t, staged, nil, nil, nil)
+	return d, err
 }
 
 // scanTree lists an unpacked tree as a manifest, hashing every file, and

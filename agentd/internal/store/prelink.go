@@ -20,6 +20,7 @@ import (
 
 // prelink is an upload's tree being built ahead of Commit.
 type prelink struct {
+	s       *Store
 	wg      sync.WaitGroup
 	stopped atomic.Bool
 	dir     string          // "" if it could not be made
@@ -30,7 +31,7 @@ type prelink struct {
 // held is the contents the upload pinned as present (their blobs cannot
 // be collected meanwhile). Callers hold s.mu.
 func (s *Store) startPrelink(t *tree, held map[string]bool) *prelink {
-	p := &prelink{linked: map[string]bool{}}
+	p := &prelink{s: s, linked: map[string]bool{}}
 	p.wg.Go(func() {
 		dir, err := os.MkdirTemp(s.tmp, "tree-")
 		if err != nil {
@@ -67,6 +68,7 @@ func (s *Store) startPrelink(t *tree, held map[string]bool) *prelink {
 func (p *prelink) discard() {
 	removeAll(p.dir)
 	p.dir = ""
+	p.s.maybeGarbage() // its links to blobs went with it
 }
 
 // take waits for the prelink and returns its directory ("" if none) and

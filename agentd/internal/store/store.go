@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,9 +64,15 @@ type Store struct {
 	dir string
 	lim artifact.Limits
 	tmp string // this process's own scratch directory under tmp/
+	// blobs is blobs/, open: blobs are looked up relative to it (blobdir.go).
+	blobs int
+	// garbage: a link to a blob may have gone since the last complete
+	// blob pass of a Collect (gcflag.go).
+	garbage atomic.Bool
 
 	// mu orders the linking of blobs into trees against Collect, so a blob
 	// is never removed between "it exists" and the link that keeps it.
+	// Collect takes it for each decision, never across a walk (collect.go).
 	mu      sync.Mutex
 	pinned  map[string]int       // content hash -> uploads in progress that rely on it
 	trees   map[string]time.Time // digest -> when built, until a Collect sees it referenced
@@ -92,6 +99,10 @@ func Open(dir string, lim artifact.Limits) (*Store, error) {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
 	s.tmp = tmp
+	if s.blobs, err = openBlobs(dir); err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	s.maybeGarbage() // the first Collect walks every blob
 	return s, nil
 }
 
@@ -148,21 +159,15 @@ func validHash(h string) bool {
 
 // blobPath is where the blob of (hash, exec, mtime) lives.
 func (s *Store) blobPath(hash string, exec bool, mtimeNs int64) string {
-	k := "f."
-	if exec {
-		k = "x."
-	}
-	return filepath.Join(s.dir, "blobs", hash[:2], hash, k+strconv.FormatInt(mtimeNs, 10))
+	return filepath.Join(s.dir, "blobs", blobRel(hash, exec, mtimeNs))
 }
 
 // anyBlob returns the path of some blob with this content, or "".
 func (s *Store) anyBlob(hash string) string {
-	d := filepath.Join(s.dir, "blobs", hash[:2], hash)
-	names, err := readNames(d)
-	if err != nil || len(names) == 0 {
-		return ""
+	if rel := s.anyBlobRel(hash); rel != "" {
+		return filepath.Join(s.dir, "blobs", rel)
 	}
-	return filepath.Join(d, names[0])
+	return ""
 }
 
 func readNames(dir string) ([]string, error) {

@@ -53,6 +53,9 @@ type Upload struct {
 	// syncs are the received files' fsyncs, begun as each is whole
 	// (earlysync.go).
 	syncs syncJob
+	// kept: Commit's build linked into its tree every file of dir it
+	// adopted as a blob, so removing dir leaves no garbage (gcflag.go).
+	kept bool
 }
 
 // NewUpload checks a manifest (the artifact rules, see checkManifest) and
@@ -67,14 +70,14 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 		first: map[string]*node{}, sealed: map[string]bool{}, used: time.Now()}
 	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
 	sizes := map[string]int64{}
-	exact := map[string]string{} // hash -> the blob path of its first entry
+	exact := map[string]string{} // hash -> the blob of its first entry, relative to blobs/
 	firsts := map[string]*node{} // hash -> its first entry
 	for _, n := range t.files {
 		if sz, ok := sizes[n.hash]; ok && sz != n.size {
 			return nil, api.UploadCreated{}, invalidf(n.path, "size %d, but another entry with sha256 %s has size %d", n.size, n.hash, sz)
 		}
 		if _, ok := sizes[n.hash]; !ok {
-			exact[n.hash] = s.blobPath(n.hash, n.exec, n.mtimeNs)
+			exact[n.hash] = blobRel(n.hash, n.exec, n.mtimeNs)
 			firsts[n.hash] = n
 		}
 		sizes[n.hash] = n.size
@@ -87,27 +90,28 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	var toCopy map[string]string // hash -> a blob of it under another mode or mtime
 	for _, h := range slices.Sorted(maps.Keys(sizes)) {
 		// The blob of the very same file, as in the last release, is the
-		// common case: one stat, not a directory listing.
-		// (A blob is a regular file: its lstat is its stat.)
+		// common case: one stat, not a directory listing. Under s.mu, so
+		// that what it finds is pinned before a Collect could remove it.
 		b, same := exact[h], true
-		fi, err := os.Lstat(b)
+		var st unix.Stat_t
+		err := s.statBlob(b, &st)
 		if err != nil {
-			if b, same = s.anyBlob(h), false; b != "" {
-				fi, err = os.Lstat(b)
+			if b, same = s.anyBlobRel(h), false; b != "" {
+				err = s.statBlob(b, &st)
 			}
 		}
 		if b != "" {
 			if err != nil {
 				removeAll(u.dir)
-				return nil, api.UploadCreated{}, fmt.Errorf("upload: %w", err)
+				return nil, api.UploadCreated{}, fmt.Errorf("upload: blobs/%s: %w", b, err)
 			}
-			if fi.Size() == sizes[h] {
+			if st.Size == sizes[h] {
 				u.pins = append(u.pins, h)
 				if !same {
 					if toCopy == nil {
 						toCopy = map[string]string{}
 					}
-					toCopy[h] = b
+					toCopy[h] = filepath.Join(s.dir, "blobs", b)
 				}
 				continue
 			}
@@ -273,7 +277,9 @@ func (u *Upload) Commit() (string, error) {
 	if err := syncFiles(rest); err != nil {
 		return "", fmt.Errorf("upload %s: %w", u.ID, err)
 	}
-	return u.s.build(u.t, got, u.replace, sealed, u.pre)
+	d, kept, err := u.s.build(u.t, got, u.replace, sealed, u.pre)
+	u.kept = kept // (read by end, deferred above, in this goroutine)
+	return d, err
 }
 
 // syncFiles fsyncs files, several at once: the filesystem's journal then
@@ -342,6 +348,11 @@ func (u *Upload) end() {
 	delete(s.uploads, u.ID)
 	s.mu.Unlock()
 	removeAll(u.dir)
+	if !u.kept {
+		// Aborted, expired or failed: what it adopted or pinned may be
+		// linked by nothing now. (Marked after the removal: see gcflag.go.)
+		s.maybeGarbage()
+	}
 }
 
 // expired reports whether the upload has been idle past UploadTTL.
