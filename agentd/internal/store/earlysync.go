@@ -29,6 +29,8 @@ type syncJob struct {
 	closed  bool
 	done    map[string]bool
 	err     error
+	// after is called with each file once it is synced (nameBlob).
+	after func(p string)
 }
 
 // start queues the file at p for an fsync in the background, unless the
@@ -58,6 +60,9 @@ func (j *syncJob) work() {
 		j.queue = j.queue[1:]
 		j.mu.Unlock()
 		err := syncFile(p)
+		if err == nil && j.after != nil {
+			j.after(p)
+		}
 		j.mu.Lock()
 		if err != nil {
 			// Never retried: after a failed fsync the kernel may have

@@ -53,6 +53,9 @@ type Upload struct {
 	// syncs are the received files' fsyncs, begun as each is whole
 	// (earlysync.go).
 	syncs syncJob
+	// named: the received contents named in blobs/ once synced
+	// (earlyname.go), hash -> blob relative to blobs/.
+	named map[string]string
 	// kept: Commit's build linked into its tree every file of dir it
 	// adopted as a blob, so removing dir leaves no garbage (gcflag.go).
 	kept bool
@@ -68,6 +71,7 @@ func (s *Store) NewUpload(entries []api.ManifestEntry) (*Upload, api.UploadCreat
 	}
 	u := &Upload{ID: randomID(), s: s, t: t, want: map[string]int64{}, got: map[string]string{}, replace: map[string]bool{},
 		first: map[string]*node{}, sealed: map[string]bool{}, used: time.Now()}
+	u.syncs.after = u.nameBlob
 	res := api.UploadCreated{ID: u.ID, Missing: []string{}, Files: len(t.files), Bytes: t.bytes}
 	sizes := map[string]int64{}
 	exact := map[string]string{} // hash -> the blob of its first entry, relative to blobs/
@@ -209,13 +213,17 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	if n := u.first[hash]; n != nil {
 		sealed = seal(dst, n.exec, n.mtimeNs) == nil
 	}
+	// Recorded before its fsync begins, which names it in blobs/ once
+	// done if it is sealed (nameBlob).
+	u.mu.Lock()
+	u.sealed[hash] = sealed
+	u.mu.Unlock()
 	// Begun before the content counts as received: Commit, which waits
 	// for the fsyncs, can only run once nothing is missing.
 	u.syncs.start(dst)
 	u.mu.Lock()
 	delete(u.want, hash)
 	u.got[hash] = dst
-	u.sealed[hash] = sealed
 	u.mu.Unlock()
 	return nil
 }
@@ -267,6 +275,11 @@ func (u *Upload) Commit() (string, error) {
 	}
 	u.mu.Lock()
 	got, sealed := maps.Clone(u.got), maps.Clone(u.sealed)
+	for h := range u.named {
+		// A blob now, found by build as any blob is: no longer staged
+		// (another mode or mtime of it is a copy, as of any blob).
+		delete(got, h)
+	}
 	u.mu.Unlock()
 	var rest []string
 	for _, p := range got {
@@ -349,6 +362,7 @@ func (u *Upload) end() {
 	s.mu.Unlock()
 	removeAll(u.dir)
 	if !u.kept {
+		u.unnameBlobs()
 		// Aborted, expired or failed: what it adopted or pinned may be
 		// linked by nothing now. (Marked after the removal: see gcflag.go.)
 		s.maybeGarbage()
