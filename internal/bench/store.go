@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -270,6 +273,7 @@ func changeOne(dir string, seed int) error {
 func cpASync(src, dst string) (float64, error) {
 	os.RemoveAll(dst)
 	defer os.RemoveAll(dst)
+	settle()
 	t0 := time.Now()
 	if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("cp -a: %v: %s", err, out)
@@ -280,9 +284,15 @@ func cpASync(src, dst string) (float64, error) {
 	return time.Since(t0).Seconds(), nil
 }
 
+// settle starts a timed step from a quiet disk: what the step before left
+// (the removal of the last tree, of cp -a's copy, dirty pages) written
+// out first, so that it is not charged to the next step.
+func settle() { exec.Command("sync").Run() }
+
 // deployTarGz is the path a directory took before: packed to a .tar.gz
 // (counted), then deployed.
 func (sb *storeBench) deployTarGz(dir string) (float64, error) {
+	settle()
 	t0 := time.Now()
 	tgz := dir + ".tar.gz"
 	f, err := os.Create(tgz)
@@ -302,7 +312,7 @@ func (sb *storeBench) deployTarGz(dir string) (float64, error) {
 }
 
 func (sb *storeBench) deployDir(dir string) (live, prepare, sentMiB float64, steps storeStep, err error) {
-	live, prepare, sentMiB, steps, err = sb.deploy(dir, time.Now())
+	live, prepare, sentMiB, steps, err = sb.deploy(dir, time.Time{})
 	if err == nil && steps.Total == 0 {
 		err = fmt.Errorf("deploy %s: no upload line in hctl's output", dir)
 	}
@@ -315,13 +325,28 @@ var sentRE = regexp.MustCompile(`upload: sent \d+ of \d+ files \(([\d.]+) ([kMG]
 // first answer from the new release, minus the app's boot.
 func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB float64, steps storeStep, err error) {
 	sb.version++
+	if t0.IsZero() {
+		settle()
+		t0 = time.Now()
+	}
 	want := fmt.Sprintf("hello from v%d ", sb.version)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	first := make(chan time.Time, 1)
-	go func() { first <- pollFor(ctx, sb.url, want) }()
+	// The poller starts when hctl says agentd's prepare began: the new
+	// code cannot answer before its release is prepared and started, and
+	// a thousand connections a second to the old release while hctl
+	// scans and uploads would take CPU from what is measured (2 cores).
+	prepared := make(chan struct{})
+	go func() {
+		select {
+		case <-prepared:
+		case <-ctx.Done():
+		}
+		first <- pollFor(ctx, sb.url, want)
+	}()
 	var res api.OpResult
-	r := sb.ag.HctlJSON(&res, opTimeout, opTimeoutValue, "deploy", "store", path)
+	r := sb.hctlJSON(ctx, &res, "-----> prepare", prepared, opTimeout, opTimeoutValue, "deploy", "store", path)
 	if r.Code != 0 || !res.OK || !res.Changed {
 		cancel()
 		<-first
@@ -391,4 +416,53 @@ func directBoot(app string) (float64, error) {
 		return 0, errors.New("the app started directly never answered")
 	}
 	return t1.Sub(ch.startAt).Seconds(), nil
+}
+
+// hctlJSON runs hctl --json against the bench's agentd, as harness's
+// HctlJSON does, and closes seen once a line of its stderr starts with
+// mark.
+func (sb *storeBench) hctlJSON(ctx context.Context, v any, mark string, seen chan struct{}, args ...string) harness.Result {
+	cmd := exec.CommandContext(ctx, sb.bins.Hctl, append([]string{"--json"}, args...)...)
+	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+sb.ag.Socket)
+	var out bytes.Buffer
+	errw := &markWriter{mark: []byte(mark), seen: seen}
+	cmd.Stdout, cmd.Stderr = &out, errw
+	err := cmd.Run()
+	errw.once.Do(func() { close(seen) }) // also when hctl failed first
+	r := harness.Result{Stdout: out.String(), Stderr: errw.buf.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.Code = ee.ExitCode()
+	case err != nil:
+		r.Code = -1
+		r.Stderr += err.Error()
+	case v != nil:
+		if err := json.Unmarshal(out.Bytes(), v); err != nil {
+			r.Code = -1
+			r.Stderr += "\ndecoding --json output: " + err.Error()
+		}
+	}
+	return r
+}
+
+// markWriter keeps what is written and closes seen at the first line that
+// starts with mark.
+type markWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	mark []byte
+	seen chan struct{}
+	once sync.Once
+}
+
+func (w *markWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	b := w.buf.Bytes()
+	if bytes.HasPrefix(b, w.mark) || bytes.Contains(b, append([]byte("\n"), w.mark...)) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return len(p), nil
 }

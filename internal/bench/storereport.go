@@ -74,12 +74,12 @@ func floorNote(s *storeResults, written float64) string {
 func reportStore(b *strings.Builder, s *storeResults) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## 5. Deploys as fast as the disk: the release store\n\n")
-	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection), minus the app's own boot ")
+	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection, from when hctl says agentd's prepare began: the new code cannot answer before, and polling the old release meanwhile would take CPU from what is measured), minus the app's own boot ")
 	p("(the same binary started directly, fork to first answer: %s), with `notify` readiness and no load. ", s.AppBoot.format(fmtDur))
 	p("Each release is the app's binary, its Procfile and N files of 1 MiB of random bytes. ")
 	p("**.tar.gz** is the path a directory took before the store, and still takes for a `.tar.gz`: packed (counted here), sent, unpacked, digested. ")
 	p("**manifest** is `hctl deploy DIR` now: the manifest, then only the files agentd lacks, handed over as open files that agentd reads itself; the release is built of hard links to read-only blobs. ")
-	p("**cp -a + sync** copies the same tree on the same disk: the local physical reference. ")
+	p("**cp -a + sync** copies the same tree on the same disk: the local physical reference. Each timed step starts after a `sync`, so none pays for the writes of the one before. ")
 	p("The one-file case changes one 1 MiB file of the 256 MiB tree deployed just before (hctl's hash cache warm). %s.\n\n", plural(s.Runs, "run"))
 	p("| release | cp -a + sync | .tar.gz (before) | manifest (after) | of which prepare | sent |\n|---|---|---|---|---|---|\n")
 	for _, c := range s.Cases {
