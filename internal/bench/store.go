@@ -333,10 +333,12 @@ func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	first := make(chan time.Time, 1)
-	// The poller starts when hctl says agentd's prepare began: the new
-	// code cannot answer before its release is prepared and started, and
-	// a thousand connections a second to the old release while hctl
-	// scans and uploads would take CPU from what is measured (2 cores).
+	// The poller starts when hctl says agentd's preboot began: the new
+	// code cannot answer before its processes are started, and a
+	// thousand connections a second to the old release while hctl scans
+	// and uploads and agentd prepares would take CPU from what is
+	// measured (2 cores). Starting late could only make the figure
+	// worse, never better: it is when the first new answer arrives.
 	prepared := make(chan struct{})
 	go func() {
 		select {
@@ -346,7 +348,7 @@ func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB 
 		first <- pollFor(ctx, sb.url, want)
 	}()
 	var res api.OpResult
-	r := sb.hctlJSON(ctx, &res, "-----> prepare", prepared, opTimeout, opTimeoutValue, "deploy", "store", path)
+	r := sb.hctlJSON(ctx, &res, "-----> preboot", prepared, opTimeout, opTimeoutValue, "deploy", "store", path)
 	if r.Code != 0 || !res.OK || !res.Changed {
 		cancel()
 		<-first

@@ -74,7 +74,7 @@ func floorNote(s *storeResults, written float64) string {
 func reportStore(b *strings.Builder, s *storeResults) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## 5. Deploys as fast as the disk: the release store\n\n")
-	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection, from when hctl says agentd's prepare began: the new code cannot answer before, and polling the old release meanwhile would take CPU from what is measured), minus the app's own boot ")
+	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection, from when hctl says agentd's preboot began: the new code cannot answer before, and polling the old release meanwhile would take CPU from what is measured), minus the app's own boot ")
 	p("(the same binary started directly, fork to first answer: %s), with `notify` readiness and no load. ", s.AppBoot.format(fmtDur))
 	p("Each release is the app's binary, its Procfile and N files of 1 MiB of random bytes. ")
 	p("**.tar.gz** is the path a directory took before the store, and still takes for a `.tar.gz`: packed (counted here), sent, unpacked, digested. ")
