@@ -47,6 +47,12 @@ func take(pid int, spec Spec, match func(*Held) bool, notFound string) (*Held, e
 			continue
 		}
 		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if errors.Is(err, unix.EBADF) {
+			// Closed since the listing: a connection the process ended
+			// (under load its fd table changes all the time). Giving up
+			// here made agentd take another process's socket instead.
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("socket %s from pid %d: pidfd_getfd: %w", spec.Name, pid, err)
 		}

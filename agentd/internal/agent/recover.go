@@ -176,8 +176,14 @@ func (ag *Agent) reclaimSocket(a *app, i int, spec sockets.Spec) (*sockets.Held,
 		return fromSystemd, nil
 	}
 	if bound != "" && cookie == 0 {
+		// No cookie yet (the first release got the app's socket itself):
+		// the active release's processes hold it. Another release's
+		// processes hold a sibling bound at the same address when the
+		// socket is steered, which must never be taken for it; without
+		// steering every process shares the one socket.
+		steered, _ := ag.steerable(spec)
 		for _, p := range a.procs {
-			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() {
+			if p.typ != spec.Type && p.typ != rollout.Responder || p.p.Exited() || steered && p.release != a.st.Active {
 				continue
 			}
 			if h, err := sockets.TakeFrom(p.p.PID(), spec, bound); err == nil {
