@@ -9,9 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -62,19 +60,13 @@ var ErrFDsUnsupported = errors.New("agentd cannot take open files on this socket
 // lacks and waits until agentd has read and checked them all. It returns
 // how many content bytes agentd received.
 func (c *Client) HandOverBlobs(ctx context.Context, id string, blobs []BlobRef) (int64, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(ctx, "unix", c.SocketPath)
+	conn, done, err := c.uploadConn(ctx)
 	if err != nil {
-		return 0, c.mapError(err)
+		return 0, err
 	}
-	defer conn.Close()
-	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })()
-	head := "POST /v1/uploads/" + url.PathEscape(id) + "/fds HTTP/1.1\r\nHost: agentd\r\n" +
-		"Connection: Upgrade\r\nUpgrade: " + FDUpgrade + "\r\nContent-Length: 0\r\n"
-	if c.UserAgent != "" {
-		head += "User-Agent: " + c.UserAgent + "\r\n"
-	}
-	if _, err := io.WriteString(conn, head+"\r\n"); err != nil {
+	defer done()
+	head := c.uploadHead(id, "fds", "Connection: Upgrade\r\nUpgrade: "+FDUpgrade+"\r\nContent-Length: 0\r\n")
+	if _, err := io.WriteString(conn, head); err != nil {
 		return 0, c.mapError(err)
 	}
 	br := bufio.NewReader(conn)
@@ -93,8 +85,7 @@ func (c *Client) HandOverBlobs(ctx context.Context, id string, blobs []BlobRef) 
 		}
 		return 0, e
 	}
-	uc := conn.(*net.UnixConn)
-	werr := handOver(uc, blobs)
+	werr := handOver(conn, blobs)
 	// agentd refuses a file as soon as it finds it wrong, and then reads
 	// no more: its answer says why, so read it after a failed write too.
 	var res FDResult

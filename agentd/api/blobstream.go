@@ -34,26 +34,19 @@ func (c *Client) SendBlobs(ctx context.Context, id string, blobs []BlobRef) (int
 	for _, b := range blobs {
 		length += int64(len(blobHeader(b))) + b.Size
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(ctx, "unix", c.SocketPath)
+	conn, done, err := c.uploadConn(ctx)
 	if err != nil {
-		return 0, c.mapError(err)
+		return 0, err
 	}
-	defer conn.Close()
-	// A cancelled context ends whatever read or write is under way.
-	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })()
-	head := "POST /v1/uploads/" + url.PathEscape(id) + "/blobs HTTP/1.1\r\nHost: agentd\r\n" +
-		"Content-Type: application/octet-stream\r\nAccept: application/json\r\n" +
-		"Content-Length: " + strconv.FormatInt(length, 10) + "\r\nConnection: close\r\n"
-	if c.UserAgent != "" {
-		head += "User-Agent: " + c.UserAgent + "\r\n"
-	}
+	defer done()
+	head := c.uploadHead(id, "blobs", "Content-Type: application/octet-stream\r\nAccept: application/json\r\n"+
+		"Content-Length: "+strconv.FormatInt(length, 10)+"\r\nConnection: close\r\n")
 	var sent int64
 	var werr error
-	if _, err := io.WriteString(conn, head+"\r\n"); err != nil {
+	if _, err := io.WriteString(conn, head); err != nil {
 		werr = &connError{err}
 	} else {
-		sent, werr = sendBlobFiles(conn.(*net.UnixConn), blobs)
+		sent, werr = sendBlobFiles(conn, blobs)
 	}
 	var ce *connError
 	if werr != nil && !errors.As(werr, &ce) {
@@ -79,6 +72,30 @@ func (c *Client) SendBlobs(ctx context.Context, id string, blobs []BlobRef) (int
 	}
 	drainClose(resp.Body)
 	return sent, werr
+}
+
+// uploadConn is a connection of its own to agentd for an upload request
+// written by hand (SendBlobs, HandOverBlobs); a cancelled ctx ends
+// whatever read or write is under way on it. done closes it.
+func (c *Client) uploadConn(ctx context.Context) (*net.UnixConn, func(), error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "unix", c.SocketPath)
+	if err != nil {
+		return nil, nil, c.mapError(err)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	return conn.(*net.UnixConn), func() { stop(); conn.Close() }, nil
+}
+
+// uploadHead is the request line and headers of POST
+// /v1/uploads/ID/WHAT, with headers (each ending in CRLF) and the blank
+// line that ends them.
+func (c *Client) uploadHead(id, what, headers string) string {
+	head := "POST /v1/uploads/" + url.PathEscape(id) + "/" + what + " HTTP/1.1\r\nHost: agentd\r\n" + headers
+	if c.UserAgent != "" {
+		head += "User-Agent: " + c.UserAgent + "\r\n"
+	}
+	return head + "\r\n"
 }
 
 // connError is a failed write to agentd's socket, as opposed to a failure

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -339,16 +338,18 @@ func (sb *storeBench) deploy(path string, t0 time.Time) (live, prepare, sentMiB 
 	// and uploads and agentd prepares would take CPU from what is
 	// measured (2 cores). Starting late could only make the figure
 	// worse, never better: it is when the first new answer arrives.
-	prepared := make(chan struct{})
+	preboot := make(chan struct{})
 	go func() {
 		select {
-		case <-prepared:
+		case <-preboot:
 		case <-ctx.Done():
 		}
 		first <- pollFor(ctx, sb.url, want)
 	}()
 	var res api.OpResult
-	r := sb.hctlJSON(ctx, &res, "-----> preboot", prepared, opTimeout, opTimeoutValue, "deploy", "store", path)
+	mark := &markWriter{mark: []byte("-----> preboot"), seen: preboot}
+	r := sb.ag.HctlJSONWatch(ctx, &res, mark, opTimeout, opTimeoutValue, "deploy", "store", path)
+	mark.close() // also when hctl failed before the line
 	if r.Code != 0 || !res.OK || !res.Changed {
 		cancel()
 		<-first
@@ -420,36 +421,8 @@ func directBoot(app string) (float64, error) {
 	return t1.Sub(ch.startAt).Seconds(), nil
 }
 
-// hctlJSON runs hctl --json against the bench's agentd, as harness's
-// HctlJSON does, and closes seen once a line of its stderr starts with
-// mark.
-func (sb *storeBench) hctlJSON(ctx context.Context, v any, mark string, seen chan struct{}, args ...string) harness.Result {
-	cmd := exec.CommandContext(ctx, sb.bins.Hctl, append([]string{"--json"}, args...)...)
-	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+sb.ag.Socket)
-	var out bytes.Buffer
-	errw := &markWriter{mark: []byte(mark), seen: seen}
-	cmd.Stdout, cmd.Stderr = &out, errw
-	err := cmd.Run()
-	errw.once.Do(func() { close(seen) }) // also when hctl failed first
-	r := harness.Result{Stdout: out.String(), Stderr: errw.buf.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.Code = ee.ExitCode()
-	case err != nil:
-		r.Code = -1
-		r.Stderr += err.Error()
-	case v != nil:
-		if err := json.Unmarshal(out.Bytes(), v); err != nil {
-			r.Code = -1
-			r.Stderr += "\ndecoding --json output: " + err.Error()
-		}
-	}
-	return r
-}
-
-// markWriter keeps what is written and closes seen at the first line that
-// starts with mark.
+// markWriter closes seen once what is written has a line that starts with
+// mark (hctl's stderr, written as it comes).
 type markWriter struct {
 	mu   sync.Mutex
 	buf  bytes.Buffer
@@ -464,7 +437,9 @@ func (w *markWriter) Write(p []byte) (int, error) {
 	w.buf.Write(p)
 	b := w.buf.Bytes()
 	if bytes.HasPrefix(b, w.mark) || bytes.Contains(b, append([]byte("\n"), w.mark...)) {
-		w.once.Do(func() { close(w.seen) })
+		w.close()
 	}
 	return len(p), nil
 }
+
+func (w *markWriter) close() { w.once.Do(func() { close(w.seen) }) }

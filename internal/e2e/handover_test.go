@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +21,11 @@ func TestDeployDirHandsOverFiles(t *testing.T) {
 	url := e.createApp("web", "--readiness", "web=notify")
 	dir := e.storeRelease("tree")
 
-	relay := relaySocket(t, e.ag.Socket)
+	relay, stop, err := harness.RelaySocket(t.TempDir(), e.ag.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
 	r := hctlVia(t, relay, "deploy", "web", dir)
 	if files, sent := uploadLine(t, r); r.Code != 0 || files != 2 || sent != "2.0 MB" {
 		t.Fatalf("deploy through a byte relay: sent %d files (%s):\n%s", files, sent, r)
@@ -66,38 +67,4 @@ func hctlVia(t *testing.T, sock string, args ...string) harness.Result {
 		r.Code = cmd.ProcessState.ExitCode()
 	}
 	return r
-}
-
-// relaySocket copies bytes between its clients and sock, as ssh's
-// forwarding of a unix socket does: descriptors do not pass.
-func relaySocket(t *testing.T, sock string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "relay.sock")
-	ln, err := net.Listen("unix", p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var d net.Dialer
-				up, err := d.DialContext(ctx, "unix", sock)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				context.AfterFunc(ctx, func() { c.Close(); up.Close() })
-				go func() { io.Copy(up, c); up.(*net.UnixConn).CloseWrite() }()
-				io.Copy(c, up)
-			}()
-		}
-	}()
-	return p
 }

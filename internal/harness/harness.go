@@ -235,12 +235,21 @@ func (a *Agentd) Hctl(args ...string) Result {
 
 // HctlContext runs hctl with a context.
 func (a *Agentd) HctlContext(ctx context.Context, args ...string) Result {
+	return a.hctl(ctx, nil, args...)
+}
+
+// hctl runs hctl; its stderr also goes to watch, as it is written, when
+// watch is not nil.
+func (a *Agentd) hctl(ctx context.Context, watch io.Writer, args ...string) Result {
 	cmd := exec.CommandContext(ctx, a.Bins.Hctl, args...)
 	// hctl's hash cache for directory deploys: the test's own, never the
 	// runner's ~/.cache.
 	cmd.Env = append(os.Environ(), "HCTL_SOCKET="+a.Socket, "XDG_CACHE_HOME="+filepath.Join(a.Dir, "cache"))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	if watch != nil {
+		cmd.Stderr = io.MultiWriter(&errb, watch)
+	}
 	err := cmd.Run()
 	code := 0
 	var ee *exec.ExitError
@@ -255,7 +264,13 @@ func (a *Agentd) HctlContext(ctx context.Context, args ...string) Result {
 
 // HctlJSON runs hctl --json and decodes its stdout into v.
 func (a *Agentd) HctlJSON(v any, args ...string) Result {
-	r := a.Hctl(append([]string{"--json"}, args...)...)
+	return a.HctlJSONWatch(context.Background(), v, nil, args...)
+}
+
+// HctlJSONWatch is HctlJSON with a context, and with hctl's stderr (its
+// progress lines) also written to watch as they come, when not nil.
+func (a *Agentd) HctlJSONWatch(ctx context.Context, v any, watch io.Writer, args ...string) Result {
+	r := a.hctl(ctx, watch, append([]string{"--json"}, args...)...)
 	if r.Code == 0 && v != nil {
 		if err := json.Unmarshal([]byte(r.Stdout), v); err != nil {
 			r.Code = -1

@@ -93,10 +93,9 @@ func (s *Server) putBlobs(w http.ResponseWriter, r *http.Request) {
 			uploadErr(w, fmt.Errorf("%w: reading a content header: %w", store.ErrInvalid, err))
 			return
 		}
-		hash, sz, _ := strings.Cut(strings.TrimSuffix(string(line), "\n"), " ")
-		size, err := strconv.ParseInt(sz, 10, 64)
-		if err != nil || size < 0 {
-			uploadErr(w, fmt.Errorf("%w: content header %q: want \"SHA256 SIZE\"", store.ErrInvalid, line))
+		hash, size, err := parseBlobHeader(strings.TrimSuffix(string(line), "\n"))
+		if err != nil {
+			uploadErr(w, err)
 			return
 		}
 		if err := u.Put(hash, io.LimitReader(br, size)); err != nil {
@@ -105,6 +104,17 @@ func (s *Server) putBlobs(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// parseBlobHeader reads a content's line "SHA256 SIZE" (its newline
+// removed): the same in the byte stream and among handed-over files.
+func parseBlobHeader(line string) (string, int64, error) {
+	hash, sz, _ := strings.Cut(line, " ")
+	size, err := strconv.ParseInt(sz, 10, 64)
+	if err != nil || size < 0 {
+		return "", 0, fmt.Errorf("%w: content header %q: want \"SHA256 SIZE\"", store.ErrInvalid, line)
+	}
+	return hash, size, nil
 }
 
 func (s *Server) abortUpload(w http.ResponseWriter, r *http.Request) {

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -198,10 +197,9 @@ func (r *fdReader) next() (fdFrame, error) {
 			if line == "" {
 				return fdFrame{}, io.EOF
 			}
-			hash, sz, _ := strings.Cut(line, " ")
-			size, err := strconv.ParseInt(sz, 10, 64)
-			if err != nil || size < 0 {
-				return fdFrame{}, fmt.Errorf("%w: content header %q: want \"SHA256 SIZE\"", store.ErrInvalid, line)
+			hash, size, err := parseBlobHeader(line)
+			if err != nil {
+				return fdFrame{}, err
 			}
 			if len(r.fds) == 0 {
 				return fdFrame{}, errNoFD

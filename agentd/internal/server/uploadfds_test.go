@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/store"
+	"github.com/agentd/agentd/internal/harness"
 )
 
 // serveUnix serves h on a unix socket of its own, as agentd does (peer
@@ -155,7 +155,11 @@ func TestHandOverWithoutDescriptors(t *testing.T) {
 	if res.Error == nil || res.Error.Code != api.CodeFDsNotCarried || res.Files != 0 {
 		t.Errorf("a line without a descriptor: %+v", res)
 	}
-	relay := relaySocket(t, f.sock)
+	relay, stop, err := harness.RelaySocket(t.TempDir(), f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
 	if _, err := api.NewClient(relay).HandOverBlobs(t.Context(), f.u.ID, f.refs); !errors.Is(err, api.ErrFDsUnsupported) {
 		t.Errorf("through a relay: %v, want ErrFDsUnsupported", err)
 	}
@@ -196,40 +200,6 @@ func rawHandOver(t *testing.T, sock, id string, send func(*net.UnixConn)) api.FD
 		t.Fatalf("agentd's answer %q: %v", line, err)
 	}
 	return res
-}
-
-// relaySocket copies bytes between its clients and sock, as ssh's
-// forwarding of a unix socket does: descriptors do not pass.
-func relaySocket(t *testing.T, sock string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "relay.sock")
-	ln, err := net.Listen("unix", p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var d net.Dialer
-				up, err := d.DialContext(ctx, "unix", sock)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				context.AfterFunc(ctx, func() { c.Close(); up.Close() })
-				go func() { io.Copy(up, c); up.(*net.UnixConn).CloseWrite() }()
-				io.Copy(c, up)
-			}()
-		}
-	}()
-	return p
 }
 
 func isCode(err error, code string) bool {

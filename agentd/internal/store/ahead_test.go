@@ -118,17 +118,7 @@ func TestEarlySyncFailureFailsCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range res.Missing {
-		f, err := os.Open(staged[h])
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = u.Put(h, f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	putMissing(t, u, res.Missing, staged)
 	u.syncs.wg.Wait()
 	if n := calls.Load(); n != int32(len(res.Missing)) {
 		t.Errorf("%d fsyncs while the upload arrived, want one per received file (%d)", n, len(res.Missing))

@@ -80,15 +80,7 @@ func BenchmarkCollect(b *testing.B) {
 // holds already.
 func BenchmarkNewUpload(b *testing.B) {
 	s, _, entries := benchStore(b)
-	for b.Loop() {
-		u, res, err := s.NewUpload(entries)
-		if err != nil || len(res.Missing) != 0 {
-			b.Fatalf("%+v, %v", res, err)
-		}
-		b.StopTimer()
-		u.Abort()
-		b.StartTimer()
-	}
+	newUploads(b, s, entries)
 }
 
 // BenchmarkNewUploadWhileCollecting is the manifest of the next deploy
@@ -115,6 +107,12 @@ func BenchmarkNewUploadWhileCollecting(b *testing.B) {
 		close(stop)
 		<-stopped
 	}()
+	newUploads(b, s, entries)
+}
+
+// newUploads times NewUpload of entries, whose contents s holds, until
+// the benchmark has enough; each upload is aborted off the clock.
+func newUploads(b *testing.B, s *Store, entries []api.ManifestEntry) {
 	for b.Loop() {
 		u, res, err := s.NewUpload(entries)
 		if err != nil || len(res.Missing) != 0 {

@@ -1,16 +1,15 @@
 package store
 
 import (
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 )
 
-// putAll puts every content an upload lacks, from the files of a scanned
+// putAndWaitNamed puts every content an upload lacks, from the files of a scanned
 // tree, and waits until each was named in blobs/ (by its sync worker).
-func putAll(t *testing.T, s *Store, dir string) *Upload {
+func putAndWaitNamed(t *testing.T, s *Store, dir string) *Upload {
 	t.Helper()
 	entries, staged, err := scanTree(dir)
 	if err != nil {
@@ -23,17 +22,7 @@ func putAll(t *testing.T, s *Store, dir string) *Upload {
 	named := make(chan string, len(res.Missing))
 	blobNamed = func(h string) { named <- h }
 	t.Cleanup(func() { blobNamed = nil })
-	for _, h := range res.Missing {
-		f, err := os.Open(staged[h])
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = u.Put(h, f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	putMissing(t, u, res.Missing, staged)
 	var got []string
 	for range res.Missing {
 		select {
@@ -56,7 +45,7 @@ func putAll(t *testing.T, s *Store, dir string) *Upload {
 func TestBlobsNamedAsTheyAreSynced(t *testing.T) {
 	s := openStore(t)
 	dir := writeTree(t, exe("bin/server", "v1"), file("lib/a", "aaa"), file("Procfile", "web: bin/server\n"))
-	u := putAll(t, s, dir)
+	u := putAndWaitNamed(t, s, dir)
 	trees, blobs := contents(t, s)
 	if len(trees) != 0 || len(blobs) != 3 {
 		t.Fatalf("before Commit: trees %v, blobs %v; want the 3 blobs and no tree", trees, blobs)
@@ -82,7 +71,7 @@ func TestAbortRemovesBlobsNamedEarly(t *testing.T) {
 	held := writeTree(t, file("kept", "kept\n"))
 	d, _ := upload(t, s, held)
 	_, before := contents(t, s)
-	u := putAll(t, s, writeTree(t, file("kept", "kept\n"), file("new", "new\n"), exe("x", "x")))
+	u := putAndWaitNamed(t, s, writeTree(t, file("kept", "kept\n"), file("new", "new\n"), exe("x", "x")))
 	if _, blobs := contents(t, s); len(blobs) != len(before)+2 {
 		t.Fatalf("blobs %v, want the 2 new ones named", blobs)
 	}

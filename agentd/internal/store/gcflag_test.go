@@ -100,17 +100,7 @@ func TestCollectFindsGarbageLeftByUploads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range res.Missing {
-		f, err := os.Open(staged[h])
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = u.Put(h, f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	putMissing(t, u, res.Missing, staged)
 	if _, err := u.Commit(); err == nil {
 		t.Fatal("commit succeeded with a failing link")
 	}

@@ -208,17 +208,7 @@ func TestCollectRacesUploads(t *testing.T) {
 				// Whole Collects run while the upload pins what it found.
 				waitCollects(2)
 			}
-			for _, h := range res.Missing {
-				f, err := os.Open(staged[h])
-				if err != nil {
-					t.Fatal(err)
-				}
-				err = u.Put(h, f)
-				f.Close()
-				if err != nil {
-					t.Fatalf("round %d: put: %v", i, err)
-				}
-			}
+			putMissing(t, u, res.Missing, staged)
 			if got, err = u.Commit(); err != nil {
 				t.Fatalf("round %d: commit: %v", i, err)
 			}

@@ -108,8 +108,20 @@ func upload(t *testing.T, s *Store, dir string) (string, int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sent := putMissing(t, u, res.Missing, staged)
+	d, err := u.Commit()
+	if err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	return d, sent
+}
+
+// putMissing puts each content in missing from its file in staged (as
+// scanTree returns them) and returns how many bytes it put.
+func putMissing(t testing.TB, u *Upload, missing []string, staged map[string]string) int64 {
+	t.Helper()
 	var sent int64
-	for _, h := range res.Missing {
+	for _, h := range missing {
 		f, err := os.Open(staged[h])
 		if err != nil {
 			t.Fatal(err)
@@ -122,11 +134,7 @@ func upload(t *testing.T, s *Store, dir string) (string, int64) {
 			t.Fatalf("put %s: %v", h, err)
 		}
 	}
-	d, err := u.Commit()
-	if err != nil {
-		t.Fatalf("commit: %v", err)
-	}
-	return d, sent
+	return sent
 }
 
 // contents lists what the store holds: tree names and blob paths.
