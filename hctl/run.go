@@ -309,6 +309,8 @@ func (h *hctl) runSession(ctx context.Context, app string, req api.RunRequest, t
 	if h.jsonMode() {
 		stdout, stderr = &outBuf, &errBuf
 	}
+	var out outputCursor
+	st.W.Write(api.FrameOutputAck, api.OffsetData(0))
 	for {
 		s, _ := rs.get()
 		f, err := s.R.Read()
@@ -325,15 +327,28 @@ func (h *hctl) runSession(ctx context.Context, app string, req api.RunRequest, t
 				}
 				ns.Close()
 			}
+			// What this hctl has: the relay sends again what the lost
+			// connection may not have delivered.
+			s, _ = rs.get()
+			s.W.Write(api.FrameOutputAck, api.OffsetData(out.got))
 			continue
 		}
 		switch f.Type {
 		case api.FrameInput:
 			rs.received(f.Data)
-		case api.FrameStdout:
-			stdout.Write(f.Data)
-		case api.FrameStderr:
-			stderr.Write(f.Data)
+		case api.FrameOutputFrom:
+			if lost := out.from(f.Data); lost > 0 {
+				fmt.Fprintf(h.stderr, "hctl: %s: %d bytes of output were not kept while hctl was not connected (they are in the logs)\r\n", info.Process, lost)
+			}
+		case api.FrameStdout, api.FrameStderr:
+			w := stdout
+			if f.Type == api.FrameStderr {
+				w = stderr
+			}
+			if data := out.take(f.Data); len(data) > 0 {
+				w.Write(data)
+				s.W.Write(api.FrameOutputAck, api.OffsetData(out.got))
+			}
 		case api.FrameNotice:
 			fmt.Fprintf(h.stderr, "hctl: %s: %s\r\n", info.Process, f.Data)
 		case api.FrameExit:
@@ -374,4 +389,37 @@ func (h *hctl) reattach(c *api.Client, app, process string, deadline time.Time) 
 		time.Sleep(wait)
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// outputCursor is where hctl is in the run's output (FrameStdout and
+// FrameStderr counted together): after a re-attach the relay sends again
+// from the oldest output hctl had not acknowledged (FrameOutputFrom), and
+// what hctl already wrote is skipped.
+type outputCursor struct {
+	got  int64 // bytes written out
+	skip int64 // bytes of the output that follows already written
+}
+
+// from takes FrameOutputFrom; it returns the bytes of output lost (not
+// kept by the relay) before the offset it names.
+func (o *outputCursor) from(data []byte) (lost int64) {
+	off, err := api.ParseOffset(data)
+	if err != nil {
+		return 0
+	}
+	if off > o.got {
+		lost, o.got = off-o.got, off
+	}
+	o.skip = o.got - off
+	return lost
+}
+
+// take returns the part of an output frame's data hctl does not have yet,
+// counted as had.
+func (o *outputCursor) take(data []byte) []byte {
+	n := min(o.skip, int64(len(data)))
+	o.skip -= n
+	data = data[n:]
+	o.got += int64(len(data))
+	return data
 }

@@ -56,3 +56,24 @@ func TestRunStreamResends(t *testing.T) {
 		t.Fatalf("resent %+v, want stdin \"cdef\" then EOF", fs)
 	}
 }
+
+// TestOutputCursor: after a re-attach, the output the relay sends again is
+// written once; a gap the relay did not keep is counted.
+func TestOutputCursor(t *testing.T) {
+	var o outputCursor
+	if got := string(o.take([]byte("hello "))); got != "hello " {
+		t.Fatalf("take = %q", got)
+	}
+	if lost := o.from(api.OffsetData(4)); lost != 0 {
+		t.Fatalf("from(4) lost %d", lost)
+	}
+	if got := string(o.take([]byte("o "))) + string(o.take([]byte("world"))); got != "world" {
+		t.Fatalf("after from(4): wrote %q, want \"world\"", got)
+	}
+	if lost := o.from(api.OffsetData(20)); lost != 9 || o.got != 20 {
+		t.Fatalf("from(20) at 11: lost %d, at %d; want 9, 20", lost, o.got)
+	}
+	if got := string(o.take([]byte("!"))); got != "!" || o.got != 21 {
+		t.Fatalf("take after a gap = %q at %d", got, o.got)
+	}
+}

@@ -25,6 +25,14 @@ const (
 	FrameResize = 'w' // the terminal's size: rows, cols as uint16 each
 	FrameSignal = 's' // a signal for the process group: one byte, its number
 	FrameAck    = 'a' // the client has the exit status: the relay may end
+	// FrameOutputAck: how many bytes of output (the data of FrameStdout
+	// and FrameStderr, counted together from the run's start) the client
+	// has, as OffsetData. A client sends it first on every (re-)attach and
+	// then as output arrives; the relay keeps what it sent until then, so
+	// that output a connection lost (an agentd killed between reading it
+	// and passing it on) is sent again. A client that never sends it gets
+	// no output twice.
+	FrameOutputAck = 'c'
 	// FrameHangup is sent by agentd, never by a client: the client is gone
 	// (its connection ended without FrameAck). The relay hangs the process
 	// up at once rather than waiting out its re-attach grace window.
@@ -40,6 +48,10 @@ const (
 	// ended (one byte, 1 or 0), so that a client resends what was lost
 	// with the connection it had.
 	FrameInput = 'k'
+	// FrameOutputFrom follows FrameInput on every (re-)attach: the offset
+	// (OffsetData) of the output that follows; a client skips what it
+	// already has, and past the output it has, the gap was not kept.
+	FrameOutputFrom = 'f'
 )
 
 // InputWindow is how much input a client sends ahead of the relay's
@@ -178,6 +190,17 @@ func ParseInput(b []byte) (n int64, eof bool, err error) {
 		return 0, false, fmt.Errorf("run stream: input frame of %d bytes, want 9", len(b))
 	}
 	return int64(binary.BigEndian.Uint64(b)), b[8] == 1, nil
+}
+
+// OffsetData is the payload of FrameOutputAck and FrameOutputFrom.
+func OffsetData(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
+
+// ParseOffset reads the payload of FrameOutputAck and FrameOutputFrom.
+func ParseOffset(b []byte) (int64, error) {
+	if len(b) != 8 {
+		return 0, fmt.Errorf("run stream: offset frame of %d bytes, want 8", len(b))
+	}
+	return int64(binary.BigEndian.Uint64(b)), nil
 }
 
 // ResizeData is the payload of FrameResize.

@@ -21,8 +21,8 @@ import (
 	"github.com/agentd/agentd/sockets"
 )
 
-// maxBuffered bounds the output kept while no client is attached; past it
-// the oldest is dropped (it is in the log file) and the client told.
+// maxBuffered bounds the output kept (outQueue); past it the oldest is
+// dropped (it is in the log file) and the client told.
 const maxBuffered = 1 << 20
 
 // writeTimeout: a client that takes no output for this long is treated as
@@ -72,6 +72,10 @@ type session struct {
 	// inq is the input not yet written; inWritten counts what was.
 	inq       *inputQueue
 	inWritten atomic.Int64
+
+	// acking: a client acknowledged output (api.FrameOutputAck): it is an
+	// hctl that skips output it already has, and the same one re-attaches.
+	acking atomic.Bool
 
 	out    chan api.Frame // output read from the command
 	outEnd chan struct{}  // closed when every output reader ended
@@ -204,7 +208,8 @@ type client struct {
 // event is what a client's reader tells the loop.
 type event struct {
 	cl   *client
-	kind byte // FrameAck, FrameHangup, or 0: the connection ended
+	kind byte  // FrameAck, FrameHangup, FrameOutputAck, or 0: the connection ended
+	n    int64 // FrameOutputAck's offset
 }
 
 // serve runs the session until the command has exited and its exit was
@@ -230,9 +235,7 @@ func (s *session) serve(ln net.Listener) int {
 
 	var (
 		cur      *client
-		pending  []api.Frame
-		buffered int
-		dropped  int
+		out      outQueue
 		exit     *api.RunExit
 		hungUp   bool
 		outDone  = s.outEnd
@@ -241,29 +244,35 @@ func (s *session) serve(ln net.Listener) int {
 		kill     <-chan time.Time
 		finished = false
 	)
+	// drop ends the current client's connection; what it was sent but
+	// did not acknowledge goes again to the next.
+	drop := func() {
+		out.lost(s.acking.Load())
+		cur.c.Close()
+		cur = nil
+	}
 	detach := func() {
 		if cur != nil {
-			cur.c.Close()
-			cur = nil
+			drop()
 		}
 		grace.Reset(s.o.Grace)
 	}
-	send := func(f api.Frame) {
+	// write sends the current client one frame.
+	write := func(typ byte, data []byte) bool {
 		if cur == nil {
-			pending = append(pending, f)
-			buffered += len(f.Data)
-			for buffered > maxBuffered && len(pending) > 1 {
-				buffered -= len(pending[0].Data)
-				dropped += len(pending[0].Data)
-				pending = pending[1:]
-			}
-			return
+			return false
 		}
 		cur.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if err := cur.w.Write(f.Type, f.Data); err != nil {
+		if err := cur.w.Write(typ, data); err != nil {
 			detach()
-			pending = append(pending, f)
-			buffered += len(f.Data)
+			return false
+		}
+		return true
+	}
+	// flush sends the current client the output it was not sent.
+	flush := func() {
+		for f, ok := out.next(); ok && write(f.Type, f.Data); f, ok = out.next() {
+			out.wrote()
 		}
 	}
 	hangup := func() {
@@ -280,51 +289,49 @@ func (s *session) serve(ln net.Listener) int {
 		if exit == nil || outDone != nil || cur == nil || finished {
 			return
 		}
+		flush()
 		b, _ := json.Marshal(exit)
-		send(api.Frame{Type: api.FrameExit, Data: b})
-		finished = cur != nil
+		finished = write(api.FrameExit, b)
 	}
 	for {
 		select {
 		case c := <-conns:
 			if cur != nil {
 				// A new agentd re-attached; the old connection is stale.
-				cur.c.Close()
+				drop()
 			}
 			cur = &client{c: c, w: api.NewFrameWriter(c)}
 			finished = false
 			grace.Stop()
-			send(api.Frame{Type: api.FrameInput, Data: api.InputData(s.inBytes.Load(), s.inEOF.Load())})
 			go s.readClient(cur, events)
-			if dropped > 0 {
-				send(api.Frame{Type: api.FrameNotice, Data: fmt.Appendf(nil, "%d bytes of output were not kept while detached (they are in the logs)", dropped)})
-				dropped = 0
+			write(api.FrameInput, api.InputData(s.inBytes.Load(), s.inEOF.Load()))
+			write(api.FrameOutputFrom, api.OffsetData(out.off))
+			// A client that acknowledges counts what it lacks itself.
+			if out.dropped > 0 && !s.acking.Load() {
+				write(api.FrameNotice, fmt.Appendf(nil, "%d bytes of output were not kept while detached (they are in the logs)", out.dropped))
+				out.dropped = 0
 			}
-			old := pending
-			pending, buffered = nil, 0
-			for _, f := range old {
-				send(f)
-			}
+			flush()
 			deliverExit()
 		case f := <-s.out:
-			send(f)
+			out.push(f)
+			flush()
 		case <-written:
 			// Input taken by the command: the client may send more.
-			if cur != nil {
-				send(api.Frame{Type: api.FrameInput, Data: api.InputData(s.inWritten.Load(), false)})
-			}
+			write(api.FrameInput, api.InputData(s.inWritten.Load(), false))
 		case <-outDone:
 			// Every reader put its last frame in s.out before it ended;
 			// select may have picked this case first: they go before the exit.
 			for drained := false; !drained; {
 				select {
 				case f := <-s.out:
-					send(f)
+					out.push(f)
 				default:
 					drained = true
 				}
 			}
 			outDone = nil
+			flush()
 			deliverExit()
 		case ex := <-exited:
 			exited = nil
@@ -352,6 +359,10 @@ func (s *session) serve(ln net.Listener) int {
 				grace.Reset(s.o.Grace)
 			}
 		case ev := <-events:
+			if ev.kind == api.FrameOutputAck {
+				out.ack(ev.n)
+				continue
+			}
 			if ev.cl != cur {
 				continue
 			}
@@ -423,6 +434,14 @@ func (s *session) readClient(cl *client, events chan<- event) {
 		case api.FrameSignal:
 			if len(f.Data) == 1 && allowedSignal(syscall.Signal(f.Data[0])) {
 				unix.Kill(-s.pid, syscall.Signal(f.Data[0]))
+			}
+		case api.FrameOutputAck:
+			// Set here, not by the loop: before anything this client sends
+			// next has an effect, such as input whose output ends up in
+			// flight when its connection is lost.
+			s.acking.Store(true)
+			if n, err := api.ParseOffset(f.Data); err == nil {
+				events <- event{cl: cl, kind: f.Type, n: n}
 			}
 		case api.FrameAck, api.FrameHangup:
 			events <- event{cl: cl, kind: f.Type}

@@ -275,6 +275,9 @@ func TestReattach(t *testing.T) {
 	c.c.Close() // "b 1" is written while nobody is attached
 	c = r.attach()
 	c.until("b 1")
+	if c.seen != "b 1\n" {
+		t.Fatalf("a client that does not acknowledge output got %q on re-attaching, want only \"b 1\\n\"", c.seen)
+	}
 	c.w.Write(api.FrameStdin, []byte("2\n"))
 	c.until("c 2")
 	if ex := c.exit(); ex.Code != 4 {
@@ -312,5 +315,72 @@ func TestPty(t *testing.T) {
 	c.w.Write(api.FrameSignal, []byte{byte(syscall.SIGKILL)})
 	if ex := c.exit(); ex.Code != 128+int(syscall.SIGKILL) {
 		t.Fatalf("exit %+v, want SIGKILL", ex)
+	}
+}
+
+// TestReattachResendsUnacknowledged: output the relay wrote to a connection
+// whose client never acknowledged it (an agentd killed between reading it
+// and passing it on) is sent again on the next attach, from the offset the
+// client acknowledged; what it acknowledged is not.
+func TestReattachResendsUnacknowledged(t *testing.T) {
+	r := startRelay(t, Options{Grace: time.Minute, Argv: []string{"sh", "-c", "echo a; read x; echo b $x; read y; echo c $y; exit 4"}})
+	c := r.attach()
+	c.w.Write(api.FrameOutputAck, api.OffsetData(0))
+	c.until("a")
+	c.w.Write(api.FrameStdin, []byte("1\n"))
+	c.until("b 1") // read by "agentd", never passed on
+	c.c.Close()
+
+	c = r.attach()
+	if off := c.from(); off != 0 {
+		t.Fatalf("re-attached: output from offset %d, want 0 (nothing was acknowledged)", off)
+	}
+	c.w.Write(api.FrameOutputAck, api.OffsetData(0))
+	c.until("b 1")
+	if c.seen != "a\nb 1\n" {
+		t.Fatalf("re-attached: output %q, want all of it again", c.seen)
+	}
+	c.w.Write(api.FrameOutputAck, api.OffsetData(2)) // has "a\n"
+	c.c.Close()
+
+	// The relay may see the new connection before that acknowledgement:
+	// then it sends "a\n" again, from offset 0, and the client skips it.
+	c = r.attach()
+	off := c.from()
+	if off != 0 && off != 2 {
+		t.Fatalf("re-attached after an acknowledgement of 2 bytes: output from offset %d, want 2 (or 0)", off)
+	}
+	c.w.Write(api.FrameOutputAck, api.OffsetData(2))
+	c.until("b 1")
+	if got := c.seen[2-off:]; got != "b 1\n" {
+		t.Fatalf("re-attached: output %q from offset %d, want \"b 1\\n\" past what the client had", c.seen, off)
+	}
+	c.w.Write(api.FrameStdin, []byte("2\n"))
+	c.until("c 2")
+	if ex := c.exit(); ex.Code != 4 {
+		t.Fatalf("exit %+v, want 4", ex)
+	}
+	if code := r.wait(10 * time.Second); code != 4 {
+		t.Fatalf("relay exited %d", code)
+	}
+}
+
+// from reads the frames an attach starts with, through FrameOutputFrom,
+// and returns its offset.
+func (c *conn) from() int64 {
+	c.t.Helper()
+	c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		f, err := c.r.Read()
+		if err != nil {
+			c.t.Fatalf("waiting for the output offset: %v", err)
+		}
+		if f.Type == api.FrameOutputFrom {
+			off, err := api.ParseOffset(f.Data)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			return off
+		}
 	}
 }
