@@ -99,7 +99,14 @@ func (r *liveRun) line(re string) []string {
 		select {
 		case l, ok := <-r.lines:
 			if !ok {
-				r.t.Fatalf("hctl run ended without a line matching %q; stderr: %s", re, r.errb.String())
+				// Its stdout ended; stderr is whole once Wait returned.
+				select {
+				case <-r.done:
+					r.t.Fatalf("hctl run ended (exit %d) without a line matching %q; output %q; stderr: %s",
+						r.cmd.ProcessState.ExitCode(), re, r.output(), r.errb.String())
+				case <-time.After(10 * time.Second):
+					r.t.Fatalf("hctl run closed its output without a line matching %q, and did not end", re)
+				}
 			}
 			if m := rx.FindStringSubmatch(l); m != nil {
 				return m
