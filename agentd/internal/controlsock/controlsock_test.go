@@ -3,7 +3,9 @@ package controlsock
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cloudflare/tableflip"
@@ -17,6 +19,18 @@ import (
 // the path of every unix *listener* it holds when stopped without an
 // upgrade; the control socket must not be held as one.
 func TestControlSocketFromSystemdOutlivesAgentd(t *testing.T) {
+	// tableflip allows one Upgrader per process, ever: each run of this
+	// test (go test -count=N) gets a process of its own, the test binary
+	// run again for this test alone.
+	if os.Getenv(childEnv) == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestControlSocketFromSystemdOutlivesAgentd$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), childEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestControlSocketFromSystemdOutlivesAgentd") {
+			t.Fatalf("the test in a process of its own: %v\n%s", err, out)
+		}
+		return
+	}
 	path := filepath.Join(t.TempDir(), "agentd.sock")
 	// What systemd does for agentd.socket: bind, listen, pass the fd.
 	sysd, err := net.Listen("unix", path)
@@ -30,7 +44,7 @@ func TestControlSocketFromSystemdOutlivesAgentd(t *testing.T) {
 	}
 	defer sysd.Close()
 
-	// Only one Upgrader per process: this is the test binary's.
+	// Only one Upgrader per process: this is this process's.
 	upg, err := tableflip.New(tableflip.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +74,9 @@ func TestControlSocketFromSystemdOutlivesAgentd(t *testing.T) {
 	}
 	c.Close()
 }
+
+// childEnv marks the process that runs TestControlSocketFromSystemdOutlivesAgentd.
+const childEnv = "AGENTD_CONTROLSOCK_TEST_CHILD"
 
 // files is tableflip's Fds as far as Listen uses them.
 type files map[string]*os.File
