@@ -153,19 +153,27 @@ func (c *conn) until(want string) {
 // exit reads until the exit frame, acknowledges it, and returns it.
 func (c *conn) exit() api.RunExit {
 	c.t.Helper()
+	f := c.skipTo(api.FrameExit, "the exit")
+	var ex api.RunExit
+	if err := json.Unmarshal(f.Data, &ex); err != nil {
+		c.t.Fatal(err)
+	}
+	c.w.Write(api.FrameAck, nil)
+	return ex
+}
+
+// skipTo reads frames until one of type typ and returns it; what names it
+// for the failure.
+func (c *conn) skipTo(typ byte, what string) api.Frame {
+	c.t.Helper()
 	c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	for {
 		f, err := c.r.Read()
 		if err != nil {
-			c.t.Fatalf("waiting for the exit: %v", err)
+			c.t.Fatalf("waiting for %s: %v", what, err)
 		}
-		if f.Type == api.FrameExit {
-			var ex api.RunExit
-			if err := json.Unmarshal(f.Data, &ex); err != nil {
-				c.t.Fatal(err)
-			}
-			c.w.Write(api.FrameAck, nil)
-			return ex
+		if f.Type == typ {
+			return f
 		}
 	}
 }
@@ -369,18 +377,9 @@ func TestReattachResendsUnacknowledged(t *testing.T) {
 // and returns its offset.
 func (c *conn) from() int64 {
 	c.t.Helper()
-	c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	for {
-		f, err := c.r.Read()
-		if err != nil {
-			c.t.Fatalf("waiting for the output offset: %v", err)
-		}
-		if f.Type == api.FrameOutputFrom {
-			off, err := api.ParseOffset(f.Data)
-			if err != nil {
-				c.t.Fatal(err)
-			}
-			return off
-		}
+	off, err := api.ParseOffset(c.skipTo(api.FrameOutputFrom, "the output offset").Data)
+	if err != nil {
+		c.t.Fatal(err)
 	}
+	return off
 }

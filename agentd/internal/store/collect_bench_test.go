@@ -87,26 +87,8 @@ func BenchmarkNewUpload(b *testing.B) {
 // while the prune of the last one walks every blob, over and over.
 func BenchmarkNewUploadWhileCollecting(b *testing.B) {
 	s, refs, entries := benchStore(b)
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			s.maybeGarbage()
-			if _, err := s.Collect(refs); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	}()
-	defer func() {
-		close(stop)
-		<-stopped
-	}()
+	stop, _ := collectLoop(b, s, s.maybeGarbage, func() Refs { return refs }, func() {})
+	defer stop()
 	newUploads(b, s, entries)
 }
 

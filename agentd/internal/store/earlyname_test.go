@@ -11,14 +11,7 @@ import (
 // tree, and waits until each was named in blobs/ (by its sync worker).
 func putAndWaitNamed(t *testing.T, s *Store, dir string) *Upload {
 	t.Helper()
-	entries, staged, err := scanTree(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, res, err := s.NewUpload(entries)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u, res, staged := startUpload(t, s, dir)
 	named := make(chan string, len(res.Missing))
 	blobNamed = func(h string) { named <- h }
 	t.Cleanup(func() { blobNamed = nil })

@@ -123,32 +123,13 @@ func TestCollectRacesUploads(t *testing.T) {
 	// tick is closed at the end of each Collect of the loop, and renewed.
 	var tickMu sync.Mutex
 	tick := make(chan struct{})
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	var stopOnce sync.Once
-	halt := func() {
-		stopOnce.Do(func() { close(stop) })
-		<-stopped
-	}
-	t.Cleanup(halt) // before the store is removed, also after a t.Fatal
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			unpinAll(s) // fresh trees unprotected: only refs keep them
-			if _, err := s.Collect(refs()); err != nil {
-				t.Errorf("collect: %v", err)
-				return
-			}
-			tickMu.Lock()
-			close(tick)
-			tick = make(chan struct{})
-			tickMu.Unlock()
-		}
-	}()
+	// Fresh trees unprotected (unpinAll): only refs keep them.
+	halt, stopped := collectLoop(t, s, func() { unpinAll(s) }, refs, func() {
+		tickMu.Lock()
+		close(tick)
+		tick = make(chan struct{})
+		tickMu.Unlock()
+	})
 	// waitCollects returns once n whole Collects ran after its call.
 	waitCollects := func(n int) {
 		t.Helper()
@@ -265,4 +246,35 @@ func checkTree(t *testing.T, s *Store, digest string, ents []ent) []string {
 		out = append(out, bp)
 	}
 	return out
+}
+
+// collectLoop runs Collect over and over beside a test, each round after
+// prep and followed by round, until stop; stop waits for the loop's end,
+// and also runs at Cleanup (before the store is removed, also after a
+// t.Fatal). stopped closes when the loop ended, stopped or failed.
+func collectLoop(tb testing.TB, s *Store, prep func(), refs func() Refs, round func()) (stop func(), stopped <-chan struct{}) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() { close(quit) })
+		<-done
+	}
+	tb.Cleanup(stop)
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			prep()
+			if _, err := s.Collect(refs()); err != nil {
+				tb.Errorf("collect: %v", err)
+				return
+			}
+			round()
+		}
+	}()
+	return stop, done
 }

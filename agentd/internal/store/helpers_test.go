@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/agentd/internal/artifact"
 )
 
@@ -100,6 +101,19 @@ func writeTree(t *testing.T, ents ...ent) string {
 // the digest and how many bytes of content were sent.
 func upload(t *testing.T, s *Store, dir string) (string, int64) {
 	t.Helper()
+	u, res, staged := startUpload(t, s, dir)
+	sent := putMissing(t, u, res.Missing, staged)
+	d, err := u.Commit()
+	if err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	return d, sent
+}
+
+// startUpload scans dir as hctl does and starts its upload; staged is
+// scanTree's, for putMissing.
+func startUpload(t testing.TB, s *Store, dir string) (*Upload, api.UploadCreated, map[string]string) {
+	t.Helper()
 	entries, staged, err := scanTree(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -108,12 +122,7 @@ func upload(t *testing.T, s *Store, dir string) (string, int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent := putMissing(t, u, res.Missing, staged)
-	d, err := u.Commit()
-	if err != nil {
-		t.Fatalf("commit: %v", err)
-	}
-	return d, sent
+	return u, res, staged
 }
 
 // putMissing puts each content in missing from its file in staged (as
