@@ -52,7 +52,13 @@ func newFDUpload(t *testing.T) *fdUpload {
 	f := &fdUpload{sock: serveUnix(t, newServer(ag).Handler())}
 	var entries []api.ManifestEntry
 	dir := t.TempDir()
-	for name, body := range map[string]string{"Procfile": "web: ./x\n", "big": strings.Repeat("0123456789abcdef", 1<<16)} {
+	// In this order: the tests name refs[0] the small file and refs[1]
+	// the big one, so a map's random order must not choose.
+	for _, c := range []struct{ name, body string }{
+		{"Procfile", "web: ./x\n"},
+		{"big", strings.Repeat("0123456789abcdef", 1<<16)},
+	} {
+		name, body := c.name, c.body
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
