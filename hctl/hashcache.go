@@ -81,10 +81,11 @@ func loadHashCache() *hashCache {
 	return c
 }
 
-// sum returns the sha256 of the regular file at p (absolute), whose lstat
-// is st, from the cache when nothing about the file changed.
-func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
-	key := cacheEntry{Size: st.Size, MTimeNs: st.Mtim.Nano(), CTimeNs: st.Ctim.Nano(), Ino: st.Ino, Dev: st.Dev}
+// lookup returns the sha256 of the regular file at p (absolute), whose
+// lstat is st, if the cache has it and nothing about the file changed;
+// else "".
+func (c *hashCache) lookup(p string, st *syscall.Stat_t) string {
+	key := cacheKey(st)
 	c.mu.Lock()
 	c.seen[p] = true
 	e, ok := c.entries[p]
@@ -93,10 +94,36 @@ func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
 		e2 := e
 		e2.SHA256, e2.HashedAt = "", 0
 		if e2 == key {
-			return e.SHA256, nil
+			return e.SHA256
 		}
 	}
-	key.HashedAt = time.Now().UnixNano()
+	return ""
+}
+
+func cacheKey(st *syscall.Stat_t) cacheEntry {
+	return cacheEntry{Size: st.Size, MTimeNs: st.Mtim.Nano(), CTimeNs: st.Ctim.Nano(), Ino: st.Ino, Dev: st.Dev}
+}
+
+// record remembers sum as the sha256 of the file at p, whose lstat was st
+// before it was read at hashedAt (by agentd, which staged it).
+func (c *hashCache) record(p string, st *syscall.Stat_t, sum string, hashedAt time.Time, size int64) {
+	key := cacheKey(st)
+	key.SHA256, key.HashedAt = sum, hashedAt.UnixNano()
+	c.mu.Lock()
+	c.seen[p] = true
+	c.hashed++
+	c.read += size
+	c.entries[p] = key
+	c.mu.Unlock()
+}
+
+// sum returns the sha256 of the regular file at p (absolute), whose lstat
+// is st, from the cache when nothing about the file changed.
+func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
+	if h := c.lookup(p, st); h != "" {
+		return h, nil
+	}
+	hashedAt := time.Now()
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return "", err
@@ -114,13 +141,9 @@ func (c *hashCache) sum(p string, st *syscall.Stat_t) (string, error) {
 	if n != st.Size {
 		return "", fmt.Errorf("%s: changed while being read", p)
 	}
-	key.SHA256 = hex.EncodeToString(h.Sum(nil))
-	c.mu.Lock()
-	c.hashed++
-	c.read += n
-	c.entries[p] = key
-	c.mu.Unlock()
-	return key.SHA256, nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	c.record(p, st, sum, hashedAt, n)
+	return sum, nil
 }
 
 // hashBufs are sum's read buffers, one per hashing goroutine in use.

@@ -14,12 +14,21 @@ import (
 	"github.com/agentd/agentd/agentd/api"
 )
 
-// scanManifest lists dir as an upload manifest, hashing its files through
-// the cache (cache is called once the tree is listed: it may still be
-// loading meanwhile), and returns where each content can be read from. It refuses
-// what agentd refuses (special files, symlinks out of the tree) with a
-// message before anything is sent. dir itself may be a symlink.
-func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, map[string]api.BlobRef, string, error) {
+// scannedFile is a regular file of a scanned tree.
+type scannedFile struct {
+	entry int // its manifest entry
+	path  string
+	st    syscall.Stat_t
+}
+
+// scanManifest lists dir as an upload manifest, with the hash of each
+// file the cache knows (cache is called once the tree is listed: it may
+// still be loading meanwhile), and returns its regular files. The rest
+// are hashed later, by agentd as it reads them (stage) or here
+// (hashFiles). It refuses what agentd refuses (special files, symlinks
+// out of the tree) with a message before anything is sent. dir itself
+// may be a symlink.
+func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, []scannedFile, string, error) {
 	root, err := filepath.EvalSymlinks(dir)
 	if err == nil {
 		root, err = filepath.Abs(root)
@@ -28,13 +37,7 @@ func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, m
 		return nil, nil, "", fmt.Errorf("reading %s: %w", dir, err)
 	}
 	m := &api.UploadManifest{}
-	blobs := map[string]api.BlobRef{}
-	type pending struct {
-		entry int
-		path  string
-		st    syscall.Stat_t
-	}
-	var files []pending
+	var files []scannedFile
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == root {
 			return err
@@ -63,9 +66,8 @@ func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, m
 			}
 			e.Type, e.Target = api.EntrySymlink, target
 		case syscall.S_IFREG:
-			// Hashed below, on every core.
 			e.Type, e.Size, e.MTimeNs = api.EntryFile, st.Size, st.Mtim.Nano()
-			files = append(files, pending{len(m.Entries), p, st})
+			files = append(files, scannedFile{len(m.Entries), p, st})
 		default:
 			return fmt.Errorf("%s: cannot deploy a special file (socket, FIFO or device): a release may hold only directories, regular files and symlinks", shown)
 		}
@@ -76,6 +78,15 @@ func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, m
 		return nil, nil, "", fmt.Errorf("reading %s: %w", dir, err)
 	}
 	cache := cacheOf()
+	for _, f := range files {
+		m.Entries[f.entry].SHA256 = cache.lookup(f.path, &f.st)
+	}
+	return m, files, root, nil
+}
+
+// hashFiles hashes files through the cache, on every core, into their
+// manifest entries.
+func hashFiles(m *api.UploadManifest, files []scannedFile, cache *hashCache) error {
 	sums := make([]string, len(files))
 	errs := make([]error, len(files))
 	next := make(chan int)
@@ -94,14 +105,23 @@ func scanManifest(dir string, cacheOf func() *hashCache) (*api.UploadManifest, m
 	wg.Wait()
 	for i, f := range files {
 		if errs[i] != nil {
-			return nil, nil, "", fmt.Errorf("reading %s: %w", dir, errs[i])
+			return errs[i]
 		}
 		m.Entries[f.entry].SHA256 = sums[i]
-		if _, ok := blobs[sums[i]]; !ok {
-			blobs[sums[i]] = api.BlobRef{SHA256: sums[i], Size: f.st.Size, Path: f.path}
+	}
+	return nil
+}
+
+// blobRefs is where each content of the manifest can be read from.
+func blobRefs(m *api.UploadManifest, files []scannedFile) map[string]api.BlobRef {
+	blobs := map[string]api.BlobRef{}
+	for _, f := range files {
+		h := m.Entries[f.entry].SHA256
+		if _, ok := blobs[h]; !ok {
+			blobs[h] = api.BlobRef{SHA256: h, Size: f.st.Size, Path: f.path}
 		}
 	}
-	return m, blobs, root, nil
+	return blobs
 }
 
 // checkTarget refuses the symlinks agentd refuses, before the upload.

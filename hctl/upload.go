@@ -19,14 +19,15 @@ type dirUpload struct {
 	dir, root string
 	cache     *hashCache
 	manifest  *api.UploadManifest
-	blobs     map[string]api.BlobRef
-	// scanned is how long the scan took (hashing included): shown, so a
-	// user sees where a slow deploy spent its time.
+	files     []scannedFile
+	// scanned is how long the scan and hctl's own hashing took: shown,
+	// so a user sees where a slow deploy spent its time.
 	scanned time.Duration
 }
 
 // scanDirUpload reads dir for an upload; its errors are the user's (a
-// special file, a symlink out of the tree).
+// special file, a symlink out of the tree). Files the hash cache does not
+// know are left unhashed: see hashRest.
 func scanDirUpload(dir string) (*dirUpload, error) {
 	t0 := time.Now()
 	// The cache is read while the tree is listed: two jobs for two cores.
@@ -40,10 +41,61 @@ func scanDirUpload(dir string) (*dirUpload, error) {
 		return d.cache
 	}
 	var err error
-	d.manifest, d.blobs, d.root, err = scanManifest(dir, cacheOf)
+	d.manifest, d.files, d.root, err = scanManifest(dir, cacheOf)
 	cacheOf() // also when the listing failed: nothing left running
 	d.scanned = time.Since(t0)
 	return d, err
+}
+
+// unhashed are the files whose hash is still unknown.
+func (d *dirUpload) unhashed() []scannedFile {
+	var out []scannedFile
+	for _, f := range d.files {
+		if d.manifest.Entries[f.entry].SHA256 == "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// hashRest fills in the hashes the cache did not know. On agentd's own
+// socket, agentd reads those files as open files handed over without a
+// hash (a stage): each is read once, by agentd, instead of once here to
+// hash it and again by agentd if it lacks it. Elsewhere (a socket that
+// carries no descriptors, an agentd without stages) hctl hashes them. It
+// returns how many of the files, and bytes, agentd kept.
+func (h *hctl) hashRest(ctx context.Context, d *dirUpload) (int, int64, error) {
+	todo := d.unhashed()
+	if len(todo) == 0 {
+		return 0, 0, nil
+	}
+	files := make([]api.StageFile, len(todo))
+	for i, f := range todo {
+		files[i] = api.StageFile{Path: f.path, Size: f.st.Size}
+	}
+	began := time.Now()
+	res, err := h.client().StageFiles(ctx, files)
+	if errors.Is(err, api.ErrFDsUnsupported) {
+		t0 := time.Now()
+		err := hashFiles(d.manifest, todo, d.cache)
+		d.scanned += time.Since(t0)
+		if err != nil {
+			return 0, 0, fmt.Errorf("reading %s: %w", d.dir, err)
+		}
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(res.Hashes) != len(todo) {
+		return 0, 0, fmt.Errorf("agentd staged %d files and named %d hashes", len(todo), len(res.Hashes))
+	}
+	for i, f := range todo {
+		d.manifest.Entries[f.entry].SHA256 = res.Hashes[i]
+		d.cache.record(f.path, &f.st, res.Hashes[i], began, f.st.Size)
+	}
+	d.manifest.Stage = res.Stage
+	return int(res.Kept), res.KeptBytes, nil
 }
 
 // upload runs the manifest-first upload of a directory: the manifest,
@@ -51,9 +103,17 @@ func scanDirUpload(dir string) (*dirUpload, error) {
 // upload's id, or "" when agentd cannot take such an upload (the caller
 // then sends a .tar.gz, as before).
 func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, error) {
-	dir, m, blobs, root, cache := d.dir, d.manifest, d.blobs, d.root, d.cache
+	t0, scanned := time.Now(), d.scanned
+	staged, stagedBytes, err := h.hashRest(ctx, d)
+	if err != nil {
+		return "", refused(app, err)
+	}
+	// hctl's own reading, if it hashed the files, is the scan's time, not
+	// the upload's: the two figures add up.
+	t0 = t0.Add(d.scanned - scanned)
+	dir, m, root, cache := d.dir, d.manifest, d.root, d.cache
+	blobs := blobRefs(m, d.files)
 	c := h.client()
-	t0 := time.Now()
 	res, err := c.CreateUpload(ctx, m)
 	if errors.Is(err, api.ErrUploadUnsupported) {
 		// An older agentd: the .tar.gz works as it always did, so say
@@ -94,8 +154,13 @@ func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, er
 			bytes += e.Size
 		}
 	}
-	fmt.Fprintf(h.stderr, "-----> upload: sent %d of %d files (%s of %s) in %s; hashed %d files (%s) in %s\n",
-		len(send), files, sizeStr(sent), sizeStr(bytes), durStr(time.Since(t0)), cache.hashed, sizeStr(cache.read), durStr(d.scanned))
+	// Staged files agentd kept were sent as surely as handed-over ones.
+	by := ""
+	if m.Stage != "" {
+		by = ", as agentd read them"
+	}
+	fmt.Fprintf(h.stderr, "-----> upload: sent %d of %d files (%s of %s) in %s; hashed %d files (%s) in %s%s\n",
+		staged+len(send), files, sizeStr(stagedBytes+sent), sizeStr(bytes), durStr(time.Since(t0)), cache.hashed, sizeStr(cache.read), durStr(d.scanned), by)
 	return res.ID, nil
 }
 

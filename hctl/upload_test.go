@@ -179,6 +179,9 @@ func TestHashCacheDropsDeletedTrees(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := hashFiles(d.manifest, d.files, d.cache); err != nil {
+			t.Fatal(err)
+		}
 		if err := d.cache.save(d.root); err != nil {
 			t.Fatal(err)
 		}

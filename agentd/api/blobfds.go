@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -60,19 +61,34 @@ var ErrFDsUnsupported = errors.New("agentd cannot take open files on this socket
 // lacks and waits until agentd has read and checked them all. It returns
 // how many content bytes agentd received.
 func (c *Client) HandOverBlobs(ctx context.Context, id string, blobs []BlobRef) (int64, error) {
+	files := make([]fdFile, len(blobs))
+	for i, b := range blobs {
+		files[i] = fdFile{line: blobHeader(b), path: b.Path}
+	}
+	var res FDResult
+	err := c.fdExchange(ctx, "/v1/uploads/"+url.PathEscape(id)+"/fds", files, &res, &res)
+	return res.Bytes, err
+}
+
+// fdFile is one file to hand over: its line, and where to open it.
+type fdFile struct{ line, path string }
+
+// fdExchange runs the exchange above on POST target and decodes agentd's
+// answer into answer, whose FDResult part is fr.
+func (c *Client) fdExchange(ctx context.Context, target string, files []fdFile, answer any, fr *FDResult) error {
 	conn, done, err := c.uploadConn(ctx)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer done()
-	head := c.uploadHead(id, "fds", "Connection: Upgrade\r\nUpgrade: "+FDUpgrade+"\r\nContent-Length: 0\r\n")
+	head := c.postHead(target, "Connection: Upgrade\r\nUpgrade: "+FDUpgrade+"\r\nContent-Length: 0\r\n")
 	if _, err := io.WriteString(conn, head); err != nil {
-		return 0, c.mapError(err)
+		return c.mapError(err)
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
-		return 0, c.orCancelled(ctx, fmt.Errorf("reading agentd's answer to the upload: %w", err))
+		return c.orCancelled(ctx, fmt.Errorf("reading agentd's answer to the upload: %w", err))
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer resp.Body.Close()
@@ -81,31 +97,36 @@ func (c *Client) HandOverBlobs(ctx context.Context, id string, blobs []BlobRef) 
 		routeless := resp.StatusCode == http.StatusNotFound && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
 		e := decodeError(resp)
 		if routeless {
-			return 0, fmt.Errorf("%w: %w", ErrFDsUnsupported, e)
+			return fmt.Errorf("%w: %w", ErrFDsUnsupported, e)
 		}
-		return 0, e
+		return e
 	}
-	werr := handOver(conn, blobs)
+	werr := handOver(conn, files)
+	if ce := (*connError)(nil); werr != nil && !errors.As(werr, &ce) {
+		// A file that would not open here: agentd, waiting for the rest,
+		// sees the connection end and stops; the cause is ours to tell.
+		conn.CloseWrite()
+		return werr
+	}
 	// agentd refuses a file as soon as it finds it wrong, and then reads
 	// no more: its answer says why, so read it after a failed write too.
-	var res FDResult
 	line, rerr := br.ReadString('\n')
 	if rerr == nil {
-		rerr = json.Unmarshal([]byte(line), &res)
+		rerr = json.Unmarshal([]byte(line), answer)
 	}
 	switch {
 	case ctx.Err() != nil:
-		return res.Bytes, c.mapError(ctx.Err())
+		return c.mapError(ctx.Err())
 	case rerr != nil && werr != nil:
-		return res.Bytes, werr
+		return werr
 	case rerr != nil:
-		return res.Bytes, fmt.Errorf("reading agentd's answer to the upload: %w", rerr)
-	case res.Error != nil && res.Error.Code == CodeFDsNotCarried && res.Files == 0:
-		return 0, fmt.Errorf("%w: %s", ErrFDsUnsupported, res.Error.Message)
-	case res.Error != nil:
-		return res.Bytes, res.Error
+		return fmt.Errorf("reading agentd's answer to the upload: %w", rerr)
+	case fr.Error != nil && fr.Error.Code == CodeFDsNotCarried && fr.Files == 0:
+		return fmt.Errorf("%w: %s", ErrFDsUnsupported, fr.Error.Message)
+	case fr.Error != nil:
+		return fr.Error
 	}
-	return res.Bytes, werr
+	return werr
 }
 
 func (c *Client) orCancelled(ctx context.Context, err error) error {
@@ -118,13 +139,13 @@ func (c *Client) orCancelled(ctx context.Context, err error) error {
 // handOver sends each file's line with its descriptor, then the last,
 // empty line. Each descriptor is closed once sent: a tree of 100,000
 // files never holds more than one open here.
-func handOver(uc *net.UnixConn, blobs []BlobRef) error {
-	for _, b := range blobs {
-		f, err := openNoFollow(b.Path)
+func handOver(uc *net.UnixConn, files []fdFile) error {
+	for _, ff := range files {
+		f, err := openNoFollow(ff.path)
 		if err != nil {
 			return err
 		}
-		_, _, err = uc.WriteMsgUnix([]byte(blobHeader(b)), unix.UnixRights(int(f.Fd())), nil)
+		_, _, err = uc.WriteMsgUnix([]byte(ff.line), unix.UnixRights(int(f.Fd())), nil)
 		f.Close()
 		if err != nil {
 			return &connError{err}

@@ -39,7 +39,7 @@ func (c *Client) SendBlobs(ctx context.Context, id string, blobs []BlobRef) (int
 		return 0, err
 	}
 	defer done()
-	head := c.uploadHead(id, "blobs", "Content-Type: application/octet-stream\r\nAccept: application/json\r\n"+
+	head := c.postHead("/v1/uploads/"+url.PathEscape(id)+"/blobs", "Content-Type: application/octet-stream\r\nAccept: application/json\r\n"+
 		"Content-Length: "+strconv.FormatInt(length, 10)+"\r\nConnection: close\r\n")
 	var sent int64
 	var werr error
@@ -87,11 +87,10 @@ func (c *Client) uploadConn(ctx context.Context) (*net.UnixConn, func(), error) 
 	return conn.(*net.UnixConn), func() { stop(); conn.Close() }, nil
 }
 
-// uploadHead is the request line and headers of POST
-// /v1/uploads/ID/WHAT, with headers (each ending in CRLF) and the blank
-// line that ends them.
-func (c *Client) uploadHead(id, what, headers string) string {
-	head := "POST /v1/uploads/" + url.PathEscape(id) + "/" + what + " HTTP/1.1\r\nHost: agentd\r\n" + headers
+// postHead is the request line and headers of POST target (a path),
+// with headers (each ending in CRLF) and the blank line that ends them.
+func (c *Client) postHead(target, headers string) string {
+	head := "POST " + target + " HTTP/1.1\r\nHost: agentd\r\n" + headers
 	if c.UserAgent != "" {
 		head += "User-Agent: " + c.UserAgent + "\r\n"
 	}

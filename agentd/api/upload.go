@@ -2,6 +2,7 @@ package api
 
 // Manifest-first upload of a directory (the fast path of `hctl deploy DIR`):
 //
+//	POST   /v1/stages                           Upgrade: agentd-fds, open files without hashes (stage.go)
 //	POST   /v1/uploads                          UploadManifest -> UploadCreated
 //	POST   /v1/uploads/{id}/fds                 Upgrade: agentd-fds, then open files (blobfds.go)
 //	POST   /v1/uploads/{id}/blobs               body: "SHA256 SIZE\n" + bytes, per file -> 204 (blobstream.go)
@@ -44,6 +45,9 @@ type ManifestEntry struct {
 // UploadManifest is the body of POST /v1/uploads.
 type UploadManifest struct {
 	Entries []ManifestEntry `json:"entries"`
+	// Stage: the id of files staged for this upload (stage.go), whose
+	// contents it takes instead of listing them as missing.
+	Stage string `json:"stage,omitempty"`
 }
 
 // UploadCreated answers POST /v1/uploads: the upload's id and the content

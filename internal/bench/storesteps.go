@@ -10,7 +10,9 @@ import (
 )
 
 // Where a manifest deploy's time goes, step by step: hctl's own figures
-// (its scan of the tree, hashing included; the manifest and the sending)
+// (its scan of the tree, with its own hashing where it did any; the
+// upload: the files agentd hashed as it read them, the manifest, the
+// sending)
 // from its upload line, and agentd's phases up to the switch from the
 // result, each timed where it happens. What is left of the whole (hctl's
 // own start, the requests' round trips, the switch at the start of the

@@ -46,11 +46,29 @@ func TestDeployDirHandsOverFiles(t *testing.T) {
 	if files, sent := uploadLine(t, r2); files != 1 || sent != "1 B" || res.Release != "v2" {
 		t.Errorf("one new file on agentd's socket: sent %d files (%s), %+v", files, sent, res)
 	}
-	if !strings.Contains(e.ag.Log(), `msg="upload: handed-over files read"`) || !strings.Contains(e.ag.Log(), "files=1 bytes=1 ") {
+	// hctl had no hash of the new file (nor of those written with it, too
+	// recently to trust their mtime): agentd read them as staged files,
+	// hashed them, and kept the new one.
+	if !strings.Contains(e.ag.Log(), `msg="upload: staged files read"`) || !strings.Contains(e.ag.Log(), " kept=1 ") {
 		t.Errorf("the file was not handed over on agentd's own socket:\n%s", e.ag.Log())
+	}
+	if !strings.Contains(r2.Stderr, ", as agentd read them") {
+		t.Errorf("hctl does not say agentd hashed the file:\n%s", r2)
 	}
 	if got := get(t, url); !strings.Contains(got, "release=v2") {
 		t.Errorf("after the second deploy the app answers %q", got)
+	}
+	// Through the relay, the one file still changed is hashed by hctl:
+	// the stage falls back as the hand-over does.
+	if err := os.WriteFile(filepath.Join(dir, "VERSION"), []byte("3"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r3 := hctlVia(t, relay, "deploy", "web", dir)
+	if files, sent := uploadLine(t, r3); r3.Code != 0 || files != 1 || sent != "1 B" || strings.Contains(r3.Stderr, "as agentd read them") {
+		t.Errorf("a change through the byte relay: sent %d files (%s):\n%s", files, sent, r3)
+	}
+	if got := get(t, url); !strings.Contains(got, "release=v3") {
+		t.Errorf("after the third deploy the app answers %q", got)
 	}
 }
 

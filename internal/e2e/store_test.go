@@ -88,6 +88,16 @@ func TestDeployDirSendsOnlyChanges(t *testing.T) {
 		t.Errorf("after the upload deploy the app answers %q", got)
 	}
 
+	// hctl's hash cache lost (a fresh checkout of the same build): agentd
+	// reads every file once to hash it, keeps none, and nothing changes.
+	if err := os.RemoveAll(filepath.Join(e.ag.Dir, "cache", "hctl")); err != nil {
+		t.Fatal(err)
+	}
+	res, r = e.deployR("web", dir)
+	if files, sent := uploadLine(t, r); files != 0 || sent != "0 B" || res.Changed || !strings.Contains(r.Stderr, "hashed 3 files (2.0 MB) in") || !strings.Contains(r.Stderr, "as agentd read them") {
+		t.Errorf("a cold hash cache: sent %d files (%s), changed %v:\n%s", files, sent, res.Changed, r)
+	}
+
 	// The same content as a .tar.gz: the digest is the same.
 	tgz := filepath.Join(e.dir, "tree.tar.gz")
 	f, err := os.Create(tgz)

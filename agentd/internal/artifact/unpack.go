@@ -47,7 +47,8 @@ type Limits struct {
 	MaxFiles int   // number of entries of any kind, implied directories included; default 100k
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults is l with its zero fields at their defaults.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxBytes <= 0 {
 		l.MaxBytes = DefaultMaxBytes
 	}
@@ -123,7 +124,7 @@ func Unpack(r io.Reader, dst string, lim Limits) (err error) {
 
 	u := &unpacker{
 		root:     root,
-		lim:      lim.withDefaults(),
+		lim:      lim.WithDefaults(),
 		kinds:    map[string]kind{},
 		targets:  map[string]string{},
 		cacheDir: ".",

@@ -119,6 +119,7 @@ func (s *Server) Handler() http.Handler {
 	m.HandleFunc("POST /v1/uploads", s.admin(s.createUpload))
 	m.HandleFunc("POST /v1/uploads/{id}/blobs", s.admin(s.putBlobs))
 	m.HandleFunc("POST /v1/uploads/{id}/fds", s.admin(s.putBlobFDs))
+	m.HandleFunc("POST /v1/stages", s.admin(s.stageFDs))
 	m.HandleFunc("DELETE /v1/uploads/{id}", s.admin(s.abortUpload))
 	m.HandleFunc("POST /v1/apps/{app}/uploads/{id}/deploy", s.admin(s.deployUpload))
 	if s.Metrics != nil {

@@ -57,10 +57,17 @@ func (s *Server) createUpload(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: "bad manifest: " + err.Error()})
 		return
 	}
-	_, res, err := st.NewUpload(m.Entries)
+	u, res, err := st.NewUpload(m.Entries)
 	if err != nil {
 		uploadErr(w, err)
 		return
+	}
+	if m.Stage != "" {
+		if err := adoptStage(st, u, m.Stage, &res); err != nil {
+			u.Abort()
+			uploadErr(w, err)
+			return
+		}
 	}
 	writeJSON(w, http.StatusCreated, res)
 }

@@ -29,6 +29,22 @@ func (s *Server) putBlobFDs(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.takeFDs(w, r, func(uc *net.UnixConn) any {
+		t0 := time.Now()
+		res := s.receiveFDs(uc, parseBlobHeader, func(f fdFrame) error {
+			if err := regular(f); err != nil {
+				return err
+			}
+			return u.Put(f.hash, f.file)
+		})
+		s.Log.Debug("upload: handed-over files read", "upload", u.ID, "files", res.Files, "bytes", res.Bytes, "took", time.Since(t0), "err", res.Error)
+		return res
+	})
+}
+
+// takeFDs upgrades the request's connection to the exchange of
+// api/blobfds.go, runs receive on it and writes the answer it returns.
+func (s *Server) takeFDs(w http.ResponseWriter, r *http.Request, receive func(uc *net.UnixConn) any) {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), api.FDUpgrade) {
 		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest,
 			Message: "handing over files needs the connection upgraded: send Connection: Upgrade and Upgrade: " + api.FDUpgrade})
@@ -55,22 +71,20 @@ func (s *Server) putBlobFDs(w http.ResponseWriter, r *http.Request) {
 	if err := brw.Flush(); err != nil {
 		return
 	}
-	t0 := time.Now()
-	res := s.receiveFDs(u, uc)
-	s.Log.Debug("upload: handed-over files read", "upload", u.ID, "files", res.Files, "bytes", res.Bytes, "took", time.Since(t0), "err", res.Error)
-	b, _ := json.Marshal(res)
+	b, _ := json.Marshal(receive(uc))
 	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	conn.Write(append(b, '\n'))
 }
 
-// receiveFDs reads the handed-over files into the upload until the last
-// line or the first failure, which ends it at once.
-func (s *Server) receiveFDs(u *store.Upload, uc *net.UnixConn) api.FDResult {
+// receiveFDs reads the handed-over files until the last line or the first
+// failure, which ends it at once, and gives each to put, on as many
+// goroutines as there are cores. parse reads a file's line.
+func (s *Server) receiveFDs(uc *net.UnixConn, parse func(line string) (string, int64, error), put func(fdFrame) error) api.FDResult {
 	idle := s.UploadIdle
 	if idle <= 0 {
 		idle = DefaultUploadIdle
 	}
-	rd := newFDReader(uc)
+	rd := newFDReader(uc, parse)
 	defer rd.close()
 
 	var (
@@ -99,7 +113,7 @@ func (s *Server) receiveFDs(u *store.Upload, uc *net.UnixConn) api.FDResult {
 					f.file.Close()
 					continue
 				}
-				err := putFD(u, f)
+				err := put(f)
 				f.file.Close()
 				if err != nil {
 					fail(err)
@@ -145,17 +159,17 @@ func (s *Server) receiveFDs(u *store.Upload, uc *net.UnixConn) api.FDResult {
 	return res
 }
 
-// putFD stores one handed-over file; only a regular file is read (a pipe
-// or a device could block or never end).
-func putFD(u *store.Upload, f fdFrame) error {
+// regular refuses a handed-over file that is not a regular file: a pipe
+// or a device could block or never end.
+func regular(f fdFrame) error {
 	fi, err := f.file.Stat()
 	if err != nil {
-		return fmt.Errorf("upload: sha256 %s: %w", f.hash, err)
+		return fmt.Errorf("upload: %s: %w", f.name(), err)
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%w: sha256 %s was handed over as a %s, not a regular file", store.ErrInvalid, f.hash, fi.Mode().Type())
+		return fmt.Errorf("%w: %s was handed over as a %s, not a regular file", store.ErrInvalid, f.name(), fi.Mode().Type())
 	}
-	return u.Put(f.hash, f.file)
+	return nil
 }
 
 type fdsNotCarried struct{ err error }
@@ -165,25 +179,36 @@ func (e *fdsNotCarried) Unwrap() error { return e.err }
 
 // fdFrame is one handed-over file.
 type fdFrame struct {
-	hash string
+	seq  int    // its place among the files handed over, from 0
+	hash string // "" when staged
 	size int64
 	file *os.File
 }
 
-// fdReader reads the lines "SHA256 SIZE\n" of handed-over files and the
-// descriptor that came with each.
-type fdReader struct {
-	uc   *net.UnixConn
-	buf  []byte // received, not yet a whole line
-	fds  []int  // received, not yet matched with a line
-	oob  []byte
-	read []byte
+// name is how errors name the file.
+func (f fdFrame) name() string {
+	if f.hash == "" {
+		return fmt.Sprintf("staged file %d", f.seq+1)
+	}
+	return "sha256 " + f.hash
 }
 
-func newFDReader(uc *net.UnixConn) *fdReader {
+// fdReader reads the lines of handed-over files ("SHA256 SIZE\n", or
+// "SIZE\n" when staged) and the descriptor that came with each.
+type fdReader struct {
+	uc    *net.UnixConn
+	parse func(line string) (string, int64, error)
+	seq   int
+	buf   []byte // received, not yet a whole line
+	fds   []int  // received, not yet matched with a line
+	oob   []byte
+	read  []byte
+}
+
+func newFDReader(uc *net.UnixConn, parse func(line string) (string, int64, error)) *fdReader {
 	// The kernel delivers one message's descriptors per read, and the
 	// client sends one per message: room for a few is plenty.
-	return &fdReader{uc: uc, oob: make([]byte, unix.CmsgSpace(16*4)), read: make([]byte, 4096)}
+	return &fdReader{uc: uc, parse: parse, oob: make([]byte, unix.CmsgSpace(16*4)), read: make([]byte, 4096)}
 }
 
 var errNoFD = errors.New("a file's line came without its descriptor: this socket does not carry them (forwarded?)")
@@ -197,7 +222,7 @@ func (r *fdReader) next() (fdFrame, error) {
 			if line == "" {
 				return fdFrame{}, io.EOF
 			}
-			hash, size, err := parseBlobHeader(line)
+			hash, size, err := r.parse(line)
 			if err != nil {
 				return fdFrame{}, err
 			}
@@ -206,10 +231,13 @@ func (r *fdReader) next() (fdFrame, error) {
 			}
 			fd := r.fds[0]
 			r.fds = r.fds[1:]
-			return fdFrame{hash: hash, size: size, file: os.NewFile(uintptr(fd), hash)}, nil
+			f := fdFrame{seq: r.seq, hash: hash, size: size}
+			r.seq++
+			f.file = os.NewFile(uintptr(fd), f.name())
+			return f, nil
 		}
 		if len(r.buf) > 256 {
-			return fdFrame{}, fmt.Errorf("%w: a content header longer than any \"SHA256 SIZE\"", store.ErrInvalid)
+			return fdFrame{}, fmt.Errorf("%w: a file's line longer than any \"SHA256 SIZE\"", store.ErrInvalid)
 		}
 		n, oobn, flags, _, err := r.uc.ReadMsgUnix(r.read, r.oob)
 		if oobn > 0 {

@@ -185,12 +185,21 @@ func TestHandOverWithoutDescriptors(t *testing.T) {
 // write what it wants, and returns agentd's answer.
 func rawHandOver(t *testing.T, sock, id string, send func(*net.UnixConn)) api.FDResult {
 	t.Helper()
+	var res api.FDResult
+	rawFDs(t, sock, "/v1/uploads/"+id+"/fds", &res, send)
+	return res
+}
+
+// rawFDs upgrades a connection to POST target for handing over files,
+// lets send write what it wants, and decodes agentd's answer into answer.
+func rawFDs(t *testing.T, sock, target string, answer any, send func(*net.UnixConn)) {
+	t.Helper()
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	io.WriteString(conn, "POST /v1/uploads/"+id+"/fds HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+api.FDUpgrade+"\r\n\r\n")
+	io.WriteString(conn, "POST "+target+" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+api.FDUpgrade+"\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -201,11 +210,9 @@ func rawHandOver(t *testing.T, sock, id string, send func(*net.UnixConn)) api.FD
 	if err != nil {
 		t.Fatalf("agentd's answer: %v", err)
 	}
-	var res api.FDResult
-	if err := json.Unmarshal([]byte(line), &res); err != nil {
+	if err := json.Unmarshal([]byte(line), answer); err != nil {
 		t.Fatalf("agentd's answer %q: %v", line, err)
 	}
-	return res
 }
 
 func isCode(err error, code string) bool {

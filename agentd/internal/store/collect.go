@@ -35,7 +35,8 @@ type Collected struct {
 // then every blob that no tree links and no upload in progress relies on.
 // Trees built in the last hour are kept until a Collect sees them
 // referenced: their deploy may not have recorded its release yet. It
-// also forgets uploads idle for more than UploadTTL.
+// also forgets uploads idle for more than UploadTTL, and stages idle for
+// more than StageTTL.
 //
 // It holds s.mu only around each decision, never across a walk: the
 // prune after a deploy runs while the next deploy's NewUpload (which
@@ -49,9 +50,18 @@ func (s *Store) Collect(refs Refs) (Collected, error) {
 			stale = append(stale, u)
 		}
 	}
+	var staleStages []*Stage
+	for _, st := range s.stages {
+		if st.expired(now) {
+			staleStages = append(staleStages, st)
+		}
+	}
 	s.mu.Unlock()
 	for _, u := range stale {
 		u.Abort()
+	}
+	for _, st := range staleStages {
+		st.Forget()
 	}
 
 	var c Collected

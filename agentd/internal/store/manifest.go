@@ -48,12 +48,7 @@ func invalidf(p, format string, args ...any) error {
 // checkManifest applies the artifact rules to a manifest and returns the
 // tree it describes. Nothing is touched on disk.
 func checkManifest(entries []api.ManifestEntry, lim artifact.Limits) (*tree, error) {
-	if lim.MaxBytes <= 0 {
-		lim.MaxBytes = artifact.DefaultMaxBytes
-	}
-	if lim.MaxFiles <= 0 {
-		lim.MaxFiles = artifact.DefaultMaxFiles
-	}
+	lim = lim.WithDefaults()
 	t := &tree{nodes: map[string]*node{".": {path: ".", typ: api.EntryDir}}}
 	var symlinks []*node
 	for _, e := range entries {

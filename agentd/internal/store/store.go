@@ -77,6 +77,7 @@ type Store struct {
 	pinned  map[string]int       // content hash -> uploads in progress that rely on it
 	trees   map[string]time.Time // digest -> when built, until a Collect sees it referenced
 	uploads map[string]*Upload
+	stages  map[string]*Stage
 }
 
 // Open opens (creating it if needed) the store under dir. Imports and
@@ -90,7 +91,7 @@ func Open(dir string, lim artifact.Limits) (*Store, error) {
 			return nil, fmt.Errorf("opening store: %w", err)
 		}
 	}
-	s := &Store{dir: dir, lim: lim, pinned: map[string]int{}, trees: map[string]time.Time{}, uploads: map[string]*Upload{}}
+	s := &Store{dir: dir, lim: lim, pinned: map[string]int{}, trees: map[string]time.Time{}, uploads: map[string]*Upload{}, stages: map[string]*Stage{}}
 	if err := s.removeStaleTmp(); err != nil {
 		return nil, err
 	}

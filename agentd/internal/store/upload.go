@@ -207,6 +207,13 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	if err := os.Rename(f.Name(), dst); err != nil {
 		return fmt.Errorf("upload: %w", err)
 	}
+	u.received(hash, dst)
+	return nil
+}
+
+// received takes the whole, checked content with this hash, now at dst
+// (dir/SHA256), as no longer missing.
+func (u *Upload) received(hash, dst string) {
 	// Its mode and mtime now, while the rest arrives, not at Commit (a
 	// failure leaves it to build).
 	sealed := false
@@ -225,7 +232,6 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	delete(u.want, hash)
 	u.got[hash] = dst
 	u.mu.Unlock()
-	return nil
 }
 
 // copyBufs are Put's buffers: 256 KiB, eight times io.Copy's, so a
