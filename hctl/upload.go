@@ -71,7 +71,7 @@ func (h *hctl) hashRest(ctx context.Context, d *dirUpload) (int, int64, error) {
 	}
 	files := make([]api.StageFile, len(todo))
 	for i, f := range todo {
-		files[i] = api.StageFile{Path: f.path, Size: f.st.Size}
+		files[i] = api.StageFile{Path: f.path, Size: f.st.Size, Mode: f.st.Mode & 0o777, MTimeNs: f.st.Mtim.Nano()}
 	}
 	began := time.Now()
 	res, err := h.client().StageFiles(ctx, files)

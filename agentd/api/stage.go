@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 )
 
 // Staging files before the manifest (POST /v1/stages, Upgrade:
@@ -16,16 +15,21 @@ import (
 // UploadManifest.Stage set, and the upload takes what it lacks from the
 // stage: its answer lists only what is still missing.
 //
-// The exchange is the one of blobfds.go, with lines of "SIZE\n": the
-// answer is one line of StageResult. A stage no manifest names is
+// The exchange is the one of blobfds.go, with lines of "SIZE MODE
+// MTIME_NS\n" (MODE in octal; the mode and mtime its manifest entry will
+// give, which agentd sets on what it keeps at once): the answer is one
+// line of StageResult. A stage no manifest names is
 // forgotten after a while; a manifest that names a stage agentd no longer
 // holds (it restarted meanwhile) is taken as naming none, and its answer
 // lists the files to hand over as usual.
 
-// StageFile is a file to stage: where it is, and the size it must have.
+// StageFile is a file to stage: where it is, and the size, mode and mtime
+// its manifest entry will give.
 type StageFile struct {
-	Path string
-	Size int64
+	Path    string
+	Size    int64
+	Mode    uint32
+	MTimeNs int64
 }
 
 // StageResult is agentd's one-line answer to staged files.
@@ -48,7 +52,7 @@ type StageResult struct {
 func (c *Client) StageFiles(ctx context.Context, files []StageFile) (*StageResult, error) {
 	ff := make([]fdFile, len(files))
 	for i, f := range files {
-		ff[i] = fdFile{line: strconv.FormatInt(f.Size, 10) + "\n", path: f.Path}
+		ff[i] = fdFile{line: fmt.Sprintf("%d %o %d\n", f.Size, f.Mode, f.MTimeNs), path: f.Path}
 	}
 	var res StageResult
 	err := c.fdExchange(ctx, "/v1/stages", ff, &res, &res.FDResult)

@@ -37,8 +37,8 @@ type storeSteps struct {
 }
 
 // uploadLineRE reads hctl's "-----> upload: sent ... in 21ms; hashed ...
-// in 9ms".
-var uploadLineRE = regexp.MustCompile(`upload: sent .* in (\S+); hashed .* in (\S+)`)
+// in 9ms", which may end ", as agentd read them".
+var uploadLineRE = regexp.MustCompile(`upload: sent .* in (\S+); hashed .* in ([^\s,]+)`)
 
 // parseSteps reads one deploy's steps from hctl's stderr and its result;
 // total is hctl deploy to the first answer from the new release.

@@ -24,6 +24,10 @@ func TestStoreStepsFromHctlAndPhases(t *testing.T) {
 	if rest := ss.Rest.Median; math.Abs(rest-0.04315) > 1e-9 {
 		t.Errorf("rest %v, want the whole less the steps (43.15 ms)", rest)
 	}
+	staged := "-----> upload: sent 8 of 10 files (8.4 MB of 17.4 MB) in 20ms; hashed 10 files (17.4 MB) in 426µs, as agentd read them\n"
+	if st, err := parseSteps(staged, res, 0.1); err != nil || st.Scan != 0.000426 || st.Upload != 0.020 {
+		t.Errorf("a line of files agentd hashed: %+v, %v", st, err)
+	}
 	if _, err := parseSteps("-----> prepare: no upload line\n", res, 0.1); err == nil {
 		t.Error("output without hctl's upload line: no error")
 	}

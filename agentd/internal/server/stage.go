@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,7 +37,7 @@ func (s *Server) stageFDs(w http.ResponseWriter, r *http.Request) {
 			if err := regular(f); err != nil {
 				return err
 			}
-			hash, kept, err := stage.Put(f.size, f.file)
+			hash, kept, err := stage.Put(f.size, f.exec, f.mtimeNs, f.file)
 			if err != nil {
 				return fmt.Errorf("%s: %w", f.name(), err)
 			}
@@ -63,27 +64,49 @@ func (s *Server) stageFDs(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// parseStageLine reads a staged file's line "SIZE" (its newline removed).
-func parseStageLine(line string) (string, int64, error) {
-	size, err := strconv.ParseInt(line, 10, 64)
-	if err != nil || size < 0 {
-		return "", 0, fmt.Errorf("%w: staged file line %q: want \"SIZE\"", store.ErrInvalid, line)
+// parseStageLine reads a staged file's line "SIZE MODE MTIME_NS" (its
+// newline removed): MODE in octal, as the manifest's.
+func parseStageLine(line string) (fdFrame, error) {
+	bad := fmt.Errorf("%w: staged file line %q: want \"SIZE MODE MTIME_NS\"", store.ErrInvalid, line)
+	f := strings.Fields(line)
+	if len(f) != 3 {
+		return fdFrame{}, bad
 	}
-	return "", size, nil
+	size, err1 := strconv.ParseInt(f[0], 10, 64)
+	mode, err2 := strconv.ParseUint(f[1], 8, 32)
+	mtime, err3 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || size < 0 {
+		return fdFrame{}, bad
+	}
+	return fdFrame{size: size, exec: mode&0o111 != 0, mtimeNs: mtime}, nil
 }
 
-// adoptStage takes into the new upload u what it lacks from the stage its
-// manifest names, and leaves in res only what is still to come. A stage
-// agentd no longer holds (forgotten, or staged before a restart) is as
-// none: the client then hands over what res lists.
-func adoptStage(st *store.Store, u *store.Upload, id string, res *api.UploadCreated) error {
+// namedStage returns the stage a manifest names, settled: what it kept
+// is synced and named in blobs/, for the upload to find. A stage agentd
+// no longer holds (forgotten, or staged before a restart) is as none
+// (nil): the upload's answer then lists those files, and the client hands
+// them over as usual.
+func namedStage(st *store.Store, id string) (*store.Stage, error) {
+	if id == "" {
+		return nil, nil
+	}
 	stage, err := st.Stage(id)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
+	if err := stage.Settle(); err != nil {
+		stage.Forget()
+		return nil, err
+	}
+	return stage, nil
+}
+
+// adoptStage ends the stage for the new upload u, which takes what it
+// still lacks from it, and leaves in res only what is still to come.
+func adoptStage(u *store.Upload, stage *store.Stage, res *api.UploadCreated) error {
 	adopted, bytes, err := u.Adopt(stage)
 	res.Missing = slices.DeleteFunc(res.Missing, func(h string) bool { return adopted[h] })
 	res.MissingBytes -= bytes

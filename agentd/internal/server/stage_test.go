@@ -122,7 +122,7 @@ func TestStageRefusals(t *testing.T) {
 	defer pw.Close()
 	var res api.StageResult
 	rawFDs(t, s.sock, "/v1/stages", &res, func(uc *net.UnixConn) {
-		uc.WriteMsgUnix([]byte("9\n"), unix.UnixRights(int(pr.Fd())), nil)
+		uc.WriteMsgUnix([]byte("9 644 0\n"), unix.UnixRights(int(pr.Fd())), nil)
 		uc.Write([]byte("\n"))
 	})
 	if res.Error == nil || !strings.Contains(res.Error.Message, "not a regular file") || res.Stage != "" {

@@ -57,13 +57,22 @@ func (s *Server) createUpload(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, &api.Error{Code: api.CodeBadRequest, Message: "bad manifest: " + err.Error()})
 		return
 	}
-	u, res, err := st.NewUpload(m.Entries)
+	// Settled before the upload starts, so that it finds what was staged.
+	stage, err := namedStage(st, m.Stage)
 	if err != nil {
 		uploadErr(w, err)
 		return
 	}
-	if m.Stage != "" {
-		if err := adoptStage(st, u, m.Stage, &res); err != nil {
+	u, res, err := st.NewUpload(m.Entries)
+	if err != nil {
+		if stage != nil {
+			stage.Forget()
+		}
+		uploadErr(w, err)
+		return
+	}
+	if stage != nil {
+		if err := adoptStage(u, stage, &res); err != nil {
 			u.Abort()
 			uploadErr(w, err)
 			return

@@ -31,7 +31,7 @@ func (s *Server) putBlobFDs(w http.ResponseWriter, r *http.Request) {
 	}
 	s.takeFDs(w, r, func(uc *net.UnixConn) any {
 		t0 := time.Now()
-		res := s.receiveFDs(uc, parseBlobHeader, func(f fdFrame) error {
+		res := s.receiveFDs(uc, blobLine, func(f fdFrame) error {
 			if err := regular(f); err != nil {
 				return err
 			}
@@ -79,7 +79,7 @@ func (s *Server) takeFDs(w http.ResponseWriter, r *http.Request, receive func(uc
 // receiveFDs reads the handed-over files until the last line or the first
 // failure, which ends it at once, and gives each to put, on as many
 // goroutines as there are cores. parse reads a file's line.
-func (s *Server) receiveFDs(uc *net.UnixConn, parse func(line string) (string, int64, error), put func(fdFrame) error) api.FDResult {
+func (s *Server) receiveFDs(uc *net.UnixConn, parse func(line string) (fdFrame, error), put func(fdFrame) error) api.FDResult {
 	idle := s.UploadIdle
 	if idle <= 0 {
 		idle = DefaultUploadIdle
@@ -182,7 +182,16 @@ type fdFrame struct {
 	seq  int    // its place among the files handed over, from 0
 	hash string // "" when staged
 	size int64
-	file *os.File
+	// exec and mtimeNs: a staged file's, as its manifest entry will say.
+	exec    bool
+	mtimeNs int64
+	file    *os.File
+}
+
+// blobLine reads a handed-over content's line "SHA256 SIZE".
+func blobLine(line string) (fdFrame, error) {
+	hash, size, err := parseBlobHeader(line)
+	return fdFrame{hash: hash, size: size}, err
 }
 
 // name is how errors name the file.
@@ -194,10 +203,10 @@ func (f fdFrame) name() string {
 }
 
 // fdReader reads the lines of handed-over files ("SHA256 SIZE\n", or
-// "SIZE\n" when staged) and the descriptor that came with each.
+// "SIZE MODE MTIME_NS\n" when staged) and the descriptor that came with each.
 type fdReader struct {
 	uc    *net.UnixConn
-	parse func(line string) (string, int64, error)
+	parse func(line string) (fdFrame, error)
 	seq   int
 	buf   []byte // received, not yet a whole line
 	fds   []int  // received, not yet matched with a line
@@ -205,7 +214,7 @@ type fdReader struct {
 	read  []byte
 }
 
-func newFDReader(uc *net.UnixConn, parse func(line string) (string, int64, error)) *fdReader {
+func newFDReader(uc *net.UnixConn, parse func(line string) (fdFrame, error)) *fdReader {
 	// The kernel delivers one message's descriptors per read, and the
 	// client sends one per message: room for a few is plenty.
 	return &fdReader{uc: uc, parse: parse, oob: make([]byte, unix.CmsgSpace(16*4)), read: make([]byte, 4096)}
@@ -222,7 +231,7 @@ func (r *fdReader) next() (fdFrame, error) {
 			if line == "" {
 				return fdFrame{}, io.EOF
 			}
-			hash, size, err := r.parse(line)
+			f, err := r.parse(line)
 			if err != nil {
 				return fdFrame{}, err
 			}
@@ -231,7 +240,7 @@ func (r *fdReader) next() (fdFrame, error) {
 			}
 			fd := r.fds[0]
 			r.fds = r.fds[1:]
-			f := fdFrame{seq: r.seq, hash: hash, size: size}
+			f.seq = r.seq
 			r.seq++
 			f.file = os.NewFile(uintptr(fd), f.name())
 			return f, nil

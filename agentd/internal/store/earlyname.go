@@ -32,7 +32,26 @@ func (u *Upload) nameBlob(p string) {
 	if !ok {
 		return
 	}
-	s := u.s
+	rel, ok := u.s.linkBlob(p, hash, n.exec, n.mtimeNs, false)
+	if !ok {
+		return
+	}
+	u.mu.Lock()
+	if u.named == nil {
+		u.named = map[string]string{}
+	}
+	u.named[hash] = rel
+	u.mu.Unlock()
+	if blobNamed != nil {
+		blobNamed(hash)
+	}
+}
+
+// linkBlob links the synced, sealed file at p into blobs/ as the blob of
+// hash with this mode and mtime, and pins it if pin (until its holder
+// unpins it). It returns the blob relative to blobs/, or false if it made
+// none (one is there already, or a failure).
+func (s *Store) linkBlob(p, hash string, exec bool, mtimeNs int64, pin bool) (string, bool) {
 	dir := hash[:2] + "/" + hash
 	// Under s.mu, as build links: Collect removes an empty hash directory
 	// under it, and must not between the mkdir and the link.
@@ -45,30 +64,26 @@ func (u *Upload) nameBlob(p string) {
 	case unix.EEXIST:
 	case unix.ENOENT:
 		if err := unix.Mkdirat(s.blobs, hash[:2], 0o755); err != nil && err != unix.EEXIST {
-			return
+			return "", false
 		}
 		if unix.Mkdirat(s.blobs, dir, 0o755) != nil {
-			return
+			return "", false
 		}
 		made = true
 	default:
-		return
+		return "", false
 	}
-	if err := unix.Linkat(unix.AT_FDCWD, p, s.blobs, blobRel(hash, n.exec, n.mtimeNs), 0); err != nil {
+	rel := blobRel(hash, exec, mtimeNs)
+	if err := unix.Linkat(unix.AT_FDCWD, p, s.blobs, rel, 0); err != nil {
 		if made {
 			unix.Unlinkat(s.blobs, dir, unix.AT_REMOVEDIR)
 		}
-		return
+		return "", false
 	}
-	u.mu.Lock()
-	if u.named == nil {
-		u.named = map[string]string{}
+	if pin {
+		s.pinned[hash]++
 	}
-	u.named[hash] = blobRel(hash, n.exec, n.mtimeNs)
-	u.mu.Unlock()
-	if blobNamed != nil {
-		blobNamed(hash)
-	}
+	return rel, true
 }
 
 // unnameBlobs removes the blobs an upload that did not commit named, now
@@ -80,10 +95,20 @@ func (u *Upload) unnameBlobs() {
 	named := u.named
 	u.named = nil
 	u.mu.Unlock()
-	s := u.s
+	u.s.unname(named, false)
+}
+
+// unname removes the blobs named (hash -> blob relative to blobs/) that
+// nothing links or pins any more, unpinning them first if unpin.
+func (s *Store) unname(named map[string]string, unpin bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for hash, rel := range named {
+		if unpin {
+			if s.pinned[hash]--; s.pinned[hash] <= 0 {
+				delete(s.pinned, hash)
+			}
+		}
 		var st unix.Stat_t
 		if s.statBlob(rel, &st) != nil || st.Nlink != 1 || s.pinned[hash] > 0 {
 			continue

@@ -21,15 +21,18 @@ import (
 // once to hash it, and agentd then read the part it lacked a second time:
 // for 256 MiB of new files, hctl's 100 ms of hashing came before agentd
 // wrote the first byte. A client on agentd's socket can instead hand over
-// the files it has no hash for; the stage reads each one once, hashes
-// what it writes, and answers with the hashes. The manifest that follows
-// names the stage, and the upload adopts what it lacks from it
-// (Upload.Adopt) as if it had been received.
+// the files it has no hash for, with the mode and mtime their manifest
+// entries will give; the stage reads each once, hashes what it writes, and
+// answers with the hashes.
 //
-// What the store holds already is not kept (nor written out): a stage
-// holds only new contents, in its own directory under the scratch
-// directory, so Collect has nothing of it to spare, and a crash leaves
-// nothing but that directory, which Open removes.
+// What the store holds already is dropped before it is written out. What
+// it lacks is treated as an upload treats a received file: sealed (mode,
+// mtime), synced while the rest arrives, then named in blobs/, pinned by
+// the stage against Collect. The upload whose manifest names the stage
+// then finds those blobs as it finds any (and pins them itself) before the
+// stage lets go of them; a content the stage could not name is adopted
+// from the stage's directory (Upload.Adopt) as if just received. A stage
+// that ends unused removes the blobs it named that nothing else links.
 
 // StageTTL is how long a stage may wait for its upload before Collect
 // forgets it.
@@ -42,11 +45,24 @@ type Stage struct {
 	dir string
 
 	mu    sync.Mutex
-	files map[string]int64 // hash -> size, kept in dir/SHA256
-	bytes int64            // read so far, kept or not (bounded by the limits)
+	files map[string]staged // by hash
+	named map[string]string // hash -> blob relative to blobs/, pinned
+	bytes int64             // read so far, kept or not (bounded by the limits)
 	count int
 	used  time.Time
 	done  bool
+	// syncs are the kept files' fsyncs, begun as each is whole, as an
+	// upload's are (earlysync.go); each names its file once synced.
+	syncs syncJob
+}
+
+// staged is a content the stage kept, at dir/SHA256, with the mode and
+// mtime of the file it came from.
+type staged struct {
+	path    string
+	size    int64
+	exec    bool
+	mtimeNs int64
 }
 
 // NewStage starts an empty stage.
@@ -55,7 +71,8 @@ func (s *Store) NewStage() (*Stage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
 	}
-	st := &Stage{ID: randomID(), s: s, dir: dir, files: map[string]int64{}, used: time.Now()}
+	st := &Stage{ID: randomID(), s: s, dir: dir, files: map[string]staged{}, named: map[string]string{}, used: time.Now()}
+	st.syncs.after = st.nameBlob
 	s.mu.Lock()
 	s.stages[st.ID] = st
 	s.mu.Unlock()
@@ -64,8 +81,9 @@ func (s *Store) NewStage() (*Stage, error) {
 
 // Put reads exactly size bytes from r and returns their sha256. kept
 // reports whether the stage kept them: false when the store holds that
-// content already (or the stage does).
-func (st *Stage) Put(size int64, r io.Reader) (hash string, kept bool, err error) {
+// content already (or the stage does). exec and mtimeNs are the file's,
+// as its manifest entry will give them.
+func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash string, kept bool, err error) {
 	lim := st.s.lim.WithDefaults()
 	st.mu.Lock()
 	done := st.done
@@ -115,13 +133,46 @@ func (st *Stage) Put(size int64, r io.Reader) (hash string, kept bool, err error
 	if err := f.Close(); err != nil {
 		return "", false, fmt.Errorf("stage: %w", err)
 	}
-	if err := os.Rename(f.Name(), filepath.Join(st.dir, hash)); err != nil {
+	p := filepath.Join(st.dir, hash)
+	if err := os.Rename(f.Name(), p); err != nil {
 		return "", false, fmt.Errorf("stage: %w", err)
 	}
 	st.mu.Lock()
-	st.files[hash] = size
+	st.files[hash] = staged{path: p, size: size, exec: exec, mtimeNs: mtimeNs}
 	st.mu.Unlock()
+	if seal(p, exec, mtimeNs) == nil {
+		// (One that could not be sealed is left to the upload.)
+		st.syncs.start(p)
+	}
 	return hash, true, nil
+}
+
+// nameBlob names the kept file at p (dir/SHA256), sealed and now synced,
+// in blobs/, pinned until the stage ends.
+func (st *Stage) nameBlob(p string) {
+	if !nameEarly {
+		return // (a test of Adopt's taking of unnamed contents)
+	}
+	hash := filepath.Base(p)
+	st.mu.Lock()
+	f := st.files[hash]
+	st.mu.Unlock()
+	rel, ok := st.s.linkBlob(p, hash, f.exec, f.mtimeNs, true)
+	if !ok {
+		return
+	}
+	st.mu.Lock()
+	st.named[hash] = rel
+	st.mu.Unlock()
+}
+
+// Settle waits until every kept content is synced and named: an upload
+// created after it finds them as blobs. A failed fsync fails the stage.
+func (st *Stage) Settle() error {
+	if _, err := st.syncs.wait(); err != nil {
+		return fmt.Errorf("stage %s: %w", st.ID, err)
+	}
+	return nil
 }
 
 // Stage returns the stage with this id.
@@ -135,9 +186,10 @@ func (s *Store) Stage(id string) (*Stage, error) {
 	return st, nil
 }
 
-// Adopt takes from the stage every content the upload lacks, as if each
-// had been received by Put, and ends the stage. It returns the contents
-// adopted and their bytes; the upload still lacks the rest.
+// Adopt ends the stage for the upload created after its Settle: the
+// blobs it named are the upload's to pin (NewUpload did), and any content
+// the upload still lacks that the stage holds unnamed is taken as if
+// received by Put. It returns the contents so taken and their bytes.
 func (u *Upload) Adopt(st *Stage) (map[string]bool, int64, error) {
 	st.mu.Lock()
 	if st.done {
@@ -148,14 +200,17 @@ func (u *Upload) Adopt(st *Stage) (map[string]bool, int64, error) {
 	files := st.files
 	st.mu.Unlock()
 	defer st.end()
+	if err := st.Settle(); err != nil {
+		return nil, 0, err
+	}
 	u.mu.Lock()
 	if u.done {
 		u.mu.Unlock()
 		return nil, 0, fmt.Errorf("upload %s: %w: already committed or aborted", u.ID, ErrInvalid)
 	}
 	var take []string
-	for hash, size := range files {
-		if want, ok := u.want[hash]; ok && want == size {
+	for hash, f := range files {
+		if want, ok := u.want[hash]; ok && want == f.size {
 			take = append(take, hash)
 		}
 	}
@@ -164,13 +219,14 @@ func (u *Upload) Adopt(st *Stage) (map[string]bool, int64, error) {
 	adopted := map[string]bool{}
 	var bytes int64
 	for _, hash := range take {
+		f := files[hash]
 		dst := filepath.Join(u.dir, hash)
-		if err := os.Rename(filepath.Join(st.dir, hash), dst); err != nil {
+		if err := os.Rename(f.path, dst); err != nil {
 			return adopted, bytes, fmt.Errorf("upload: adopting staged sha256 %s: %w", hash, err)
 		}
 		u.received(hash, dst)
 		adopted[hash] = true
-		bytes += files[hash]
+		bytes += f.size
 	}
 	return adopted, bytes, nil
 }
@@ -186,11 +242,19 @@ func (st *Stage) Forget() {
 	}
 }
 
+// end lets go of what the stage holds: its directory, and its pins of the
+// blobs it named, each removed if nothing else links or pins it.
 func (st *Stage) end() {
+	st.syncs.drop()
 	st.s.mu.Lock()
 	delete(st.s.stages, st.ID)
 	st.s.mu.Unlock()
 	removeAll(st.dir)
+	st.mu.Lock()
+	named := st.named
+	st.named = nil
+	st.mu.Unlock()
+	st.s.unname(named, true)
 }
 
 // expired reports whether the stage has been idle past StageTTL.

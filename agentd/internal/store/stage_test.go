@@ -12,20 +12,14 @@ import (
 	"github.com/agentd/agentd/agentd/internal/artifact"
 )
 
-// Contents staged before their manifest are adopted by the upload that
-// names the stage: it lacks nothing of them, and its tree holds them. A
-// content the store holds already is read to hash it but not kept.
-func TestStageAdoptedByUpload(t *testing.T) {
-	s := openStore(t)
-	st, err := s.NewStage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bodies := []string{"web: ./server\n", strings.Repeat("z", 300<<10), "web: ./server\n"}
+// stageBodies stages bodies, each with the mtime given, and returns
+// their hashes and how many the stage kept.
+func stageBodies(t *testing.T, st *Stage, bodies []string, mtimes []int64) ([]string, int) {
+	t.Helper()
 	var hashes []string
 	kept := 0
-	for _, b := range bodies {
-		h, k, err := st.Put(int64(len(b)), strings.NewReader(b))
+	for i, b := range bodies {
+		h, k, err := st.Put(int64(len(b)), i == 1, mtimes[i], strings.NewReader(b))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -37,20 +31,52 @@ func TestStageAdoptedByUpload(t *testing.T) {
 			kept++
 		}
 	}
-	if kept != 2 {
-		t.Errorf("kept %d contents, want 2 (the third is the first's)", kept)
-	}
-	entries := []api.ManifestEntry{
+	return hashes, kept
+}
+
+// stageManifest is a Procfile and an executable lib.so of these hashes.
+func stageManifest(bodies, hashes []string) []api.ManifestEntry {
+	return []api.ManifestEntry{
 		{Path: "Procfile", Type: api.EntryFile, Mode: 0o644, Size: int64(len(bodies[0])), SHA256: hashes[0], MTimeNs: testMtime.UnixNano()},
 		{Path: "lib.so", Type: api.EntryFile, Mode: 0o755, Size: int64(len(bodies[1])), SHA256: hashes[1], MTimeNs: testMtime.UnixNano()},
 	}
-	u, res, err := s.NewUpload(entries)
-	if err != nil || len(res.Missing) != 2 {
-		t.Fatalf("%+v %v", res, err)
+}
+
+// Contents staged before their manifest are in the store once the stage
+// settles: the upload that follows lacks none of them, and its tree holds
+// them with the manifest's modes and mtimes. A content the store holds
+// already is read to hash it but not kept.
+func TestStageAdoptedByUpload(t *testing.T) {
+	s := openStore(t)
+	st, err := s.NewStage()
+	if err != nil {
+		t.Fatal(err)
 	}
-	adopted, bytes, err := u.Adopt(st)
-	if err != nil || len(adopted) != 2 || bytes != int64(len(bodies[0])+len(bodies[1])) || u.Missing() != 0 {
-		t.Fatalf("adopted %v (%d bytes), %d still missing, %v", adopted, bytes, u.Missing(), err)
+	// The Procfile is staged with the mode and mtime its entry gives; the
+	// library with another mtime (its file changed after hctl's stat), so
+	// its upload copies it under the right one.
+	bodies := []string{"web: ./server\n", strings.Repeat("z", 300<<10), "web: ./server\n"}
+	hashes, kept := stageBodies(t, st, bodies, []int64{testMtime.UnixNano(), testMtime.UnixNano() + 1, testMtime.UnixNano()})
+	if kept != 2 {
+		t.Errorf("kept %d contents, want 2 (the third is the first's)", kept)
+	}
+	if err := st.Settle(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.blobPath(hashes[0], false, testMtime.UnixNano())); err != nil {
+		t.Errorf("the staged Procfile is not a blob once the stage settled: %v", err)
+	}
+	// Pinned by the stage: a collection leaves them.
+	if _, err := s.Collect(Refs{}); err != nil {
+		t.Fatal(err)
+	}
+	u, res, err := s.NewUpload(stageManifest(bodies, hashes))
+	if err != nil || len(res.Missing) != 0 {
+		t.Fatalf("the upload after the stage: %+v %v", res, err)
+	}
+	adopted, _, err := u.Adopt(st)
+	if err != nil || len(adopted) != 0 {
+		t.Fatalf("adopted %v, %v; want nothing left to take", adopted, err)
 	}
 	if _, err := s.Stage(st.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("the stage outlived its adoption: %v", err)
@@ -62,20 +88,14 @@ func TestStageAdoptedByUpload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(filepath.Join(s.Dir(d), "lib.so"))
-	if err != nil || string(got) != bodies[1] {
-		t.Errorf("lib.so in the tree: %d bytes, %v", len(got), err)
-	}
-	if fi, err := os.Stat(filepath.Join(s.Dir(d), "lib.so")); err != nil || fi.Mode().Perm() != 0o555 || !fi.ModTime().Equal(testMtime) {
-		t.Errorf("lib.so: %v %v, want 0555 and the manifest's mtime", fi.Mode(), err)
-	}
+	treeHolds(t, s, d, bodies)
 
 	// Staged again, now that the store holds them: nothing is kept.
 	st2, err := s.NewStage()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, k, err := st2.Put(int64(len(bodies[1])), strings.NewReader(bodies[1])); k || err != nil {
+	if _, k, err := st2.Put(int64(len(bodies[1])), true, 0, strings.NewReader(bodies[1])); k || err != nil {
 		t.Errorf("a content the store holds: kept %v, %v", k, err)
 	}
 	if names, _ := os.ReadDir(st2.dir); len(names) != 0 {
@@ -84,6 +104,77 @@ func TestStageAdoptedByUpload(t *testing.T) {
 	st2.Forget()
 	if _, err := os.Stat(st2.dir); !os.IsNotExist(err) {
 		t.Errorf("a forgotten stage's directory: %v", err)
+	}
+}
+
+// treeHolds checks the tree d holds stageManifest's files.
+func treeHolds(t *testing.T, s *Store, d string, bodies []string) {
+	t.Helper()
+	got, err := os.ReadFile(filepath.Join(s.Dir(d), "lib.so"))
+	if err != nil || string(got) != bodies[1] {
+		t.Errorf("lib.so in the tree: %d bytes, %v", len(got), err)
+	}
+	for name, mode := range map[string]os.FileMode{"Procfile": 0o444, "lib.so": 0o555} {
+		if fi, err := os.Stat(filepath.Join(s.Dir(d), name)); err != nil || fi.Mode().Perm() != mode || !fi.ModTime().Equal(testMtime) {
+			t.Errorf("%s: %v %v, want %v and the manifest's mtime", name, fi.Mode(), err, mode)
+		}
+	}
+}
+
+// A content the stage kept but did not name (here: none are named) is
+// taken by the upload from the stage's directory, as if received.
+func TestStageAdoptsUnnamedContents(t *testing.T) {
+	nameEarly = false
+	t.Cleanup(func() { nameEarly = true })
+	s := openStore(t)
+	st, err := s.NewStage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies := []string{"web: ./server\n", strings.Repeat("y", 100<<10)}
+	hashes, _ := stageBodies(t, st, bodies, []int64{testMtime.UnixNano(), testMtime.UnixNano()})
+	if err := st.Settle(); err != nil {
+		t.Fatal(err)
+	}
+	u, res, err := s.NewUpload(stageManifest(bodies, hashes))
+	if err != nil || len(res.Missing) != 2 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	adopted, bytes, err := u.Adopt(st)
+	if err != nil || len(adopted) != 2 || bytes != int64(len(bodies[0])+len(bodies[1])) || u.Missing() != 0 {
+		t.Fatalf("adopted %v (%d bytes), %d still missing, %v", adopted, bytes, u.Missing(), err)
+	}
+	d, err := u.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	treeHolds(t, s, d, bodies)
+}
+
+// A stage no upload used leaves the store as it found it: the blobs it
+// named go with it, pinned until then.
+func TestForgottenStageLeavesNoBlobs(t *testing.T) {
+	s := openStore(t)
+	st, err := s.NewStage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Put(4, false, testMtime.UnixNano(), strings.NewReader("data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Settle(); err != nil {
+		t.Fatal(err)
+	}
+	blob := s.blobPath(sha("data"), false, testMtime.UnixNano())
+	if _, err := os.Stat(blob); err != nil {
+		t.Fatalf("the staged content is not a blob: %v", err)
+	}
+	st.Forget()
+	if _, err := os.Stat(blob); !os.IsNotExist(err) {
+		t.Errorf("the forgotten stage's blob: %v, want it gone", err)
+	}
+	if len(s.pinned) != 0 {
+		t.Errorf("pins left: %v", s.pinned)
 	}
 }
 
@@ -99,13 +190,13 @@ func TestStageRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Forget()
-	if _, _, err := st.Put(10, strings.NewReader("short")); !errors.Is(err, ErrInvalid) {
+	if _, _, err := st.Put(10, false, 0, strings.NewReader("short")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("5 bytes staged as 10: %v", err)
 	}
-	if _, _, err := st.Put(3, strings.NewReader("longer")); !errors.Is(err, ErrInvalid) {
+	if _, _, err := st.Put(3, false, 0, strings.NewReader("longer")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("6 bytes staged as 3: %v", err)
 	}
-	if _, _, err := st.Put(101, strings.NewReader(strings.Repeat("x", 101))); !errors.Is(err, artifact.ErrTooLarge) {
+	if _, _, err := st.Put(101, false, 0, strings.NewReader(strings.Repeat("x", 101))); !errors.Is(err, artifact.ErrTooLarge) {
 		t.Errorf("101 bytes under a 100-byte limit: %v", err)
 	}
 	if names, _ := os.ReadDir(st.dir); len(names) != 0 {
@@ -120,7 +211,7 @@ func TestStageForgottenWhenIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.Put(4, strings.NewReader("data")); err != nil {
+	if _, _, err := st.Put(4, false, 0, strings.NewReader("data")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Collect(Refs{}); err != nil {
