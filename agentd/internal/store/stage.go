@@ -1,16 +1,12 @@
 package store
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/agentd/agentd/agentd/internal/artifact"
 )
@@ -100,24 +96,15 @@ func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash st
 	case over:
 		return "", false, fmt.Errorf("%w: the staged files exceed the limits of a release (%d files, %d bytes)", artifact.ErrTooLarge, lim.MaxFiles, lim.MaxBytes)
 	}
-	f, err := os.CreateTemp(st.dir, ".part-")
+	f, n, hash, err := receiveFile(st.dir, size, r)
 	if err != nil {
-		return "", false, fmt.Errorf("stage: %w", err)
-	}
-	defer os.Remove(f.Name())
-	h := sha256.New()
-	buf := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(r, size+1), *buf)
-	copyBufs.Put(buf)
-	if err != nil {
-		f.Close()
 		return "", false, fmt.Errorf("stage: reading a file: %w", err)
 	}
+	defer os.Remove(f.Name())
 	if n != size {
 		f.Close()
 		return "", false, fmt.Errorf("%w: a staged file of %d bytes held %s (changed while read?)", ErrInvalid, size, countOf(n, size))
 	}
-	hash = hex.EncodeToString(h.Sum(nil))
 	st.mu.Lock()
 	_, twice := st.files[hash]
 	st.mu.Unlock()
@@ -127,9 +114,7 @@ func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash st
 		f.Close()
 		return hash, false, nil
 	}
-	// Written out now, as Put's received files are: the disk works while
-	// the rest arrives.
-	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	writeBack(f)
 	if err := f.Close(); err != nil {
 		return "", false, fmt.Errorf("stage: %w", err)
 	}

@@ -176,31 +176,21 @@ func (u *Upload) Put(hash string, r io.Reader) error {
 	case !ok:
 		return fmt.Errorf("%w: sha256 %q is not content this upload lacks", ErrInvalid, hash)
 	}
-	f, err := os.CreateTemp(u.dir, ".part-")
+	f, n, got, err := receiveFile(u.dir, size, r)
 	if err != nil {
-		return fmt.Errorf("upload: %w", err)
+		return fmt.Errorf("upload: receiving sha256 %s: %w", hash, err)
 	}
 	defer os.Remove(f.Name())
-	h := sha256.New()
-	buf := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(r, size+1), *buf)
-	copyBufs.Put(buf)
-	if err == nil && n == size {
-		// Start writing it out now, without waiting: the disk works while
-		// the rest of the upload is still coming, and Commit's fsync of
-		// each file then mostly finds it done.
-		_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	if n == size {
+		writeBack(f)
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := f.Close(); err != nil {
 		return fmt.Errorf("upload: receiving sha256 %s: %w", hash, err)
 	}
 	if n != size {
 		return fmt.Errorf("%w: sha256 %s: received %s bytes, the manifest says %d", ErrInvalid, hash, countOf(n, size), size)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != hash {
+	if got != hash {
 		return fmt.Errorf("%w: the bytes sent as sha256 %s hash to %s", ErrInvalid, hash, got)
 	}
 	dst := filepath.Join(u.dir, hash)
@@ -234,8 +224,37 @@ func (u *Upload) received(hash, dst string) {
 	u.mu.Unlock()
 }
 
-// copyBufs are Put's buffers: 256 KiB, eight times io.Copy's, so a
-// content is written with an eighth of the system calls; one per stream
+// receiveFile copies r into a new file in dir, at most size+1 bytes (the
+// one more tells an input longer than said), and hashes what it writes.
+// It returns the file, open, the bytes written and their sha256; the
+// caller closes it and removes it unless it renames it. On an error
+// nothing is left.
+func receiveFile(dir string, size int64, r io.Reader) (*os.File, int64, string, error) {
+	f, err := os.CreateTemp(dir, ".part-")
+	if err != nil {
+		return nil, 0, "", err
+	}
+	h := sha256.New()
+	buf := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(r, size+1), *buf)
+	copyBufs.Put(buf)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, n, "", err
+	}
+	return f, n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeBack starts writing f out, without waiting: the disk works while
+// the rest of an upload is still coming, and the fsync of each file then
+// mostly finds it done.
+func writeBack(f *os.File) {
+	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+}
+
+// copyBufs are receiveFile's buffers: 256 KiB, eight times io.Copy's, so
+// a content is written with an eighth of the system calls; one per stream
 // in use, so memory stays small.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
