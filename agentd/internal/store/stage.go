@@ -85,16 +85,19 @@ func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash st
 	done := st.done
 	st.bytes += size
 	st.count++
-	over := st.bytes > lim.MaxBytes || st.count > lim.MaxFiles
+	bytes, count := st.bytes, st.count
 	st.used = time.Now()
 	st.mu.Unlock()
+	// Refused in the words of a manifest's or a .tar.gz's limits.
 	switch {
 	case done:
 		return "", false, fmt.Errorf("stage %s: %w: already used or forgotten", st.ID, ErrInvalid)
 	case size < 0:
 		return "", false, fmt.Errorf("%w: a content of size %d", ErrInvalid, size)
-	case over:
-		return "", false, fmt.Errorf("%w: the staged files exceed the limits of a release (%d files, %d bytes)", artifact.ErrTooLarge, lim.MaxFiles, lim.MaxBytes)
+	case bytes > lim.MaxBytes:
+		return "", false, fmt.Errorf("%w: unpacked size exceeds the limit of %d bytes", artifact.ErrTooLarge, lim.MaxBytes)
+	case count > lim.MaxFiles:
+		return "", false, fmt.Errorf("%w: more than %d files", artifact.ErrTooLarge, lim.MaxFiles)
 	}
 	f, n, hash, err := receiveFile(st.dir, size, r)
 	if err != nil {
