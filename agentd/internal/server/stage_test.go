@@ -12,42 +12,30 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentd/agentd/agentd/api"
-	"github.com/agentd/agentd/agentd/internal/store"
 	"github.com/agentd/agentd/internal/harness"
 )
 
-// stageTree is two files to stage, and agentd's socket.
+// stageTree is the tests' two files, to stage.
 type stageTree struct {
-	sock   string
-	st     *store.Store
+	*twoFiles
 	files  []api.StageFile
 	bodies []string
 }
 
 func newStageTree(t *testing.T) *stageTree {
 	t.Helper()
-	ag := newAgent(t)
-	st, err := ag.Store()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &stageTree{sock: serveUnix(t, newServer(ag).Handler()), st: st,
-		bodies: []string{"web: ./x\n", strings.Repeat("0123456789abcdef", 1<<16)}}
-	dir := t.TempDir()
-	for i, b := range s.bodies {
-		p := filepath.Join(dir, []string{"Procfile", "big"}[i])
-		if err := os.WriteFile(p, []byte(b), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		s.files = append(s.files, api.StageFile{Path: p, Size: int64(len(b))})
+	s := &stageTree{twoFiles: newTwoFiles(t)}
+	for _, f := range s.twoFiles.files {
+		s.files = append(s.files, api.StageFile{Path: f.path, Size: int64(len(f.body)), Mode: 0o644})
+		s.bodies = append(s.bodies, f.body)
 	}
 	return s
 }
 
 func (s *stageTree) manifest(hashes []string, stage string) *api.UploadManifest {
 	m := &api.UploadManifest{Stage: stage}
-	for i, b := range s.bodies {
-		m.Entries = append(m.Entries, api.ManifestEntry{Path: []string{"Procfile", "big"}[i], Type: api.EntryFile, Mode: 0o644, Size: int64(len(b)), SHA256: hashes[i]})
+	for i, f := range s.twoFiles.files {
+		m.Entries = append(m.Entries, f.entry(hashes[i]))
 	}
 	return m
 }

@@ -42,32 +42,52 @@ type fdUpload struct {
 	total int64
 }
 
-func newFDUpload(t *testing.T) *fdUpload {
+// twoFiles is agentd's server on a unix socket of its own, its store, and
+// the two files the tests hand over: in this order, as the tests name them
+// (files[0] the small Procfile, files[1] 1 MiB), never a map's.
+type twoFiles struct {
+	sock  string
+	st    *store.Store
+	files []testFile
+}
+
+type testFile struct{ name, body, path string }
+
+func newTwoFiles(t *testing.T) *twoFiles {
 	t.Helper()
 	ag := newAgent(t)
 	st, err := ag.Store()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fdUpload{sock: serveUnix(t, newServer(ag).Handler())}
-	var entries []api.ManifestEntry
+	tf := &twoFiles{sock: serveUnix(t, newServer(ag).Handler()), st: st}
 	dir := t.TempDir()
-	// In this order: the tests name refs[0] the small file and refs[1]
-	// the big one, so a map's random order must not choose.
-	for _, c := range []struct{ name, body string }{
-		{"Procfile", "web: ./x\n"},
-		{"big", strings.Repeat("0123456789abcdef", 1<<16)},
-	} {
-		name, body := c.name, c.body
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+	for _, f := range []testFile{{name: "Procfile", body: "web: ./x\n"}, {name: "big", body: strings.Repeat("0123456789abcdef", 1<<16)}} {
+		f.path = filepath.Join(dir, f.name)
+		if err := os.WriteFile(f.path, []byte(f.body), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		entries = append(entries, api.ManifestEntry{Path: name, Type: api.EntryFile, Mode: 0o644, Size: int64(len(body)), SHA256: sum(body)})
-		f.refs = append(f.refs, api.BlobRef{SHA256: sum(body), Size: int64(len(body)), Path: p})
-		f.total += int64(len(body))
+		tf.files = append(tf.files, f)
 	}
-	u, res, err := st.NewUpload(entries)
+	return tf
+}
+
+// entry is f's manifest entry, with this hash.
+func (f testFile) entry(hash string) api.ManifestEntry {
+	return api.ManifestEntry{Path: f.name, Type: api.EntryFile, Mode: 0o644, Size: int64(len(f.body)), SHA256: hash}
+}
+
+func newFDUpload(t *testing.T) *fdUpload {
+	t.Helper()
+	tf := newTwoFiles(t)
+	f := &fdUpload{sock: tf.sock}
+	var entries []api.ManifestEntry
+	for _, c := range tf.files {
+		entries = append(entries, c.entry(sum(c.body)))
+		f.refs = append(f.refs, api.BlobRef{SHA256: sum(c.body), Size: int64(len(c.body)), Path: c.path})
+		f.total += int64(len(c.body))
+	}
+	u, res, err := tf.st.NewUpload(entries)
 	if err != nil || len(res.Missing) != 2 {
 		t.Fatalf("%+v %v", res, err)
 	}
