@@ -9,13 +9,14 @@
 //	blobs/HH/SHA256/x.MTIME   a file's content (x: executable, 0555; f: 0444)
 //	trees/sha256-HEX/         a release: directories and hard links to blobs
 //	private/NAME/             a writable copy of a tree, for --allow-root apps
-//	tmp/PID-RANDOM/           imports and uploads in progress
+//	tmp/PID-RANDOM/           imports, uploads and stages in progress
 //
 // A blob's key is (content, executable bit, mtime) because mode and mtime
 // belong to the inode: two releases that share a blob share them, and
 // runtimes compare mtimes (Python's .pyc files), so a blob never changes
 // either. Garbage is found by reference: a tree nothing names is removed,
-// then a blob no tree links (link count 1) and no upload in progress pins.
+// then a blob no tree links (link count 1) and no upload or stage in
+// progress pins (a stage: files read before their manifest, stage.go).
 //
 // Durability: a file's data is synced (as it arrives, or by Unpack) before
 // any name in blobs/ or trees/ refers to it, and a tree is renamed into
@@ -74,7 +75,7 @@ type Store struct {
 	// is never removed between "it exists" and the link that keeps it.
 	// Collect takes it for each decision, never across a walk (collect.go).
 	mu      sync.Mutex
-	pinned  map[string]int       // content hash -> uploads in progress that rely on it
+	pinned  map[string]int       // content hash -> uploads and stages in progress that rely on it
 	trees   map[string]time.Time // digest -> when built, until a Collect sees it referenced
 	uploads map[string]*Upload
 	stages  map[string]*Stage
