@@ -66,16 +66,23 @@ func (c *Client) HandOverBlobs(ctx context.Context, id string, blobs []BlobRef) 
 		files[i] = fdFile{line: blobHeader(b), path: b.Path}
 	}
 	var res FDResult
-	err := c.fdExchange(ctx, "/v1/uploads/"+url.PathEscape(id)+"/fds", files, &res, &res)
+	err := c.fdExchange(ctx, "/v1/uploads/"+url.PathEscape(id)+"/fds", files, &res)
 	return res.Bytes, err
 }
 
 // fdFile is one file to hand over: its line, and where to open it.
 type fdFile struct{ line, path string }
 
+// fdAnswer is agentd's answer to handed-over files: FDResult, or a type
+// that embeds it.
+type fdAnswer interface{ fdResult() *FDResult }
+
+func (r *FDResult) fdResult() *FDResult { return r }
+
 // fdExchange runs the exchange above on POST target and decodes agentd's
-// answer into answer, whose FDResult part is fr.
-func (c *Client) fdExchange(ctx context.Context, target string, files []fdFile, answer any, fr *FDResult) error {
+// answer into answer.
+func (c *Client) fdExchange(ctx context.Context, target string, files []fdFile, answer fdAnswer) error {
+	fr := answer.fdResult()
 	conn, done, err := c.uploadConn(ctx)
 	if err != nil {
 		return err

@@ -55,7 +55,7 @@ func (c *Client) StageFiles(ctx context.Context, files []StageFile) (*StageResul
 		ff[i] = fdFile{line: fmt.Sprintf("%d %o %d\n", f.Size, f.Mode, f.MTimeNs), path: f.Path}
 	}
 	var res StageResult
-	err := c.fdExchange(ctx, "/v1/stages", ff, &res, &res.FDResult)
+	err := c.fdExchange(ctx, "/v1/stages", ff, &res)
 	if ae := (*Error)(nil); errors.As(err, &ae) && ae.Code == CodeNotFound {
 		// The route is the only thing here that can be missing.
 		return nil, fmt.Errorf("%w: %w", ErrFDsUnsupported, err)

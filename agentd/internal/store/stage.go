@@ -55,7 +55,6 @@ type Stage struct {
 // staged is a content the stage kept, at dir/SHA256, with the mode and
 // mtime of the file it came from.
 type staged struct {
-	path    string
 	size    int64
 	exec    bool
 	mtimeNs int64
@@ -126,7 +125,7 @@ func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash st
 		return "", false, fmt.Errorf("stage: %w", err)
 	}
 	st.mu.Lock()
-	st.files[hash] = staged{path: p, size: size, exec: exec, mtimeNs: mtimeNs}
+	st.files[hash] = staged{size: size, exec: exec, mtimeNs: mtimeNs}
 	st.mu.Unlock()
 	if seal(p, exec, mtimeNs) == nil {
 		// (One that could not be sealed is left to the upload.)
@@ -209,7 +208,7 @@ func (u *Upload) Adopt(st *Stage) (map[string]bool, int64, error) {
 	for _, hash := range take {
 		f := files[hash]
 		dst := filepath.Join(u.dir, hash)
-		if err := os.Rename(f.path, dst); err != nil {
+		if err := os.Rename(filepath.Join(st.dir, hash), dst); err != nil {
 			return adopted, bytes, fmt.Errorf("upload: adopting staged sha256 %s: %w", hash, err)
 		}
 		u.received(hash, dst)
