@@ -138,6 +138,7 @@ func (h *hctl) deployCommand() *cli.Command {
 				}
 				return h.runOp(ctx, "deploy", app,
 					func(ctx context.Context, on func(api.Event)) (*api.OpResult, error) {
+						defer d.finish(h.stderr)
 						id, err := h.upload(ctx, app, d)
 						switch {
 						case err != nil:

@@ -60,6 +60,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type hctl struct {
 	stdout, stderr io.Writer
 	root           *cli.Command
+	// cl is made once: its idle connection to agentd serves the next
+	// request (a directory deploy makes three in a row).
+	cl *api.Client
 }
 
 func hctlVersion() string {
@@ -189,12 +192,16 @@ func (h *hctl) jsonMode() bool { return h.root.Bool("json") }
 
 // client returns an API client for the control socket of --socket.
 func (h *hctl) client() *api.Client {
+	if h.cl != nil {
+		return h.cl
+	}
 	path := h.root.String("socket")
 	if path == "" {
 		path = api.ClientSocketPath()
 	}
 	c := api.NewClient(path)
 	c.UserAgent = "hctl/" + hctlVersion()
+	h.cl = c
 	return c
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"slices"
 	"strings"
@@ -23,6 +24,22 @@ type dirUpload struct {
 	// scanned is how long the scan and hctl's own hashing took: shown,
 	// so a user sees where a slow deploy spent its time.
 	scanned time.Duration
+	// saved is the hash cache's write, started once agentd accepted the
+	// manifest (nil before): see finish.
+	saved chan error
+}
+
+// finish waits for the hash cache's write, which runs beside the upload
+// and the deploy rather than before them; failing to save only costs the
+// next deploy a full read, so it is a warning.
+func (d *dirUpload) finish(stderr io.Writer) {
+	if d.saved == nil {
+		return
+	}
+	if err := <-d.saved; err != nil {
+		fmt.Fprintf(stderr, "       (hash cache not saved: %v)\n", err)
+	}
+	d.saved = nil
 }
 
 // scanDirUpload reads dir for an upload; its errors are the user's (a
@@ -124,14 +141,11 @@ func (h *hctl) upload(ctx context.Context, app string, d *dirUpload) (string, er
 		return "", refused(app, err)
 	}
 	// The cache is saved once agentd accepted the manifest (its hashes
-	// were worth keeping), while the contents are sent: not in the way.
+	// were worth keeping), while the contents are sent and the release
+	// deployed: not in the way. The caller waits for it (finish).
 	saved := make(chan error, 1)
+	d.saved = saved
 	go func() { saved <- cache.save(root) }()
-	defer func() {
-		if err := <-saved; err != nil {
-			fmt.Fprintf(h.stderr, "       (hash cache not saved: %v)\n", err)
-		}
-	}()
 	send := make([]api.BlobRef, 0, len(res.Missing))
 	for _, hsh := range res.Missing {
 		b, ok := blobs[hsh]

@@ -483,6 +483,10 @@ func decodeBody(resp *http.Response, out any) error {
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("bad answer from agentd to %s %s: %w", resp.Request.Method, resp.Request.URL.Path, err)
 	}
+	// The encoder's closing newline is still unread: a body closed before
+	// its end closes the connection, and the next request (a deploy right
+	// after its upload's manifest) would have to connect again.
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
 	return nil
 }
 
