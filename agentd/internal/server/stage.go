@@ -50,6 +50,14 @@ func (s *Server) stageFDs(w http.ResponseWriter, r *http.Request) {
 			}
 			return nil
 		})
+		if res.Error == nil {
+			n, b, err := stage.Finish()
+			res.Kept += int64(n)
+			res.KeptBytes += b
+			if err != nil {
+				_, res.Error = uploadError(err)
+			}
+		}
 		s.Log.Debug("upload: staged files read", "stage", stage.ID, "files", res.Files, "kept", res.Kept, "bytes", res.Bytes, "took", time.Since(t0), "err", res.Error)
 		if res.Error != nil {
 			stage.Forget()

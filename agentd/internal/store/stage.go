@@ -3,12 +3,15 @@ package store
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/agentd/agentd/agentd/internal/artifact"
+	"golang.org/x/sys/unix"
 )
 
 // A stage holds contents read before anyone knew their hashes. A manifest
@@ -21,10 +24,12 @@ import (
 // entries will give; the stage reads each once, hashes what it writes, and
 // answers with the hashes.
 //
-// What the store holds already is dropped before it is written out. What
-// it lacks is treated as an upload treats a received file: sealed (mode,
-// mtime), synced while the rest arrives, then named in blobs/, pinned by
-// the stage against Collect. The upload whose manifest names the stage
+// What the store holds already, as the very blob (content, mode and
+// mtime) its manifest entry will name, is dropped before it is written
+// out; what it holds under another mode or mtime only waits, unwritten,
+// for Finish. What it lacks is treated as an upload treats a received
+// file: sealed (mode, mtime), synced while the rest arrives, then named
+// in blobs/, pinned by the stage against Collect. The upload whose manifest names the stage
 // then finds those blobs as it finds any (and pins them itself) before the
 // stage lets go of them; a content the stage could not name is adopted
 // from the stage's directory (Upload.Adopt) as if just received. A stage
@@ -42,6 +47,10 @@ type Stage struct {
 
 	mu    sync.Mutex
 	files map[string]staged // by hash
+	// later are contents the store holds under another mode or mtime
+	// only, kept unwritten until Finish knows whether the release needs
+	// them (see Finish).
+	later map[string]staged
 	named map[string]string // hash -> blob relative to blobs/, pinned
 	bytes int64             // read so far, kept or not (bounded by the limits)
 	count int
@@ -66,7 +75,7 @@ func (s *Store) NewStage() (*Stage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
 	}
-	st := &Stage{ID: randomID(), s: s, dir: dir, files: map[string]staged{}, named: map[string]string{}, used: time.Now()}
+	st := &Stage{ID: randomID(), s: s, dir: dir, files: map[string]staged{}, later: map[string]staged{}, named: map[string]string{}, used: time.Now()}
 	st.syncs.after = st.nameBlob
 	s.mu.Lock()
 	s.stages[st.ID] = st
@@ -109,29 +118,92 @@ func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash st
 	}
 	st.mu.Lock()
 	_, twice := st.files[hash]
+	_, twiceLater := st.later[hash]
 	st.mu.Unlock()
-	if twice || st.s.anyBlobRel(hash) != "" {
+	var held unix.Stat_t
+	if twice || twiceLater || st.s.statBlob(blobRel(hash, exec, mtimeNs), &held) == nil {
 		// Never written out: removed before writeback, it costs the disk
 		// nothing.
 		f.Close()
+		return hash, false, nil
+	}
+	if st.s.anyBlobRel(hash) != "" {
+		// Held under another mode or mtime only: left unwritten, for
+		// Finish to keep or drop.
+		if err := f.Close(); err != nil {
+			return "", false, fmt.Errorf("stage: %w", err)
+		}
+		if err := os.Rename(f.Name(), st.laterPath(hash)); err != nil {
+			return "", false, fmt.Errorf("stage: %w", err)
+		}
+		st.mu.Lock()
+		st.later[hash] = staged{size: size, exec: exec, mtimeNs: mtimeNs}
+		st.mu.Unlock()
 		return hash, false, nil
 	}
 	writeBack(f)
 	if err := f.Close(); err != nil {
 		return "", false, fmt.Errorf("stage: %w", err)
 	}
+	if err := st.keep(f.Name(), hash, staged{size: size, exec: exec, mtimeNs: mtimeNs}); err != nil {
+		return "", false, err
+	}
+	return hash, true, nil
+}
+
+// keep takes the written file at tmp as the stage's content hash: sealed,
+// synced, then named (nameBlob).
+func (st *Stage) keep(tmp, hash string, f staged) error {
 	p := filepath.Join(st.dir, hash)
-	if err := os.Rename(f.Name(), p); err != nil {
-		return "", false, fmt.Errorf("stage: %w", err)
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("stage: %w", err)
 	}
 	st.mu.Lock()
-	st.files[hash] = staged{size: size, exec: exec, mtimeNs: mtimeNs}
+	st.files[hash] = f
 	st.mu.Unlock()
-	if seal(p, exec, mtimeNs) == nil {
+	if seal(p, f.exec, f.mtimeNs) == nil {
 		// (One that could not be sealed is left to the upload.)
 		st.syncs.start(p)
 	}
-	return hash, true, nil
+	return nil
+}
+
+func (st *Stage) laterPath(hash string) string { return filepath.Join(st.dir, "later-"+hash) }
+
+// Finish decides, once every file is staged, what to do with the contents
+// the store holds under another mode or mtime only (a binary rebuilt
+// unchanged, a fresh checkout's files). When the stage kept a content the
+// store lacks, the release is new and needs a new inode of each of those,
+// with its own mtime: they are written out now, beside the new ones,
+// instead of copied from their old blobs at the upload's Commit, after
+// everything else. When it kept none, the release may well be one the
+// store holds already (the same tree checked out again), and they are
+// dropped unwritten; an upload that needs them copies them, as before.
+// It returns how many contents, and bytes, it kept so.
+func (st *Stage) Finish() (int, int64, error) {
+	st.mu.Lock()
+	later := st.later
+	st.later = map[string]staged{}
+	anyNew := len(st.files) > 0
+	st.mu.Unlock()
+	kept, bytes := 0, int64(0)
+	for _, hash := range slices.Sorted(maps.Keys(later)) {
+		p, f := st.laterPath(hash), later[hash]
+		if !anyNew {
+			os.Remove(p)
+			continue
+		}
+		if fd, err := os.Open(p); err == nil {
+			writeBack(fd)
+			fd.Close()
+		}
+		if err := st.keep(p, hash, f); err != nil {
+			return kept, bytes, err
+		}
+		kept++
+		bytes += f.size
+	}
+	return kept, bytes, nil
 }
 
 // nameBlob names the kept file at p (dir/SHA256), sealed and now synced,

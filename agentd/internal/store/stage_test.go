@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -90,12 +91,13 @@ func TestStageAdoptedByUpload(t *testing.T) {
 	}
 	treeHolds(t, s, d, bodies)
 
-	// Staged again, now that the store holds them: nothing is kept.
+	// Staged again, now that the store holds them as these very blobs:
+	// nothing is kept (under another mtime: see the next test).
 	st2, err := s.NewStage()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, k, err := st2.Put(int64(len(bodies[1])), true, 0, strings.NewReader(bodies[1])); k || err != nil {
+	if _, k, err := st2.Put(int64(len(bodies[1])), true, testMtime.UnixNano(), strings.NewReader(bodies[1])); k || err != nil {
 		t.Errorf("a content the store holds: kept %v, %v", k, err)
 	}
 	if names, _ := os.ReadDir(st2.dir); len(names) != 0 {
@@ -231,5 +233,84 @@ func TestStageForgottenWhenIdle(t *testing.T) {
 	}
 	if _, err := os.Stat(st.dir); !os.IsNotExist(err) {
 		t.Errorf("the idle stage's directory: %v", err)
+	}
+}
+
+// A content the store holds under another mtime only (a binary rebuilt
+// unchanged, a fresh checkout) needs a new inode when the release is new:
+// once the stage kept a content the store lacks, Finish writes those out
+// too, and the upload after it copies nothing at its Commit. When the
+// stage kept nothing new, they are dropped unwritten.
+func TestStageFinishKeepsRebuiltContents(t *testing.T) {
+	s := openStore(t)
+	bodies := []string{"web: ./server\n", strings.Repeat("y", 200<<10)}
+	hashes := []string{sha(bodies[0]), sha(bodies[1])}
+	u, _, err := s.NewUpload(stageManifest(bodies, hashes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range bodies {
+		if err := u.Put(hashes[i], strings.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := u.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	later := testMtime.Add(time.Hour).UnixNano()
+
+	// The same files again, rebuilt: nothing new, nothing written.
+	st, err := s.NewStage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := stageBodies(t, st, bodies, []int64{later, later}); kept != 0 {
+		t.Errorf("kept %d contents the store holds", kept)
+	}
+	if n, _, err := st.Finish(); n != 0 || err != nil {
+		t.Errorf("Finish of a stage with nothing new kept %d (%v)", n, err)
+	}
+	if names, _ := os.ReadDir(st.dir); len(names) != 0 {
+		t.Errorf("the stage holds %d files after Finish, want none", len(names))
+	}
+	st.Forget()
+
+	// Rebuilt beside a new file: the release is new, and both rebuilt
+	// files are written with their new mtime.
+	st, err = s.NewStage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := append(slices.Clone(bodies), "a new file\n")
+	if _, kept := stageBodies(t, st, all, []int64{later, later, later}); kept != 1 {
+		t.Errorf("Put kept %d contents, want the new one", kept)
+	}
+	if n, b, err := st.Finish(); n != 2 || b != int64(len(bodies[0])+len(bodies[1])) || err != nil {
+		t.Errorf("Finish kept %d contents (%d bytes, %v), want the 2 rebuilt ones", n, b, err)
+	}
+	if err := st.Settle(); err != nil {
+		t.Fatal(err)
+	}
+	m := append(stageManifest(bodies, hashes), api.ManifestEntry{Path: "new.txt", Type: api.EntryFile, Mode: 0o644, Size: int64(len(all[2])), SHA256: sha(all[2])})
+	for i := range m {
+		m[i].MTimeNs = later
+	}
+	u2, res, err := s.NewUpload(m)
+	if err != nil || len(res.Missing) != 0 {
+		t.Fatalf("the upload after the stage: %+v %v", res, err)
+	}
+	if _, _, err := u2.Adopt(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := u2.copies.wait(); err != nil || len(u2.got) != 0 {
+		t.Errorf("the upload copied %d stored contents (%v), want none: the stage wrote them", len(u2.got), err)
+	}
+	d, err := u2.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(s.Dir(d), "lib.so"))
+	if err != nil || fi.ModTime().UnixNano() != later {
+		t.Errorf("lib.so in the new tree: %v (%v), want the new mtime", fi.ModTime(), err)
 	}
 }
