@@ -51,11 +51,13 @@ type Stage struct {
 	// only, kept unwritten until Finish knows whether the release needs
 	// them (see Finish).
 	later map[string]staged
-	named map[string]string // hash -> blob relative to blobs/, pinned
-	bytes int64             // read so far, kept or not (bounded by the limits)
-	count int
-	used  time.Time
-	done  bool
+	// claimed are the contents read so far, kept or not.
+	claimed map[string]bool
+	named   map[string]string // hash -> blob relative to blobs/, pinned
+	bytes   int64             // read so far, kept or not (bounded by the limits)
+	count   int
+	used    time.Time
+	done    bool
 	// syncs are the kept files' fsyncs, begun as each is whole, as an
 	// upload's are (earlysync.go); each names its file once synced.
 	syncs syncJob
@@ -75,7 +77,7 @@ func (s *Store) NewStage() (*Stage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
 	}
-	st := &Stage{ID: randomID(), s: s, dir: dir, files: map[string]staged{}, later: map[string]staged{}, named: map[string]string{}, used: time.Now()}
+	st := &Stage{ID: randomID(), s: s, dir: dir, files: map[string]staged{}, later: map[string]staged{}, claimed: map[string]bool{}, named: map[string]string{}, used: time.Now()}
 	st.syncs.after = st.nameBlob
 	s.mu.Lock()
 	s.stages[st.ID] = st
@@ -116,12 +118,15 @@ func (st *Stage) Put(size int64, exec bool, mtimeNs int64, r io.Reader) (hash st
 		f.Close()
 		return "", false, fmt.Errorf("%w: a staged file of %d bytes held %s (changed while read?)", ErrInvalid, size, countOf(n, size))
 	}
+	// The first file of a content claims it: another of the same bytes,
+	// read at the same moment by another worker, is not written (nor
+	// counted) twice.
 	st.mu.Lock()
-	_, twice := st.files[hash]
-	_, twiceLater := st.later[hash]
+	twice := st.claimed[hash]
+	st.claimed[hash] = true
 	st.mu.Unlock()
 	var held unix.Stat_t
-	if twice || twiceLater || st.s.statBlob(blobRel(hash, exec, mtimeNs), &held) == nil {
+	if twice || st.s.statBlob(blobRel(hash, exec, mtimeNs), &held) == nil {
 		// Never written out: removed before writeback, it costs the disk
 		// nothing.
 		f.Close()

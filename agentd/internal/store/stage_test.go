@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -312,5 +313,40 @@ func TestStageFinishKeepsRebuiltContents(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(s.Dir(d), "lib.so"))
 	if err != nil || fi.ModTime().UnixNano() != later {
 		t.Errorf("lib.so in the new tree: %v (%v), want the new mtime", fi.ModTime(), err)
+	}
+}
+
+// Files of the same content read at the same moment (a tree's duplicates,
+// handed over together) are kept, written and counted once.
+func TestStageSameContentAtOnce(t *testing.T) {
+	s := openStore(t)
+	st, err := s.NewStage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Forget()
+	body := strings.Repeat("d", 256<<10)
+	const n = 8
+	kept := make(chan bool, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			h, k, err := st.Put(int64(len(body)), false, testMtime.UnixNano(), strings.NewReader(body))
+			if err != nil || h != sha(body) {
+				t.Errorf("Put: %s, %v", h, err)
+			}
+			kept <- k
+		})
+	}
+	wg.Wait()
+	close(kept)
+	count := 0
+	for k := range kept {
+		if k {
+			count++
+		}
+	}
+	if count != 1 {
+		t.Errorf("%d of %d files of one content kept, want 1", count, n)
 	}
 }
