@@ -20,8 +20,8 @@ import (
 // file descriptor of each file it lacks (SCM_RIGHTS), and agentd reads
 // the files itself, several at once. Nothing goes through the socket but
 // one line per file, so neither side copies the content through it: on a
-// 256 MB release that is most of the upload's time (docs/benchmarks.md
-// §5). agentd hashes exactly the bytes it writes into its store, so a
+// 256 MB release that is most of the upload's time
+// (docs/benchmarks-history.md). agentd hashes exactly the bytes it writes into its store, so a
 // file changed after it was handed over is refused as a lie would be.
 //
 // The exchange, after agentd has answered the request with 101 Switching

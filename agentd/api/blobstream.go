@@ -25,7 +25,7 @@ import (
 //
 // The request is written on a connection of its own rather than through
 // net/http's transport, for two reasons the 256 MB figures of
-// docs/benchmarks.md §5 show: the body's length is known in advance, so it
+// docs/benchmarks-history.md show: the body's length is known in advance, so it
 // goes with a Content-Length instead of in 32 KiB chunks (which agentd's
 // server would read 28 KiB at a time); and each file goes to the socket
 // with sendfile(2), without passing through this process's memory.

@@ -42,6 +42,10 @@ func report(r *results) string {
 	p("Every figure is **median [min–max]** over the runs (or, for per-deploy times, over every deploy). ")
 	p("Everything runs on this one machine: the load generator, agentd, the app and nginx share its %d cores, so ", m.Cores)
 	p("absolute numbers are this machine's; the comparisons are made on the same machine in the same run.\n\n")
+	// This file is rewritten whole: what was measured by hand lives in
+	// its own file, which no run touches.
+	p("Measured by hand, and kept apart because this file is rewritten by every run: each speed change timed against the commit before it, ")
+	p("the reconnect curve of long-lived connections and the stock servers' deploys, in [benchmarks-history.md](benchmarks-history.md).\n\n")
 
 	if len(r.Targets) > 0 {
 		p("## Targets\n\n| target | this run | met |\n|---|---|---|\n")
