@@ -114,6 +114,7 @@ type Agent struct {
 	log     *slog.Logger
 	obs     Observer
 	started time.Time
+	groups  groups // process groups, one pass over /proc shared
 
 	mu   sync.Mutex
 	apps map[string]*app

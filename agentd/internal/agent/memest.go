@@ -25,6 +25,7 @@ func (ag *Agent) memoryFor(a *app) (rollout.Memory, bool) {
 		return rollout.Memory{}, false
 	}
 	m := rollout.Memory{Available: avail, PerProcess: map[string]int64{}}
+	groups := ag.groups.members()
 	a.mu.Lock()
 	type acc struct{ n, pss int64 }
 	byType := map[string]*acc{}
@@ -33,7 +34,7 @@ func (ag *Agent) memoryFor(a *app) (rollout.Memory, bool) {
 		if p.p.Exited() {
 			continue
 		}
-		pss := groupPSS(p.p.PID())
+		pss := groupPSS(groups[p.p.PID()])
 		if pss <= 0 {
 			continue
 		}
@@ -126,11 +127,11 @@ func cgroupLeft() (int64, bool) {
 	return max(0, limit-cur), true
 }
 
-// groupPSS sums the PSS of the process group pgid (each process of an app
-// leads its own group: a server's forked workers count with it).
-func groupPSS(pgid int) int64 {
+// groupPSS sums the PSS of a process group's members (each process of an
+// app leads its own group: a server's forked workers count with it).
+func groupPSS(members []int) int64 {
 	var total int64
-	for _, pid := range groupMembers(pgid) {
+	for _, pid := range members {
 		total += pss(pid)
 	}
 	return total

@@ -65,10 +65,19 @@ func (ag *Agent) watchTraps(ctx context.Context, a *app, p *proc) *trapWatch {
 		tick := time.NewTicker(trapLook)
 		defer tick.Stop()
 		for {
+			// The first look comes one tick after the start: most
+			// processes are ready before it and cost no look at all (a
+			// look reads the fds of the group and the socket tables),
+			// and a trap is sure only after trapSure anyway.
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
 			if p.probe != nil && p.probe.File != nil {
 				in.ProbeQueued, _ = diagnose.Queued(sockets.Fd(p.probe.File))
 			}
-			s, err := diagnose.Look(p.p.PID(), in.Passed)
+			s, err := diagnose.LookAt(p.p.PID(), ag.groups.members()[p.p.PID()], in.Passed)
 			f, found := diagnose.Judge(in, s)
 			if err != nil || !found || p.p.Exited() {
 				// Nothing to judge, or gone: its exit says what happened.
@@ -86,11 +95,6 @@ func (ag *Agent) watchTraps(ctx context.Context, a *app, p *proc) *trapWatch {
 					w.sure <- &trapError{f: f}
 					return
 				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
 			}
 		}
 	}()

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Socket is one socket agentd passed to the process.
@@ -63,12 +64,17 @@ type Seen struct {
 // the sockets agentd gave the group (left out of Own). A group whose fd
 // tables cannot be read is an error (fs.ErrPermission): no verdict.
 func Look(pgid int, passed []Socket) (Seen, error) {
+	return LookAt(pgid, GroupMembers(pgid), passed)
+}
+
+// LookAt is Look with the group's members already known (from Groups,
+// shared by callers that look at many groups at once).
+func LookAt(pgid int, members []int, passed []Socket) (Seen, error) {
 	s := Seen{Held: map[uint64]bool{}, Polled: map[uint64]bool{}}
 	ours := map[uint64]bool{}
 	for _, p := range passed {
 		ours[p.Inode] = true
 	}
-	members := GroupMembers(pgid)
 	s.Members = len(members)
 	if len(members) == 0 {
 		return s, nil
@@ -183,32 +189,55 @@ func comm(pid int) string {
 }
 
 // GroupMembers lists the processes whose process group is pgid.
-func GroupMembers(pgid int) []int {
+func GroupMembers(pgid int) []int { return Groups()[pgid] }
+
+// Groups maps every process group to its processes, in one pass over
+// /proc. Finding one group's members costs that pass too (a process's
+// group is in its stat only), so a caller with many groups to look at
+// should take them all from one Groups.
+func Groups() map[int][]int {
+	out := map[int][]int{}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil
+		return out
 	}
-	want := strconv.Itoa(pgid)
-	var out []int
+	buf := make([]byte, 512)
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces and ')'.
-		st := string(b)
-		i := strings.LastIndexByte(st, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(st[i+1:])
-		if len(f) > 2 && f[2] == want {
-			out = append(out, pid)
+		if pg, ok := procGroup(e.Name(), buf); ok {
+			out[pg] = append(out[pg], pid)
 		}
 	}
 	return out
+}
+
+// procGroup reads the process group of /proc/PID from its stat, through
+// buf: "pid (comm) state ppid pgrp ...", where comm may hold spaces and
+// ')'.
+func procGroup(pid string, buf []byte) (int, bool) {
+	// Plain syscalls: os.Open would also try the poller and fstat, three
+	// more syscalls for each of hundreds of processes.
+	fd, err := syscall.Open("/proc/"+pid+"/stat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, false
+	}
+	n, err := syscall.Read(fd, buf)
+	syscall.Close(fd)
+	if err != nil || n <= 0 {
+		return 0, false
+	}
+	st := string(buf[:n])
+	i := strings.LastIndexByte(st, ')')
+	if i < 0 {
+		return 0, false
+	}
+	fs := strings.Fields(st[i+1:])
+	if len(fs) < 3 {
+		return 0, false
+	}
+	pg, err := strconv.Atoi(fs[2])
+	return pg, err == nil
 }
