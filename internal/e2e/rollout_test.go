@@ -33,14 +33,16 @@ func releaseNamed(t *testing.T, e *env, app, name string) api.Release {
 }
 
 // TestBakeRollsBack: a release that fails its bake window after its
-// cutover (its health probe turns to 500; its process exits with status 3)
-// is rolled back by agentd, without a failed request.
+// cutover (its health probe turns to 500; its process exits with status 3;
+// it sends WATCHDOG=trigger) is rolled back by agentd, without a failed
+// request.
 func TestBakeRollsBack(t *testing.T) {
 	cases := []struct {
 		name, mode, reason string
 	}{
 		{"health probe 500", "unhealthy-after TESTAPP_UNHEALTHY_AFTER=5s", "failed 3 health probes in a row (http:/healthz): GET /healthz: 500"},
 		{"exit 3", "exit-after TESTAPP_EXIT_AFTER=3s", "exited with status 3"},
+		{"WATCHDOG=trigger", "trigger-after TESTAPP_TRIGGER_AFTER=3s", "sent WATCHDOG=trigger"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -17,6 +17,8 @@ import (
 //	                 has passed since the process started
 //	exit-after       $TESTAPP_EXIT_AFTER after READY=1, drain as on SIGTERM
 //	                 (stop accepting, finish what it holds), then exit 3
+//	trigger-after    send WATCHDOG=trigger once $TESTAPP_TRIGGER_AFTER has
+//	                 passed since the process started, and go on serving
 //
 // and, in any mode, $TESTAPP_LIFELOG: a file the process appends
 // "start PID UNIXNANO TYPE" and "exit PID UNIXNANO TYPE" lines to, and, with
@@ -28,6 +30,7 @@ const exitAfterCode = 3
 func init() {
 	knownModes["unhealthy-after"] = true
 	knownModes["exit-after"] = true
+	knownModes["trigger-after"] = true
 }
 
 // unhealthyAt is when /healthz turns to 500 (unix nanoseconds; 0: never).
@@ -85,6 +88,13 @@ func rolloutSetup(ctx context.Context, modes map[string]bool) (context.Context, 
 			return nil, nil, err
 		}
 		unhealthyAt.Store(time.Now().Add(d).UnixNano())
+	}
+	if modes["trigger-after"] {
+		d, err := durationEnv("TESTAPP_TRIGGER_AFTER")
+		if err != nil {
+			return nil, nil, err
+		}
+		time.AfterFunc(d, func() { notify("WATCHDOG=trigger") })
 	}
 	code := func() int { return 0 }
 	if modes["exit-after"] {

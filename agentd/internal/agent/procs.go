@@ -296,15 +296,28 @@ func (ag *Agent) attachNotify(a *app, p *proc) {
 // watchNotify keeps the process's STATUS= and forwards EXTEND_TIMEOUT_USEC
 // to a readiness wait. It ends when the notify socket is closed.
 func (ag *Agent) watchNotify(a *app, p *proc) {
-	go func() {
+	// One goroutine per process for both, not one each: with 400
+	// processes every goroutine per process is a few hundred KiB of
+	// agentd's RSS.
+	trigger := p.ns.Triggered()
+	for {
+		var m notify.Message
 		select {
-		case <-p.ns.Triggered():
-			ag.log.Warn("process sent WATCHDOG=trigger", "app", a.st.Name, "process", p.name(), "pid", p.p.PID())
-			p.trigger.Fire()
-		case <-p.p.Done():
+		case <-trigger:
+			trigger = nil // closed: once is enough
+			select {
+			case <-p.p.Done():
+			default:
+				ag.log.Warn("process sent WATCHDOG=trigger", "app", a.st.Name, "process", p.name(), "pid", p.p.PID())
+				p.trigger.Fire()
+			}
+			continue
+		case msg, ok := <-p.ns.C():
+			if !ok {
+				return
+			}
+			m = msg
 		}
-	}()
-	for m := range p.ns.C() {
 		p.notified.Add(1)
 		a.mu.Lock()
 		if m.Status != "" {
