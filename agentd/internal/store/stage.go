@@ -29,11 +29,12 @@ import (
 // out; what it holds under another mode or mtime only waits, unwritten,
 // for Finish. What it lacks is treated as an upload treats a received
 // file: sealed (mode, mtime), synced while the rest arrives, then named
-// in blobs/, pinned by the stage against Collect. The upload whose manifest names the stage
-// then finds those blobs as it finds any (and pins them itself) before the
-// stage lets go of them; a content the stage could not name is adopted
-// from the stage's directory (Upload.Adopt) as if just received. A stage
-// that ends unused removes the blobs it named that nothing else links.
+// in blobs/, pinned by the stage against Collect. The upload whose
+// manifest names the stage then finds those blobs as it finds any (and
+// pins them itself) before the stage lets go of them; a content the stage
+// could not name is adopted from the stage's directory (Upload.Adopt) as
+// if just received. A stage that ends unused removes the blobs it named
+// that nothing else links.
 
 // StageTTL is how long a stage may wait for its upload before Collect
 // forgets it.
