@@ -312,8 +312,10 @@ type proc struct {
 	killAt   time.Time
 	retired  bool // being replaced or stopped: never restarted
 	cron     bool // a cron job's run (cron.go): the rollout engine never sees it
-	status   string
-	conns    *int // open connections, counted while draining (observe.go)
+	// status is the last STATUS= it sent; set by its notify socket's reader
+	// (procs.go: notified), which takes no lock.
+	status atomic.Pointer[string]
+	conns  *int // open connections, counted while draining (observe.go)
 
 	// For the message of a failed deploy (hostile.go): bytes cut from its
 	// log by the cap, and notify messages received.
@@ -322,8 +324,10 @@ type proc struct {
 
 	// fwd: how much of the log file went to the journal (journal.go).
 	fwd logForward
-	// trigger fires when the process sent WATCHDOG=trigger (bake.go).
-	trigger signal
+	// trigger fires when the process sent WATCHDOG=trigger (bake.go);
+	// triggered makes the first one the only one.
+	trigger   signal
+	triggered atomic.Bool
 
 	// run is set for a one-off process (run.go): never part of a rollout.
 	run *runInfo
@@ -342,7 +346,7 @@ func (p *proc) api(app string) api.Process {
 	ap := api.Process{
 		App: app, Name: p.name(), Type: p.typ, Index: p.index, Release: vname(p.release),
 		State: p.state, PID: p.p.PID(), StartedAt: p.p.StartedAt(), ReadyAt: p.readyAt,
-		Restarts: p.restarts, Status: p.status, KillAt: p.killAt, Connections: p.connsAPI(),
+		Restarts: p.restarts, Status: p.statusMsg(), KillAt: p.killAt, Connections: p.connsAPI(),
 	}
 	if p.p.Exited() {
 		c := p.p.Exit().Code
@@ -377,4 +381,11 @@ func (a *app) liveProcs(v int, types []string) []*proc {
 		return out[i].index < out[j].index
 	})
 	return out
+}
+
+func (p *proc) statusMsg() string {
+	if s := p.status.Load(); s != nil {
+		return *s
+	}
+	return ""
 }

@@ -43,6 +43,7 @@ type Socket struct {
 	ino  os.FileInfo // the socket file we bound; nil for an abstract name
 
 	c        chan Message
+	fn       func(Message) // ListenFunc's: takes each message instead of c
 	ready    chan struct{}
 	stopping chan struct{}
 	// triggered is closed at the first WATCHDOG=trigger: sticky, like
@@ -74,7 +75,25 @@ type Socket struct {
 //
 // A file that exists at path and is not a socket is not removed: Listen fails
 // rather than delete something that is not ours.
-func Listen(path string) (*Socket, error) {
+func Listen(path string) (*Socket, error) { return listenWith(path, nil) }
+
+// ListenFunc is Listen with each message handed to fn, on the reading
+// goroutine, instead of queued on C (C is closed at Close, and carries
+// nothing): a consumer that only records what it gets needs no goroutine
+// of its own, which with one socket per supervised process adds up. fn
+// runs after the sticky state (Ready, Stopping, Triggered, Status) took
+// the message in, one message at a time, in order; while it runs, later
+// datagrams wait in the socket's buffer, so it must not block for long;
+// and Close waits for the reader, so fn must never wait for anything the
+// caller of Close may hold.
+func ListenFunc(path string, fn func(Message)) (*Socket, error) {
+	if fn == nil {
+		return nil, errors.New("notify: ListenFunc without a function")
+	}
+	return listenWith(path, fn)
+}
+
+func listenWith(path string, fn func(Message)) (*Socket, error) {
 	if path == "" || path == "@" {
 		return nil, fmt.Errorf("notify: empty socket path %q", path)
 	}
@@ -107,10 +126,15 @@ func Listen(path string) (*Socket, error) {
 		return nil, fmt.Errorf("notify: listen %q: %w", path, err)
 	}
 	conn := pc.(*net.UnixConn)
+	qlen := queueLen
+	if fn != nil {
+		qlen = 0 // never sent on
+	}
 	s := &Socket{
 		path:      path,
 		conn:      conn,
-		c:         make(chan Message, queueLen),
+		fn:        fn,
+		c:         make(chan Message, qlen),
 		ready:     make(chan struct{}),
 		stopping:  make(chan struct{}),
 		triggered: make(chan struct{}),
@@ -369,6 +393,10 @@ func (s *Socket) handle(b []byte, flags, pid int) {
 	}
 	if m.WatchdogTrigger && !isClosed(s.triggered) {
 		close(s.triggered)
+	}
+	if s.fn != nil {
+		s.fn(m)
+		return
 	}
 	s.push(m)
 }

@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -586,5 +588,62 @@ func TestTriggerThroughFlood(t *testing.T) {
 	case <-s.Triggered():
 	case <-time.After(wait):
 		t.Fatal("WATCHDOG=trigger lost in the flood")
+	}
+}
+
+// ListenFunc hands every message to its function, in order, on the
+// reader, after the sticky state took it in; C carries nothing and is
+// closed at Close.
+func TestListenFunc(t *testing.T) {
+	got := make(chan Message, 8)
+	var sp atomic.Pointer[Socket]
+	var stickyFirst []bool // read after got delivered them
+	s, err := ListenFunc(filepath.Join(t.TempDir(), "notify.sock"), func(m Message) {
+		if m.Ready {
+			stickyFirst = append(stickyFirst, closed(sp.Load().Ready()))
+		}
+		got <- m
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Store(s)
+	c := dial(t, s.Path())
+	for _, msg := range []string{"STATUS=booting", "READY=1\nSTATUS=up", "WATCHDOG=trigger"} {
+		send(t, c, msg)
+	}
+	var seen []string
+	for range 3 {
+		select {
+		case m := <-got:
+			switch {
+			case m.Ready:
+				seen = append(seen, "ready "+m.Status)
+			case m.WatchdogTrigger:
+				seen = append(seen, "trigger")
+			default:
+				seen = append(seen, m.Status)
+			}
+		case <-time.After(wait):
+			t.Fatalf("got %v, then nothing", seen)
+		}
+	}
+	if want := []string{"booting", "ready up", "trigger"}; !slices.Equal(seen, want) {
+		t.Errorf("messages %v, want %v in order", seen, want)
+	}
+	if len(stickyFirst) != 1 || !stickyFirst[0] {
+		t.Errorf("Ready() closed when fn saw READY=1: %v, want true", stickyFirst)
+	}
+	if !closed(s.Triggered()) || s.Status() != "up" {
+		t.Errorf("sticky state: triggered %v, status %q", closed(s.Triggered()), s.Status())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := <-s.C(); ok {
+		t.Error("C carried a message")
+	}
+	if _, err := ListenFunc(filepath.Join(t.TempDir(), "x.sock"), nil); err == nil {
+		t.Error("ListenFunc without a function: no error")
 	}
 }
