@@ -77,6 +77,7 @@ func reportStore(b *strings.Builder, s *storeResults) {
 	p("From `hctl deploy APP PATH` to the first answer from the new release (polled every millisecond on a new connection, from when hctl says agentd's preboot began: the new code cannot answer before, and polling the old release meanwhile would take CPU from what is measured), minus the app's own boot ")
 	p("(the same binary started directly, fork to first answer: %s), with `notify` readiness and no load. ", s.AppBoot.format(fmtDur))
 	p("Each release is the app's binary, its Procfile and N files of 1 MiB of random bytes. ")
+	p("The binary is the same in every release but copied into each new tree with a new mtime, as a rebuild leaves it: agentd writes it again (its mtime needs an inode of its own) and counts it as sent. ")
 	p("**.tar.gz** is the path a directory took before the store, and still takes for a `.tar.gz`: packed (counted here), sent, unpacked, digested. ")
 	p("**manifest** is `hctl deploy DIR` now: the manifest, then only the files agentd lacks, handed over as open files that agentd reads itself; the release is built of hard links to read-only blobs. ")
 	p("**cp -a + sync** copies the same tree on the same disk: the local physical reference. Each timed step starts after a `sync`, so none pays for the writes of the one before. ")
