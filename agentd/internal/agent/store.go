@@ -106,7 +106,14 @@ func (ag *Agent) ReleaseDir(app string, version int, digest string, allowRoot bo
 		}
 		return s.Dir(digest), nil
 	}
-	return s.Private(digest, store.PrivateName(app, version))
+	dir, made, err := s.Private(digest, store.PrivateName(app, version))
+	if made {
+		// As after an unpack (storeReady): a process of another app
+		// forked while the copy was written holds its files until it
+		// execs, and this release's exec of one would fail (ETXTBSY).
+		supervisor.ForkFence()
+	}
+	return dir, err
 }
 
 // CollectStore removes from the store what refs does not name: the digest

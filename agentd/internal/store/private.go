@@ -21,25 +21,28 @@ func PrivateName(app string, version int) string {
 // write to any blob, and whose writes must reach no other release, not
 // even a rollback to the same content (a new release, so a new copy).
 // Files are reflinked where the filesystem can (FICLONE: btrfs, XFS),
-// otherwise copied; modes are 0644/0755 and mtimes kept.
-func (s *Store) Private(digest, name string) (string, error) {
+// otherwise copied; modes are 0644/0755 and mtimes kept. made reports
+// whether this call made the copy: its files were open for writing just
+// now, and a child forked meanwhile holds them until it execs (the caller
+// must let such forks finish before it execs one of them: ETXTBSY).
+func (s *Store) Private(digest, name string) (dir string, made bool, err error) {
 	if !validDigest(digest) {
-		return "", fmt.Errorf("%w: digest %q", ErrInvalid, digest)
+		return "", false, fmt.Errorf("%w: digest %q", ErrInvalid, digest)
 	}
 	if name == "" || name != filepath.Base(name) || name[0] == '.' {
-		return "", fmt.Errorf("%w: private copy name %q", ErrInvalid, name)
+		return "", false, fmt.Errorf("%w: private copy name %q", ErrInvalid, name)
 	}
 	dst := filepath.Join(s.dir, "private", name)
 	if _, err := os.Lstat(dst); err == nil {
-		return dst, nil
+		return dst, false, nil
 	}
 	src := s.Dir(digest)
 	if !s.Has(digest) {
-		return "", fmt.Errorf("private copy of %s: %w", digest, ErrNotFound)
+		return "", false, fmt.Errorf("private copy of %s: %w", digest, ErrNotFound)
 	}
 	tmp, err := os.MkdirTemp(s.tmp, "private-")
 	if err != nil {
-		return "", fmt.Errorf("private copy: %w", err)
+		return "", false, fmt.Errorf("private copy: %w", err)
 	}
 	defer removeAll(tmp)
 	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
@@ -75,17 +78,17 @@ func (s *Store) Private(digest, name string) (string, error) {
 		return unix.UtimesNanoAt(unix.AT_FDCWD, out, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
 	})
 	if err != nil {
-		return "", fmt.Errorf("private copy of %s: %w", digest, err)
+		return "", false, fmt.Errorf("private copy of %s: %w", digest, err)
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
-		return "", fmt.Errorf("private copy: %w", err)
+		return "", false, fmt.Errorf("private copy: %w", err)
 	}
 	if err := renameNoReplace(tmp, dst); err != nil && !errors.Is(err, unix.EEXIST) {
-		return "", fmt.Errorf("private copy: %w", err)
+		return "", false, fmt.Errorf("private copy: %w", err)
 	}
 	// Each file was synced by copyFile; this commits the names.
 	if err := syncDir(filepath.Join(s.dir, "private")); err != nil {
-		return "", fmt.Errorf("private copy: %w", err)
+		return "", false, fmt.Errorf("private copy: %w", err)
 	}
-	return dst, nil
+	return dst, true, nil
 }

@@ -162,9 +162,14 @@ func TestEMLINKCopies(t *testing.T) {
 func TestPrivateCopy(t *testing.T) {
 	s := openStore(t)
 	d, _ := upload(t, s, writeTree(t, sample...))
-	p, err := s.Private(d, PrivateName("app", 3))
-	if err != nil {
-		t.Fatal(err)
+	p, made, err := s.Private(d, PrivateName("app", 3))
+	if err != nil || !made {
+		t.Fatalf("the first private copy: made %v, %v", made, err)
+	}
+	// Asked again (the release's next process): the same copy, not made
+	// again, so its caller need not fence forks again.
+	if again, made, err := s.Private(d, PrivateName("app", 3)); again != p || made || err != nil {
+		t.Errorf("the copy asked again: %s, made %v, %v", again, made, err)
 	}
 	if err := os.WriteFile(filepath.Join(p, "server"), []byte("evil"), 0o755); err != nil {
 		t.Fatal(err)
@@ -178,17 +183,17 @@ func TestPrivateCopy(t *testing.T) {
 	if fi, _ := os.Lstat(filepath.Join(s.Dir(d), "Procfile")); fi.Mode() != 0o444 {
 		t.Errorf("the shared tree sees the private chmod: %v", fi.Mode())
 	}
-	p2, err := s.Private(d, PrivateName("app", 4))
+	p2, _, err := s.Private(d, PrivateName("app", 4))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(p2, "server")); string(b) != "#!/bin/sh\necho hi\n" {
 		t.Errorf("a rollback's copy sees the earlier release's write: %q", b)
 	}
-	if _, err := s.Private("sha256:nope", "x"); !errors.Is(err, ErrInvalid) {
+	if _, _, err := s.Private("sha256:nope", "x"); !errors.Is(err, ErrInvalid) {
 		t.Errorf("bad digest: %v", err)
 	}
-	if _, err := s.Private(d, "../x"); !errors.Is(err, ErrInvalid) {
+	if _, _, err := s.Private(d, "../x"); !errors.Is(err, ErrInvalid) {
 		t.Errorf("bad name: %v", err)
 	}
 }
