@@ -8,16 +8,14 @@ import (
 )
 
 // groupsMaxAge is how old a pass over /proc may be for the looks that
-// share it: a trap watch ticks every trapLook, and a memory estimate is an
-// estimate.
+// share it: a trap watch ticks every trapLook.
 const groupsMaxAge = 100 * time.Millisecond
 
-// groups shares one pass over /proc (diagnose.Groups) between everything
-// that needs the process groups at about the same time: the trap watch of
-// every process booting, a deploy's memory check. A process's group is in
-// its stat only, so finding one group's members reads every process's:
-// with 400 processes and 10 deploys at once, a pass per look was most of
-// agentd's CPU.
+// groups shares one pass over /proc (diagnose.Groups) between the trap
+// watches of every process booting. A process's group is in its stat
+// only, so finding one group's members reads every process's: with 400
+// processes and 10 deploys at once, a pass per look was most of agentd's
+// CPU. (A deploy's memory check takes one pass of its own: memest.go.)
 type groups struct {
 	mu sync.Mutex
 	at time.Time

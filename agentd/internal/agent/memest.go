@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/agentd/agentd/agentd/internal/diagnose"
 	"github.com/agentd/agentd/agentd/internal/rollout"
 )
 
@@ -25,7 +26,13 @@ func (ag *Agent) memoryFor(a *app) (rollout.Memory, bool) {
 		return rollout.Memory{}, false
 	}
 	m := rollout.Memory{Available: avail, PerProcess: map[string]int64{}}
-	groups := ag.groups.members()
+	// A pass of its own, not the trap watches' shared one: the picture must
+	// see processes started a moment ago. A shared pass up to 100 ms old,
+	// taken by the check of the operation that then started them (agentd's
+	// boot), showed none of them to the deploy right after it, and the
+	// check let through a deploy that memory could not hold
+	// (TestMaxSurge, 5 failures in 12 runs).
+	groups := diagnose.Groups()
 	a.mu.Lock()
 	type acc struct{ n, pss int64 }
 	byType := map[string]*acc{}
