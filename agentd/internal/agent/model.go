@@ -324,10 +324,8 @@ type proc struct {
 
 	// fwd: how much of the log file went to the journal (journal.go).
 	fwd logForward
-	// trigger fires when the process sent WATCHDOG=trigger (bake.go);
-	// triggered makes the first one the only one.
-	trigger   signal
-	triggered atomic.Bool
+	// trigger fires when the process sent WATCHDOG=trigger (bake.go).
+	trigger signal
 
 	// run is set for a one-off process (run.go): never part of a rollout.
 	run *runInfo

@@ -303,9 +303,13 @@ func (ag *Agent) notified(a *app, p *proc) func(notify.Message) {
 		if m.Status != "" {
 			p.status.Store(&m.Status)
 		}
-		if m.WatchdogTrigger && p.triggered.CompareAndSwap(false, true) {
-			ag.log.Warn("process sent WATCHDOG=trigger", "app", a.st.Name, "process", p.name())
-			p.trigger.Fire()
+		if m.WatchdogTrigger {
+			select {
+			case <-p.trigger.C(): // fired already: once is enough
+			default:
+				ag.log.Warn("process sent WATCHDOG=trigger", "app", a.st.Name, "process", p.name())
+				p.trigger.Fire()
+			}
 		}
 		if m.ExtendTimeout > 0 {
 			select {

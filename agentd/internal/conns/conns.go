@@ -28,6 +28,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/agentd/agentd/agentd/internal/diagnose"
 	"math"
 	"os"
 	"strconv"
@@ -306,35 +307,14 @@ func dump(req []byte, fn func(msg []byte)) error {
 }
 
 // groupMembers finds the processes of each group in pgids, in one pass
-// over /proc. A leader that is still alive is always included.
+// over /proc (diagnose.Groups). A leader that is still alive is always
+// included.
 func groupMembers(pgids []int) map[int][]int {
-	want := map[int]bool{}
-	for _, g := range pgids {
-		want[g] = true
-	}
+	all := diagnose.Groups()
 	out := map[int][]int{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp …; comm may hold spaces and parens.
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 3 {
-			continue
-		}
-		if pg, err := strconv.Atoi(f[2]); err == nil && want[pg] {
-			out[pg] = append(out[pg], pid)
+	for _, g := range pgids {
+		if m, ok := all[g]; ok {
+			out[g] = m
 		}
 	}
 	return out
