@@ -45,16 +45,21 @@ type host struct {
 // (or agentd is handing over to a new agentd, which owns the state now)
 // they are given up unrun.
 func (h *host) flush() error {
+	_, err := h.flushed()
+	return err
+}
+
+// flushed is flush that reports whether it wrote the state.
+func (h *host) flushed() (wrote bool, err error) {
 	h.heldMu.Lock()
 	defer h.heldMu.Unlock()
 	if len(h.held) == 0 {
-		return nil
+		return false, nil
 	}
 	ps := h.held
 	h.held = nil
 	h.o.pause("record", h.r)
 	h.a.mu.Lock()
-	var err error
 	released := false
 	if h.ag.frozen.Load() {
 		err = errf(api.CodeUnavailable, "agentd is handing over to a new agentd (upgrade): nothing starts meanwhile")
@@ -75,9 +80,9 @@ func (h *host) flush() error {
 		h.ag.reportStarts(h.a, ps)
 	}
 	if err != nil {
-		return fmt.Errorf("recording the new processes: %w", err)
+		return false, fmt.Errorf("recording the new processes: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // procView is a process as the engine sees it: a snapshot of whether it
@@ -157,14 +162,27 @@ func (h *host) Enter(ph rollout.Phase) error {
 			}
 		}
 	case rollout.PhaseReadiness:
-		if err := h.flush(); err != nil {
-			return err
-		}
+		// The phase goes to disk with the record of the processes it
+		// waits for (flush): one durable write where there were two,
+		// and both stood between the processes' start and the wait for
+		// their readiness, longer than a quick app's boot.
 		a.mu.Lock()
+		a.st.Op = &opRecord{Kind: o.kind, Release: h.target, Phase: rollout.PhaseReadiness, Started: o.start}
+		o.unsaved = true
 		boot := time.Duration(a.st.BootTimeout)
 		a.mu.Unlock()
+		wrote, err := h.flushed()
+		if err != nil {
+			return err
+		}
 		o.pause("preboot", h.r)
 		o.enter(api.PhaseReadiness, "%s (boot timeout %s)", ph.Message, boot)
+		if wrote {
+			a.mu.Lock()
+			o.unsaved = false
+			a.mu.Unlock()
+			return nil
+		}
 	case rollout.PhaseCutover:
 		o.enter(api.PhaseCutover, "%s", ph.Message)
 	case rollout.PhaseBake:
@@ -197,12 +215,20 @@ func (h *host) Enter(ph rollout.Phase) error {
 		o.enter(ph.Name, "%s", ph.Message)
 	}
 	a.mu.Lock()
-	if ph.Name == rollout.PhasePreboot {
+	switch ph.Name {
+	case rollout.PhasePreboot:
 		// Written with the record of the first process it starts
 		// (flush), or by the cutover when it starts none: until then
 		// nothing of it runs (recordLater).
 		o.recordLater(h.target)
-	} else {
+	case rollout.PhaseCutover:
+		// Written by Activate, with the cutover itself, which comes next:
+		// a write of its own would stand between the new release's
+		// readiness and its first connection, and tell a restarted agentd
+		// nothing more (before Activate's write the old release is still
+		// the active one, and the deploy is interrupted either way).
+		o.recordLater(h.target)
+	default:
 		o.record(h.target)
 	}
 	a.mu.Unlock()

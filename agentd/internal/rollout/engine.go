@@ -39,7 +39,8 @@ type Host interface {
 	// Live lists the app's processes that have not exited.
 	Live() []Proc
 	// Enter starts a phase: the host saves the phase (and the bake
-	// deadline) before the engine goes on.
+	// deadline) before the engine goes on; the cutover phase it may save
+	// with the cutover (Activate), which comes next.
 	Enter(p Phase) error
 	// Info and Event report progress (Event about one process).
 	Info(msg string)
