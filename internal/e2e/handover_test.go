@@ -27,7 +27,7 @@ func TestDeployDirHandsOverFiles(t *testing.T) {
 	}
 	t.Cleanup(stop)
 	r := hctlVia(t, relay, "deploy", "web", dir)
-	if files, sent := uploadLine(t, r); r.Code != 0 || files != 2 || sent != "2.0 MB" {
+	if files, sent := uploadLine(t, r); r.Code != 0 || files != 2 || sent != "3.0 MB" {
 		t.Fatalf("deploy through a byte relay: sent %d files (%s):\n%s", files, sent, r)
 	}
 	// agentd found no descriptor with the first line, and hctl then sent

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentd/agentd/agentd/api"
 	"github.com/agentd/agentd/internal/harness"
@@ -34,6 +35,22 @@ func uploadLine(t *testing.T, r harness.Result) (files int, sent string) {
 	return n, m[3]
 }
 
+// ageTree sets every file of dir an hour back, as a build's output is by
+// its deploy.
+func ageTree(t *testing.T, dir string) {
+	t.Helper()
+	old := time.Now().Add(-time.Hour)
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		return os.Chtimes(p, old, old)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // storeRelease is a release directory: the test app, the Procfile and a
 // 2 MB data file.
 func (e *env) storeRelease(name string) string {
@@ -42,7 +59,9 @@ func (e *env) storeRelease(name string) string {
 	if _, err := harness.Release(dir, "web: "+bins.TestApp+"\n", nil); err != nil {
 		e.t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "data.bin"), []byte(strings.Repeat("d", 2_000_000)), 0o644); err != nil {
+	// More than hctl hashes itself (hashHere, 2 MiB): a deploy that
+	// cannot trust its cache stages the tree.
+	if err := os.WriteFile(filepath.Join(dir, "data.bin"), []byte(strings.Repeat("d", 3_000_000)), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
 	return dir
@@ -67,6 +86,8 @@ func TestDeployDirSendsOnlyChanges(t *testing.T) {
 	e := start(t)
 	url := e.createApp("web", "--readiness", "web=notify")
 	dir := e.storeRelease("tree")
+	// Built a while ago: hctl's cache trusts what it hashed of them.
+	ageTree(t, dir)
 
 	res, r := e.deployR("web", dir)
 	if files, _ := uploadLine(t, r); files != 2 || !res.Changed || res.Release != "v1" {
@@ -80,9 +101,15 @@ func TestDeployDirSendsOnlyChanges(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "VERSION"), []byte("2"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	staged := strings.Count(e.ag.Log(), `msg="upload: staged files read"`)
 	res, r = e.deployR("web", dir)
 	if files, sent := uploadLine(t, r); files != 1 || sent != "1 B" || !res.Changed || res.Release != "v2" {
 		t.Errorf("one new file: sent %d files (%s), %+v", files, sent, res)
+	}
+	// A small change is hashed by hctl, and the manifest goes first.
+	if !strings.Contains(r.Stderr, "hashed 1 files (1 B) in") || strings.Contains(r.Stderr, "as agentd read them") ||
+		strings.Count(e.ag.Log(), `msg="upload: staged files read"`) != staged {
+		t.Errorf("a one-byte change was staged, not hashed by hctl:\n%s", r)
 	}
 	if got := get(t, url); !strings.Contains(got, "release=v2") {
 		t.Errorf("after the upload deploy the app answers %q", got)
@@ -94,7 +121,7 @@ func TestDeployDirSendsOnlyChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, r = e.deployR("web", dir)
-	if files, sent := uploadLine(t, r); files != 0 || sent != "0 B" || res.Changed || !strings.Contains(r.Stderr, "hashed 3 files (2.0 MB) in") || !strings.Contains(r.Stderr, "as agentd read them") {
+	if files, sent := uploadLine(t, r); files != 0 || sent != "0 B" || res.Changed || !strings.Contains(r.Stderr, "hashed 3 files (3.0 MB) in") || !strings.Contains(r.Stderr, "as agentd read them") {
 		t.Errorf("a cold hash cache: sent %d files (%s), changed %v:\n%s", files, sent, res.Changed, r)
 	}
 
