@@ -74,6 +74,7 @@ type options struct {
 	scaleApps  int
 	scaleProcs int
 	scaleConc  int
+	oneFile    int // one-file manifest deploys per run of the store scenario
 	scenarios  map[string]bool
 	install    bool
 	waitQuiet  time.Duration
@@ -100,6 +101,7 @@ func main() {
 	flag.IntVar(&o.scaleApps, "scale-apps", 100, "apps in the scale scenario")
 	flag.IntVar(&o.scaleProcs, "scale-procs", 4, "processes per app in the scale scenario")
 	flag.IntVar(&o.scaleConc, "scale-concurrency", 10, "concurrent deploys in the scale scenario")
+	flag.IntVar(&o.oneFile, "one-file", 0, "deploys of a one-file change per run of the store scenario (default 5, quick 2)")
 	flag.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", "))
 	flag.DurationVar(&o.budget, "budget", 14*time.Minute, "the scale scenario's last deploy round is left out if it would end past this much time since the start (a busy machine)")
 	flag.DurationVar(&o.waitQuiet, "wait-quiet", 0, "before measuring, wait up to this long for the machine's load average to fall below half its cores")
@@ -148,6 +150,7 @@ func main() {
 	def(&o.deploys, 100, 20)
 	def(&o.altDeploys, 20, 6)
 	def(&o.xDeploys, 6, 4)
+	def(&o.oneFile, 5, 2)
 	defD(&o.steady, 3*time.Second, 2*time.Second)
 	defD(&o.proxyDur, 3*time.Second, 2*time.Second)
 	if o.runs < 1 || o.deploys < 2 || o.altDeploys < 2 || o.rate <= 0 {

@@ -81,7 +81,11 @@ func reportStore(b *strings.Builder, s *storeResults) {
 	p("**.tar.gz** is the path a directory took before the store, and still takes for a `.tar.gz`: packed (counted here), sent, unpacked, digested. ")
 	p("**manifest** is `hctl deploy DIR` now: the manifest, then only the files agentd lacks, handed over as open files that agentd reads itself; the release is built of hard links to read-only blobs. ")
 	p("**cp -a + sync** copies the same tree on the same disk: the local physical reference. Each timed step starts after a `sync`, so none pays for the writes of the one before. ")
-	p("The one-file case changes one 1 MiB file of the 256 MiB tree deployed just before (hctl's hash cache warm). %s.\n\n", plural(s.Runs, "run"))
+	p("The one-file case changes one 1 MiB file of the 256 MiB tree deployed just before (hctl's hash cache warm)")
+	if s.OneFile > 1 {
+		p(", %d times a run as a manifest (one .tar.gz a run)", s.OneFile)
+	}
+	p(". %s.\n\n", plural(s.Runs, "run"))
 	p("| release | cp -a + sync | .tar.gz (before) | manifest (after) | of which prepare | sent |\n|---|---|---|---|---|---|\n")
 	for _, c := range s.Cases {
 		p("| %s | %s | %s | %s | %s | %s |\n", c.Name, c.CpA.format(fmtDur), c.TarGz.format(fmtDur), bold(c.Manifest.format(fmtDur)), c.Prepare.format(fmtDur), c.SentMiB.format(fmtMiB))
