@@ -2,9 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -198,5 +202,53 @@ func TestHashCacheDropsDeletedTrees(t *testing.T) {
 	keptRoot, _ := filepath.EvalSymlinks(kept)
 	if _, ok := c.entries[filepath.Join(keptRoot, "Procfile")]; !ok || len(c.entries) != 1 {
 		t.Errorf("cache holds %v, want only %s's Procfile", c.entries, kept)
+	}
+}
+
+// The cache file keeps any path a file may have, and a damaged or older
+// one is not used at all (it only costs a full read).
+func TestHashCacheFile(t *testing.T) {
+	sum := strings.Repeat("ab", 32)
+	entries := map[string]cacheEntry{}
+	for i, p := range []string{"/t/a b", "/t/new\nline", `/t/quo"te`, "/t/\xff\xfe", "/t/ünï"} {
+		entries[p] = cacheEntry{Size: int64(i), MTimeNs: -1, CTimeNs: 1 << 62, Ino: 1<<64 - 1, Dev: 7, SHA256: sum, HashedAt: 9}
+	}
+	b := formatCache(entries)
+	got, ok := parseCache(b)
+	if !ok || !maps.Equal(got, entries) {
+		t.Fatalf("read back %v (%v), want %v:\n%s", got, ok, entries, b)
+	}
+	for name, bad := range map[string][]byte{
+		"cut short":     b[:len(b)-1],
+		"other version": append([]byte("hctl-hash-cache-v1\n"), b[bytes.IndexByte(b, '\n')+1:]...),
+		"a field less":  []byte(cacheVersion + "\n" + sum + " 1 2 3 4 5 \"/t/x\"\n"),
+		"not a number":  []byte(cacheVersion + "\n" + sum + " 1 2 x 4 5 6 \"/t/x\"\n"),
+		"short hash":    []byte(cacheVersion + "\nabcd 1 2 3 4 5 6 \"/t/x\"\n"),
+		"JSON":          []byte(`{"version":"hctl-hash-cache-v1","entries":{}}`),
+	} {
+		if got, ok := parseCache(bad); ok {
+			t.Errorf("%s: used %v", name, got)
+		}
+	}
+
+	// A save replaces the JSON cache of earlier versions.
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	old := filepath.Join(os.Getenv("XDG_CACHE_HOME"), "hctl", oldCacheName)
+	if err := os.MkdirAll(filepath.Dir(old), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(old, []byte(`{"version":"hctl-hash-cache-v1","entries":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := loadHashCache()
+	c.entries = map[string]cacheEntry{filepath.Join(t.TempDir(), "x"): entries["/t/a b"]} // (its directory exists)
+	if err := c.save("/elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the old cache is still there: %v", err)
+	}
+	if got := loadHashCache().entries; !maps.Equal(got, c.entries) {
+		t.Errorf("the saved cache reads back as %v, want %v", got, c.entries)
 	}
 }
