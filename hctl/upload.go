@@ -87,13 +87,7 @@ func (h *hctl) hashRest(ctx context.Context, d *dirUpload) (int, int64, error) {
 		return 0, 0, nil
 	}
 	if small(todo) {
-		t0 := time.Now()
-		err := hashFiles(d.manifest, todo, d.cache)
-		d.scanned += time.Since(t0)
-		if err != nil {
-			return 0, 0, fmt.Errorf("reading %s: %w", d.dir, err)
-		}
-		return 0, 0, nil
+		return 0, 0, d.hashHere(todo)
 	}
 	files := make([]api.StageFile, len(todo))
 	for i, f := range todo {
@@ -102,13 +96,7 @@ func (h *hctl) hashRest(ctx context.Context, d *dirUpload) (int, int64, error) {
 	began := time.Now()
 	res, err := h.client().StageFiles(ctx, files)
 	if errors.Is(err, api.ErrFDsUnsupported) {
-		t0 := time.Now()
-		err := hashFiles(d.manifest, todo, d.cache)
-		d.scanned += time.Since(t0)
-		if err != nil {
-			return 0, 0, fmt.Errorf("reading %s: %w", d.dir, err)
-		}
-		return 0, 0, nil
+		return 0, 0, d.hashHere(todo)
 	}
 	if err != nil {
 		return 0, 0, err
@@ -124,7 +112,18 @@ func (h *hctl) hashRest(ctx context.Context, d *dirUpload) (int, int64, error) {
 	return int(res.Kept), res.KeptBytes, nil
 }
 
-// hashHere is how much unhashed content hctl hashes itself rather than
+// hashHere hashes files in hctl, its time counted as the scan's.
+func (d *dirUpload) hashHere(files []scannedFile) error {
+	t0 := time.Now()
+	err := hashFiles(d.manifest, files, d.cache)
+	d.scanned += time.Since(t0)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", d.dir, err)
+	}
+	return nil
+}
+
+// hashHereBytes is how much unhashed content hctl hashes itself rather than
 // stage: a file or two changed since the last deploy. Hashing 2 MiB here
 // costs about what the stage's own round trip does (a connection, the
 // hand-over, agentd's answer), and the manifest then goes first: agentd
@@ -132,12 +131,12 @@ func (h *hctl) hashRest(ctx context.Context, d *dirUpload) (int, int64, error) {
 // ones are sent and synced, where after a stage it links them only once
 // the stage is done. Above it, reading the files once (agentd's read)
 // beats reading them twice.
-const hashHere = 2 << 20
+const hashHereBytes = 2 << 20
 
 func small(files []scannedFile) bool {
 	var n int64
 	for _, f := range files {
-		if n += f.st.Size; n > hashHere {
+		if n += f.st.Size; n > hashHereBytes {
 			return false
 		}
 	}

@@ -59,7 +59,7 @@ func (e *env) storeRelease(name string) string {
 	if _, err := harness.Release(dir, "web: "+bins.TestApp+"\n", nil); err != nil {
 		e.t.Fatal(err)
 	}
-	// More than hctl hashes itself (hashHere, 2 MiB): a deploy that
+	// More than hctl hashes itself (hashHereBytes, 2 MiB): a deploy that
 	// cannot trust its cache stages the tree.
 	if err := os.WriteFile(filepath.Join(dir, "data.bin"), []byte(strings.Repeat("d", 3_000_000)), 0o644); err != nil {
 		e.t.Fatal(err)
