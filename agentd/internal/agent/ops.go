@@ -124,10 +124,8 @@ func (ag *Agent) Deploy(req DeployRequest, emit func(api.Event)) api.OpResult {
 		return o.fail(r, fmt.Errorf("prepare: %w", pfErr))
 	}
 	o.info("release %s: process types %s, digest %s", vname(r.Version), strings.Join(r.Order, ", "), shortDigest(digest))
-	// An --allow-root app's private copy of the tree is part of preparing
-	// the release: made by its first process's start instead, it took the
-	// 20-30 ms of copying an 8.5 MiB binary here inside the switch, while
-	// the old and new processes run side by side.
+	// An --allow-root release's private copy is part of its prepare phase
+	// (o.run makes it for the operations that have none).
 	if _, err := ag.codeDir(a, r); err != nil {
 		return o.fail(r, fmt.Errorf("prepare: %w", err))
 	}

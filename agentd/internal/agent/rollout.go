@@ -160,6 +160,16 @@ func (o *op) run(ctx context.Context, t rollout.Target, r *releaseState) (rollou
 	if r == nil || r.Procfile["release"] == "" {
 		t.ReleasePhase = false
 	}
+	if r != nil {
+		// An --allow-root release's private copy of its tree (codeDir) is
+		// made before the engine runs, as part of preparing the release:
+		// made by its first process's start, it was copied inside the
+		// switch, while the old and new processes run side by side (20-30
+		// ms for an 8.5 MiB binary here).
+		if _, err := o.ag.codeDir(o.a, r); err != nil {
+			return rollout.Result{}, fmt.Errorf("preparing %s: %w", vname(r.Version), err)
+		}
+	}
 	eng, ctl, done := o.engine(r, t)
 	defer done()
 	o.a.mu.Lock()
