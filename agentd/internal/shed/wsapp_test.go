@@ -118,6 +118,14 @@ func TestShedWebSockets(t *testing.T) {
 	case <-time.After(eventTimeout):
 		t.Fatal("wsapp did not exit after its WebSockets were shed")
 	}
+	// wsapp is gone once it has closed its last WebSocket, which its
+	// client may not have read yet: every client ends (Done) once it saw
+	// its connection's end, and Stop would count one still reading as open.
+	select {
+	case <-run.Done():
+	case <-time.After(eventTimeout):
+		t.Error("the clients did not all see their connection end")
+	}
 	res := run.Stop()
 	if got := res.ByHow(); got[wsload.ClosedEOF] != n {
 		t.Errorf("client closes = %v, want %d eof", got, n)
