@@ -116,12 +116,8 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 	sb.boot = out.AppBoot.Median
 	say("store: app boot (direct) %s", fmtDur(sb.boot))
 
-	type acc struct {
-		cpa, tgz, man, prep, sent []float64
-		steps                     []storeStep
-	}
 	sizes := []int{8, 64, 256}
-	accs := make([]acc, len(sizes)+1)
+	accs := make([]storeAcc, len(sizes)+1)
 	for run := range o.runs {
 		var last string
 		for i, mib := range sizes {
@@ -147,13 +143,10 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 			if err != nil {
 				return nil, err
 			}
-			accs[i].steps = append(accs[i].steps, steps)
 			say("store: run %d, %d MiB new: cp -a+sync %s, .tar.gz %s, manifest %s (prepare %s, sent %.1f MiB)", run+1, mib, fmtDur(cpa), fmtDur(tgz), fmtDur(man), fmtDur(prep), sent)
 			accs[i].cpa = append(accs[i].cpa, cpa)
 			accs[i].tgz = append(accs[i].tgz, tgz)
-			accs[i].man = append(accs[i].man, man)
-			accs[i].prep = append(accs[i].prep, prep)
-			accs[i].sent = append(accs[i].sent, sent)
+			accs[i].manifest(man, prep, sent, steps)
 			os.RemoveAll(a)
 			if mib == 256 {
 				last = b
@@ -175,10 +168,7 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 				return nil, err
 			}
 			say("store: run %d, 256 MiB one file changed: manifest %s (prepare %s, sent %.1f MiB)", run+1, fmtDur(man), fmtDur(prep), sent)
-			accs[k].steps = append(accs[k].steps, steps)
-			accs[k].man = append(accs[k].man, man)
-			accs[k].prep = append(accs[k].prep, prep)
-			accs[k].sent = append(accs[k].sent, sent)
+			accs[k].manifest(man, prep, sent, steps)
 		}
 		if err := changeOne(last, run+1000); err != nil {
 			return nil, err
@@ -225,6 +215,20 @@ func storeScenario(o options, bins binaries, dir string) (*storeResults, error) 
 	}
 	out.StartChain = startChainCosts(bins, n)
 	return out, nil
+}
+
+// storeAcc gathers one case's figures over the runs.
+type storeAcc struct {
+	cpa, tgz, man, prep, sent []float64
+	steps                     []storeStep
+}
+
+// manifest adds one manifest deploy's figures.
+func (a *storeAcc) manifest(man, prep, sent float64, steps storeStep) {
+	a.man = append(a.man, man)
+	a.prep = append(a.prep, prep)
+	a.sent = append(a.sent, sent)
+	a.steps = append(a.steps, steps)
 }
 
 // tree writes a release: the app, its Procfile and mib files of 1 MiB of

@@ -167,8 +167,7 @@ func (h *host) Enter(ph rollout.Phase) error {
 		// and both stood between the processes' start and the wait for
 		// their readiness, longer than a quick app's boot.
 		a.mu.Lock()
-		a.st.Op = &opRecord{Kind: o.kind, Release: h.target, Phase: rollout.PhaseReadiness, Started: o.start}
-		o.unsaved = true
+		o.recordLaterAs(h.target, rollout.PhaseReadiness)
 		boot := time.Duration(a.st.BootTimeout)
 		a.mu.Unlock()
 		wrote, err := h.flushed()

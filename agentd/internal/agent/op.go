@@ -171,8 +171,11 @@ func (o *op) record(release int) {
 // release's number is used again by the next one. What does run or tell
 // the world first writes it: the release phase (its process is recorded),
 // a webhook (durable), any other write of the state. Callers hold a.mu.
-func (o *op) recordLater(release int) {
-	o.a.st.Op = &opRecord{Kind: o.kind, Release: release, Phase: o.currentPhase(), Started: o.start}
+func (o *op) recordLater(release int) { o.recordLaterAs(release, o.currentPhase()) }
+
+// recordLaterAs is recordLater for a phase not entered yet.
+func (o *op) recordLaterAs(release int, phase string) {
+	o.a.st.Op = &opRecord{Kind: o.kind, Release: release, Phase: phase, Started: o.start}
 	o.unsaved = true
 }
 

@@ -28,7 +28,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/agentd/agentd/agentd/internal/diagnose"
 	"math"
 	"os"
 	"strconv"
@@ -38,6 +37,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentd/agentd/agentd/internal/diagnose"
 )
 
 // Listener is a listening socket whose accepted connections are counted.
